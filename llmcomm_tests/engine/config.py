@@ -1,0 +1,93 @@
+"""Engine shapes and presets.
+
+The engine is a Llama-style dense decoder.  Notation follows ../shared/DOMAIN.md §2:
+L layers, h hidden, a attention heads, k KV heads, d = h/a head dim, f FFN size, v vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    name: str
+    n_layers: int  # L
+    hidden: int  # h
+    n_heads: int  # a
+    n_kv_heads: int  # k
+    ffn: int  # f
+    vocab: int  # v
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    def n_params(self) -> int:
+        """Parameter count (untied embedding and LM head, as in Llama 3 8B+)."""
+        h, d = self.hidden, self.head_dim
+        attn = h * self.n_heads * d + 2 * h * self.n_kv_heads * d + self.n_heads * d * h
+        mlp = 3 * h * self.ffn
+        per_layer = attn + mlp + 2 * h
+        return self.n_layers * per_layer + 2 * self.vocab * h + h
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineShape":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown engine field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        for name in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden % self.n_heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+
+
+# Public shapes from each model's config.json (DOMAIN.md §8).
+PRESETS: dict[str, EngineShape] = {
+    s.name: s
+    for s in (
+        EngineShape("tiny", n_layers=4, hidden=256, n_heads=8, n_kv_heads=4, ffn=688, vocab=1024),
+        EngineShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, rope_theta=500000.0),
+        EngineShape("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, rope_theta=500000.0),
+        EngineShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, rope_theta=500000.0),
+        EngineShape("llama-2-13b", 40, 5120, 40, 40, 13824, 32000),
+        EngineShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, rope_theta=500000.0),
+    )
+}
+
+
+def resolve_engine(spec: "str | dict | EngineShape") -> EngineShape:
+    """A preset name, a shape mapping (optionally ``{"preset": name, <overrides>}``) or a shape."""
+    if isinstance(spec, EngineShape):
+        shape = spec
+    elif isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown engine preset {spec!r}; known: {', '.join(PRESETS)}")
+        shape = PRESETS[spec]
+    else:
+        data = dict(spec)
+        base = data.pop("preset", None)
+        if base is not None:
+            merged = resolve_engine(base).to_dict()
+            merged.update(data)
+            data = merged
+        data.setdefault("name", "custom")
+        shape = EngineShape.from_dict(data)
+    shape.validate()
+    return shape
