@@ -1,0 +1,162 @@
+"""One case, end to end on the ranks: build the engine shard, record, warm up, time repetitions.
+
+``run_case`` is the arrow case → launch → engine + recorder → run document; it knows nothing of
+specs, checks or reports.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from dataclasses import asdict, dataclass, field
+
+from . import launch, metrics
+from .engine.config import EngineShape
+from .engine.layout import Layout
+
+SCHEMA = "llmcomm.run/1"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    engine: EngineShape
+    layout: Layout
+    batch: int = 1
+    prompt_len: int = 32
+    gen_len: int = 8
+    dtype: str = "fp32"
+    repeats: int = 3
+    warmup: int = 1
+    seed: int = 0
+    keep_logits: bool = False
+    cross_check: bool = False  # also count ops with torch.profiler, an independent source
+    inject: tuple = field(default_factory=tuple)  # planted faults (llmcomm_tests.inject)
+
+    def case_dict(self, backend: str) -> dict:
+        return {"engine": self.engine.to_dict(), "tp": self.layout.tp, "pp": self.layout.pp,
+                "batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len,
+                "dtype": self.dtype, "backend": backend, "world_size": self.layout.world_size,
+                "repeats": self.repeats, "warmup": self.warmup, "seed": self.seed}
+
+
+def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
+             available_ranks: int | None = None) -> dict:
+    """Launch ``cfg`` and return its run document (``llmcomm.run/1``)."""
+    cfg.layout.validate(cfg.engine, available_ranks)
+    backend = launch.resolve_backend(backend, cfg.layout.world_size)
+    per_rank = launch.launch(rank_run, (cfg,), world_size=cfg.layout.world_size, backend=backend,
+                             timeout_s=timeout_s)
+    return assemble(cfg, backend, per_rank)
+
+
+def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> dict:
+    driver = per_rank[0]
+    ops = [op for r in per_rank for op in r["ops"]]
+    doc = {
+        "schema": SCHEMA,
+        "case": cfg.case_dict(backend),
+        "env": driver["env"],
+        "tokens": driver["generations"][0]["tokens"],
+        "metrics": metrics.latency_metrics(driver["generations"], cfg.gen_len, cfg.batch),
+        "ops": ops,
+        "volume": metrics.volume(ops, rep=0),
+        "volume_stable": metrics.volume_stable(ops, cfg.repeats),
+        "comm": metrics.comm_metrics(ops, driver["generations"], cfg.batch, cfg.gen_len, cfg.layout.world_size),
+    }
+    sampler = next((r for r in per_rank if r.get("logits") is not None), None)
+    if sampler is not None:
+        doc["logits"] = sampler["logits"]
+    if cfg.cross_check:
+        doc["cross_check"] = [r["cross_check"] for r in per_rank]
+    return doc
+
+
+def rank_run(ctx, cfg: RunConfig) -> dict:
+    """Rank side: everything between process-group init and teardown."""
+    import torch
+    import torch.distributed as dist
+
+    from .engine.parallel import ParallelEngine
+    from .record import Recorder
+
+    engine = ParallelEngine(cfg.engine, cfg.layout, ctx.rank, dtype=cfg.dtype, seed=cfg.seed, device=ctx.device,
+                            max_len=cfg.prompt_len + cfg.gen_len)
+    prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
+                           generator=torch.Generator().manual_seed(cfg.seed + 1))
+    recorder = Recorder(cuda_events=ctx.backend == "nccl").install()
+    faults = None
+    if cfg.inject:
+        from .inject import install_faults
+
+        faults = install_faults(cfg.inject, recorder)
+    distributed = ctx.world_size > 1
+    generations, logits = [], None
+    for _ in range(cfg.warmup):
+        engine.generate(prompt, cfg.gen_len)
+    for rep in range(cfg.repeats):
+        if distributed:
+            dist.barrier()  # start every repetition together; not recorded
+        recorder.rep, recorder.active = rep, True
+        gen = engine.generate(prompt, cfg.gen_len, keep_logits=cfg.keep_logits and rep == 0)
+        recorder.active = False
+        if gen is not None:
+            generations.append({"tokens": gen.tokens, "token_times_s": gen.token_times_s})
+            if gen.logits is not None:
+                logits = gen.logits.numpy()
+    result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": generations, "logits": logits,
+              "env": environment(ctx) if ctx.rank == 0 else None}
+    if cfg.cross_check:
+        from .crosscheck import profile_ops
+
+        result["cross_check"] = profile_ops(engine, prompt, cfg.gen_len, recorder, ctx.rank)
+    recorder.uninstall()
+    if faults is not None:
+        faults.uninstall()
+    return result
+
+
+def environment(ctx) -> dict:
+    """What the ranks ran with: versions, devices and the NCCL_* / GLOO_* variables."""
+    import torch
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "backend": ctx.backend,
+        "world_size": ctx.world_size,
+        "cuda": torch.version.cuda,
+        "nccl": None,
+        "devices": [],
+        "cpu_count": os.cpu_count(),
+        "variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_", "TORCH_NCCL_"))},
+    }
+    if torch.cuda.is_available():
+        env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        env["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["driver"] = _nvidia_driver()
+    else:
+        env["devices"] = [f"cpu ({platform.processor() or platform.machine()})"]
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Inverse of ``case_dict`` (for baselines and re-runs)."""
+    data = dict(data)
+    engine = EngineShape.from_dict(data.pop("engine"))
+    layout = Layout(data.pop("tp"), data.pop("pp"))
+    for key in ("backend", "world_size"):
+        data.pop(key, None)
+    return RunConfig(engine, layout, **data)
+
+
+__all__ = ["RunConfig", "run_case", "rank_run", "assemble", "asdict"]

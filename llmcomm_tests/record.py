@@ -1,0 +1,288 @@
+"""Record every communication op a rank issues: op, group, bytes, wire bytes, phase, step, site, time.
+
+How ops are seen (measured on torch 2.13, see DOMAIN.md §9):
+
+* Eager ``torch.distributed`` calls (``dist.all_reduce``, ``send``, ``gather``, batch_isend_irecv,
+  …) all reach a Python-visible ``ProcessGroup`` method.  We patch those methods on the class: it
+  catches every caller, whatever module issued it, and costs nothing for compute ops (a
+  TorchDispatchMode would tax every aten op; a Python kernel on the ``c10d::`` ops costs ~12 µs
+  per op in boxing alone).
+* Functional collectives (``_c10d_functional``, what DTensor uses) go from C++ straight to the
+  ProcessGroup and never touch those Python methods; we register a BackendSelect kernel for those
+  ops only, so the cost falls only on code that uses them.
+
+Timing.  An op starts when it is issued and ends when its caller waits for it (``Work.wait`` or
+``wait_tensor``): for the blocking calls the engine makes this is the blocking call, peers'
+lateness included.  On NCCL the host clock would only see the launch, so we also record CUDA events
+on the caller's stream at issue and after the wait, and report the event time.
+Phase, step and site come from ``llmcomm_tests.tags``, set by the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from . import tags
+
+# ProcessGroup method → (op name, how to read its arguments)
+_PG_METHODS = {
+    "allreduce": ("all_reduce", "tensors"),
+    "allreduce_coalesced": ("all_reduce", "tensors"),
+    "allgather": ("all_gather", "input_list"),
+    "all_gather_single": ("all_gather", "input_single"),
+    "allgather_coalesced": ("all_gather", "input_list"),
+    "all_gather_single_coalesced": ("all_gather", "input_list"),
+    "gather": ("gather", "input_list"),
+    "scatter": ("scatter", "output_list"),
+    "broadcast": ("broadcast", "tensors"),
+    "reduce": ("reduce", "tensors"),
+    "reduce_scatter": ("reduce_scatter", "input_lists"),
+    "reduce_scatter_single": ("reduce_scatter", "input_single"),
+    "reduce_scatter_single_coalesced": ("reduce_scatter", "input_list"),
+    "alltoall": ("all_to_all", "input_list"),
+    "all_to_all_single": ("all_to_all", "input_single"),
+    "send": ("send", "tensors"),
+    "recv": ("recv", "tensors"),
+    "recv_anysource": ("recv", "tensors"),
+    "barrier": ("barrier", None),
+}
+
+# _c10d_functional op → (op name, index of the group-name argument)
+_FUNCTIONAL_OPS = {
+    "all_reduce": ("all_reduce", 2),
+    "all_reduce_": ("all_reduce", 2),
+    "all_gather_into_tensor": ("all_gather", 2),
+    "all_gather_into_tensor_out": ("all_gather", 2),
+    "reduce_scatter_tensor": ("reduce_scatter", 3),
+    "all_to_all_single": ("all_to_all", 3),
+    "broadcast": ("broadcast", 2),
+    "broadcast_": ("broadcast", 2),
+}
+
+
+def _tensors(arg) -> list[torch.Tensor]:
+    if isinstance(arg, torch.Tensor):
+        return [arg]
+    out = []
+    for item in arg:
+        out.extend(_tensors(item) if not isinstance(item, torch.Tensor) else [item])
+    return out
+
+
+def _payload(kind: str | None, args: tuple) -> list[torch.Tensor]:
+    """The tensors whose size is the op's payload on this rank (see docs/communication.md)."""
+    if kind is None:
+        return []
+    if kind == "tensors":
+        return _tensors(args[0])
+    if kind in ("input_list", "input_lists", "input_single"):
+        return _tensors(args[1])
+    return _tensors(args[0])  # output_list (scatter): what this rank receives
+
+
+def _root(method: str, args: tuple) -> int:
+    """Root (group rank) of rooted ops, peer of p2p ops, -1 otherwise."""
+    if method in ("send", "recv"):
+        return int(args[1])
+    if method in ("gather", "scatter", "broadcast", "reduce"):
+        opts = args[-1]
+        if isinstance(opts, int):  # broadcast(tensor, root) overload
+            return opts
+        return int(getattr(opts, "rootRank", -1))
+    return -1
+
+
+@dataclass
+class OpRecord:
+    op: str
+    group: object  # ProcessGroup, or a group name for functional ops; resolved in finalize()
+    numel: int
+    dtype: torch.dtype
+    root: int
+    phase: str
+    step: int
+    site: str
+    rep: int
+    start_ns: int
+    end_ns: int = 0
+    start_event: object = None
+    end_event: object = None
+
+
+class Recorder:
+    """Install on a rank with ``Recorder().install()``; ops are kept while ``active``."""
+
+    def __init__(self, cuda_events: bool = False):
+        self.records: list[OpRecord] = []
+        self.active = False
+        self.rep = 0
+        self.cuda_events = cuda_events
+        self._pending: dict[int, tuple[object, OpRecord]] = {}
+        self._pending_tensors: dict[int, OpRecord] = {}
+        self._saved: dict[str, object] = {}
+        self._library = None
+
+    # -- installation ----------------------------------------------------------------------------
+
+    def install(self) -> "Recorder":
+        for method, (op, kind) in _PG_METHODS.items():
+            original = getattr(dist.ProcessGroup, method, None)
+            if original is None:
+                continue
+            self._saved[method] = original
+            setattr(dist.ProcessGroup, method, self._wrap_method(method, op, kind, original))
+        self._saved["Work.wait"] = dist.Work.wait
+        dist.Work.wait = self._wrap_wait(dist.Work.wait)
+        self._install_functional()
+        return self
+
+    def uninstall(self) -> None:
+        for method, original in self._saved.items():
+            if method == "Work.wait":
+                dist.Work.wait = original
+            else:
+                setattr(dist.ProcessGroup, method, original)
+        self._saved.clear()
+        if self._library is not None:
+            self._library._destroy()
+            self._library = None
+
+    def _issue(self, op, group, numel, dtype, root) -> OpRecord:
+        rec = OpRecord(op, group, numel, dtype, root, tags.phase, tags.step, tags.site, self.rep,
+                       time.perf_counter_ns())
+        if self.cuda_events:
+            rec.start_event = torch.cuda.Event(enable_timing=True)
+            rec.start_event.record()
+        self.records.append(rec)
+        return rec
+
+    def _wrap_method(self, method, op, kind, original):
+        recorder = self
+
+        def recorded(pg, *args, **kwargs):
+            if not recorder.active:
+                return original(pg, *args, **kwargs)
+            tensors = _payload(kind, args)
+            numel = sum(t.numel() for t in tensors)
+            dtype = tensors[0].dtype if tensors else torch.uint8
+            rec = recorder._issue(op, pg, numel, dtype, _root(method, args))
+            work = original(pg, *args, **kwargs)
+            recorder._pending[id(work)] = (work, rec)
+            return work
+
+        recorded.__name__ = method
+        return recorded
+
+    def _wrap_wait(self, original):
+        recorder = self
+
+        def wait(work, *args, **kwargs):
+            result = original(work, *args, **kwargs)
+            entry = recorder._pending.pop(id(work), None)
+            if entry is not None:
+                recorder._finish(entry[1])
+            return result
+
+        return wait
+
+    def _finish(self, rec: OpRecord) -> None:
+        rec.end_ns = time.perf_counter_ns()
+        if self.cuda_events:
+            rec.end_event = torch.cuda.Event(enable_timing=True)
+            rec.end_event.record()
+
+    def _install_functional(self) -> None:
+        library = torch.library.Library("_c10d_functional", "IMPL")
+        for name, (op, group_arg) in _FUNCTIONAL_OPS.items():
+            overload = getattr(torch.ops._c10d_functional, name, None)
+            if overload is None:
+                continue
+            library.impl(name, self._functional_kernel(overload.default, op, group_arg), "BackendSelect")
+        wait = torch.ops._c10d_functional.wait_tensor.default
+
+        def wait_kernel(tensor):
+            out = wait.redispatch(_backend_keys(tensor), tensor)
+            rec = self._pending_tensors.pop(tensor.data_ptr(), None)
+            if rec is not None:
+                self._finish(rec)
+            return out
+
+        library.impl("wait_tensor", wait_kernel, "BackendSelect")
+        self._library = library
+
+    def _functional_kernel(self, overload, op, group_arg):
+        def kernel(*args):
+            tensor = args[0]
+            out = overload.redispatch(_backend_keys(tensor), *args)
+            if self.active:
+                root = int(args[1]) if op == "broadcast" else -1
+                rec = self._issue(op, str(args[group_arg]), tensor.numel(), tensor.dtype, root)
+                self._pending_tensors[out.data_ptr()] = rec
+            return out
+
+        return kernel
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def finalize(self, rank: int) -> list[dict]:
+        """Plain dicts, one per op, with bytes and wire bytes resolved (docs/communication.md)."""
+        if self.cuda_events:
+            torch.cuda.synchronize()
+        groups: dict[object, list[int]] = {}
+        out = []
+        for rec in self.records:
+            key = rec.group if isinstance(rec.group, str) else id(rec.group)
+            if key not in groups:
+                groups[key] = _group_ranks(rec.group)
+            ranks = groups[key]
+            elem = torch.empty((), dtype=rec.dtype).element_size()
+            group_rank = ranks.index(rank) if rank in ranks else 0
+            nbytes = rec.numel * elem
+            if rec.end_event is not None:
+                duration = rec.start_event.elapsed_time(rec.end_event) / 1e3
+            else:
+                duration = (rec.end_ns - rec.start_ns) / 1e9 if rec.end_ns else None
+            out.append({
+                "rank": rank, "rep": rec.rep, "op": rec.op, "group": ranks, "dtype": str(rec.dtype).replace("torch.", ""),
+                "numel": rec.numel, "bytes": nbytes, "wire_bytes": wire_bytes(rec.op, nbytes, len(ranks), group_rank, rec.root),
+                "phase": rec.phase, "step": rec.step, "site": rec.site, "start_ns": rec.start_ns, "duration_s": duration,
+            })
+        return out
+
+
+def wire_bytes(op: str, nbytes: int, group_size: int, group_rank: int, root: int) -> int:
+    """Bytes this rank transmits under ring algorithms (the table in docs/communication.md)."""
+    t = group_size
+    if op == "all_reduce":
+        return 2 * (t - 1) * nbytes // t
+    if op == "all_gather":
+        return (t - 1) * nbytes
+    if op in ("reduce_scatter", "all_to_all"):
+        return (t - 1) * nbytes // t
+    if op == "gather":
+        return 0 if group_rank == root else nbytes
+    if op == "broadcast":
+        return nbytes if group_rank == root else 0
+    if op == "send":
+        return nbytes
+    return 0  # recv, barrier
+
+
+def _backend_keys(tensor: torch.Tensor):
+    key = torch._C.DispatchKey.CUDA if tensor.is_cuda else torch._C.DispatchKey.CPU
+    return torch._C.DispatchKeySet(key)
+
+
+def _group_ranks(group) -> list[int]:
+    if isinstance(group, str):
+        from torch.distributed.distributed_c10d import _resolve_process_group
+
+        group = _resolve_process_group(group)
+    try:
+        return dist.get_process_group_ranks(group)
+    except (ValueError, RuntimeError):  # not registered (world of one)
+        return list(range(group.size()))
