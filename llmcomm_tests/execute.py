@@ -84,12 +84,14 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
                             max_len=cfg.prompt_len + cfg.gen_len)
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
-    recorder = Recorder(cuda_events=ctx.backend == "nccl").install()
-    faults = None
-    if cfg.inject:
-        from .inject import install_faults
+    recorder = Recorder(cuda_events=ctx.backend == "nccl")
+    from .inject import install_faults
 
-        faults = install_faults(cfg.inject, recorder)
+    # Delays and extra ops sit under the recorder (it times them); a larger message sits over it
+    # (it sees the larger tensor).
+    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], recorder)]
+    recorder.install()
+    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], recorder))
     distributed = ctx.world_size > 1
     generations, logits = [], None
     for _ in range(cfg.warmup):
@@ -110,9 +112,9 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
         from .crosscheck import profile_ops
 
         result["cross_check"] = profile_ops(engine, prompt, cfg.gen_len, recorder, ctx.rank)
+    for installed in reversed(faults):
+        installed.uninstall()
     recorder.uninstall()
-    if faults is not None:
-        faults.uninstall()
     return result
 
 

@@ -249,10 +249,18 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
         result = entry(ctx, *args)
         conn.send(("ok", result))
     except BaseException:  # noqa: BLE001 - every failure must reach the launcher
-        conn.send(("error", f"rank {rank}: {traceback.format_exc()}"))
+        conn.send(("error", f"rank {rank}: {_shorten(traceback.format_exc())}"))
     finally:
         teardown_rank()
         conn.close()
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    """A recursion traceback runs to thousands of lines; keep its head and its tail."""
+    lines = text.splitlines()
+    if len(lines) <= 2 * keep:
+        return text
+    return "\n".join(lines[:keep] + [f"    ... {len(lines) - 2 * keep} lines omitted ..."] + lines[-keep:])
 
 
 def _watch_launcher(pid: int) -> None:

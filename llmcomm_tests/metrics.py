@@ -61,26 +61,43 @@ def volume_stable(ops: list[dict], repeats: int) -> bool:
     return all(volume(ops, rep) == first for rep in range(1, repeats))
 
 
+def busy_time(intervals: list[tuple[int, int]]) -> float:
+    """Seconds covered by the union of [start_ns, end_ns) intervals: overlapping ops (async p2p, an
+    op issued while another is in flight) count once."""
+    total, cur_start, cur_end = 0, None, None
+    for start, end in sorted(intervals):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += cur_end - cur_start
+    return total / 1e9
+
+
 def comm_metrics(ops: list[dict], generations: list[dict], batch: int, gen_len: int, world_size: int) -> dict:
     """Time spent inside comm calls (peers' lateness included: what a rank waited), per token and as a
     share of TTFT/TPOT, plus bytes per generated token.  Medians over repetitions, max over ranks."""
-    per_rep: dict[int, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
+    spans: dict[tuple[int, int, str], list[tuple[int, int]]] = defaultdict(list)
     wire = defaultdict(int)
     for op in ops:
-        d = op["duration_s"] or 0.0
-        per_rep[op["rep"]][op["rank"]][op["phase"]] += d
+        if op["duration_s"] is not None:
+            start = op["start_ns"]
+            spans[(op["rep"], op["rank"], op["phase"])].append((start, start + int(op["duration_s"] * 1e9)))
         wire[op["rep"]] += op["wire_bytes"]
     per_token, ttft_share, tpot_share = [], [], []
     for rep, gen in enumerate(generations):
-        ranks = per_rep.get(rep, {})
-        prefill = max((r["prefill"] for r in ranks.values()), default=0.0)
-        decode = max((r["decode"] for r in ranks.values()), default=0.0)
-        total = max((r["prefill"] + r["decode"] for r in ranks.values()), default=0.0)
+        ranks = range(world_size)
+        prefill = max(busy_time(spans[(rep, r, "prefill")]) for r in ranks)
+        decode = max(busy_time(spans[(rep, r, "decode")]) for r in ranks)
+        total = max(busy_time(spans[(rep, r, "prefill")] + spans[(rep, r, "decode")]) for r in ranks)
         times = gen["token_times_s"]
         per_token.append(total / gen_len)
         ttft_share.append(prefill / times[0] if times[0] else 0.0)
         if gen_len > 1 and times[-1] > times[0]:
-            tpot_share.append((decode / (gen_len - 1)) / ((times[-1] - times[0]) / (gen_len - 1)))
+            tpot_share.append(decode / (times[-1] - times[0]))
     tokens = batch * gen_len
     return {
         "comm_time_per_token_s": percentile(per_token, 50),

@@ -1,0 +1,207 @@
+"""Hardware profiles: what a fabric and a device can do, as typed data loaded from YAML.
+
+A profile has two link *tiers* — ``intra`` (inside a node) and ``inter`` (between nodes; which one
+an op uses follows from ``ranks_per_node``) — and per tier:
+
+* ``peak_Bps`` / ``alpha_min_s`` – the physical floor (datasheet per-direction bandwidth, the
+  smallest believable per-op latency) used for lower bounds;
+* ``ops`` – α-β fits per op and per group size, ``default`` as fallback at both levels
+  (``ops[op][t]`` → ``ops[op].default`` → ``ops.default[t]`` → ``ops.default.default``);
+* ``k_hi`` / ``slack_s`` – spread for upper bounds (a fit may carry its own).
+
+``compute`` holds the device peaks for the what-if compute terms of e2e.py.  Shipped presets live
+in ``analytic/profiles/*.yaml`` (datasheet / public numbers, never tuned to a published result);
+``llmcomm calibrate`` writes the same format from a measured sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from . import latency
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+P2P_GROUP = 2  # send_recv fits are stored and looked up under group size 2
+
+
+@dataclass(frozen=True)
+class OpFit:
+    """α-β fit of one op (see latency.py for the formula)."""
+
+    alpha_s: float
+    beta_Bps: float
+    base_s: float = 0.0
+    k_hi: float | None = None  # None: the tier's
+    slack_s: float | None = None
+    quality: dict | None = None  # calibration: r2, median_rel_err, points, samples
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "base_s" and v == 0.0)}
+
+
+@dataclass(frozen=True)
+class Tier:
+    link: str  # words: "NVLink 4 via NVSwitch", "InfiniBand NDR400, one NIC per GPU"
+    peak_Bps: float
+    alpha_min_s: float
+    k_hi: float
+    slack_s: float
+    ops: dict  # op | "default" -> {group size | "default" -> OpFit}
+
+    def to_dict(self) -> dict:
+        return {
+            "link": self.link, "peak_Bps": self.peak_Bps, "alpha_min_s": self.alpha_min_s, "k_hi": self.k_hi,
+            "slack_s": self.slack_s,
+            "ops": {op: {g: f.to_dict() for g, f in by_group.items()} for op, by_group in self.ops.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Compute:
+    device: str
+    peak_flops: float  # dense, engine dtype
+    hbm_Bps: float
+    prefill_efficiency: float = 0.5  # achieved / peak FLOP/s in prefill (an assumption, stated)
+    decode_efficiency: float = 0.7  # achieved / peak HBM bandwidth in decode
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    description: str
+    ranks_per_node: int
+    compute: Compute
+    tiers: dict  # "intra" | "inter" -> Tier
+    algorithm: str = "ring"
+    source: str = ""  # provenance: datasheets, or the calibration run
+    notes: list = field(default_factory=list)
+
+    def tier(self, name: str) -> Tier:
+        if name not in self.tiers:
+            raise KeyError(f"profile {self.name!r} has no tier {name!r}")
+        return self.tiers[name]
+
+    def fit(self, op: str, group_size: int, tier: str = "intra") -> OpFit:
+        """The α-β fit for ``op`` over ``group_size`` ranks on ``tier``, with fallbacks."""
+        ops = self.tier(tier).ops
+        group = P2P_GROUP if op == "send_recv" else group_size
+        for key in (op, "default"):
+            by_group = ops.get(key)
+            if by_group:
+                for g in (group, "default"):
+                    if g in by_group:
+                        return by_group[g]
+        raise KeyError(f"profile {self.name!r}: no fit for {op} over {group_size} ranks on tier {tier}")
+
+    def tier_of(self, ranks) -> str:
+        return latency.tier_of(ranks, self.ranks_per_node)
+
+    def time(self, op: str, group_size: int, nbytes: float, tier: str = "intra") -> float:
+        return latency.op_time(self, op, group_size, nbytes, tier)
+
+    def bounds(self, op: str, group_size: int, nbytes: float, tier: str = "intra") -> tuple[float, float]:
+        return latency.bounds(self, op, group_size, nbytes, tier)
+
+    def validate(self) -> None:
+        """Refuse a profile whose fits beat its own physical floor (lower bound above the fit)."""
+        if self.ranks_per_node < 1:
+            raise ValueError(f"profile {self.name!r}: ranks_per_node must be >= 1")
+        if self.algorithm not in latency.ALGORITHMS:
+            raise ValueError(f"profile {self.name!r}: unknown algorithm {self.algorithm!r}")
+        for tier_name in latency.TIERS:
+            tier = self.tier(tier_name)
+            if tier.k_hi < 1.0:
+                raise ValueError(f"profile {self.name!r} {tier_name}: k_hi must be >= 1")
+            for op, by_group in tier.ops.items():
+                for g, fit in by_group.items():
+                    where = f"profile {self.name!r} {tier_name} {op}[{g}]"
+                    if fit.beta_Bps <= 0 or fit.alpha_s < 0 or fit.base_s < 0:
+                        raise ValueError(f"{where}: alpha/base must be >= 0 and beta > 0")
+                    if fit.beta_Bps > tier.peak_Bps * (1 + 1e-9):
+                        raise ValueError(f"{where}: beta {fit.beta_Bps:.3g} B/s exceeds peak {tier.peak_Bps:.3g}")
+                    if fit.base_s + fit.alpha_s < tier.alpha_min_s:
+                        raise ValueError(f"{where}: base + alpha below alpha_min_s {tier.alpha_min_s:.3g} s")
+                    if fit.k_hi is not None and fit.k_hi < 1.0:
+                        raise ValueError(f"{where}: k_hi must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "source": self.source,
+            "ranks_per_node": self.ranks_per_node, "algorithm": self.algorithm,
+            "compute": asdict(self.compute),
+            "tiers": {name: tier.to_dict() for name, tier in self.tiers.items()},
+            "notes": list(self.notes),
+        }
+
+    def dump(self, path: "str | Path") -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=100))
+
+    def with_tier(self, name: str, tier: Tier) -> "HardwareProfile":
+        return replace(self, tiers={**self.tiers, name: tier})
+
+
+def _fit_from(data: dict) -> OpFit:
+    known = {"alpha_s", "beta_Bps", "base_s", "k_hi", "slack_s", "quality"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown op-fit field(s): {', '.join(sorted(unknown))}")
+    return OpFit(
+        alpha_s=float(data["alpha_s"]), beta_Bps=float(data["beta_Bps"]), base_s=float(data.get("base_s", 0.0)),
+        k_hi=None if data.get("k_hi") is None else float(data["k_hi"]),
+        slack_s=None if data.get("slack_s") is None else float(data["slack_s"]),
+        quality=data.get("quality"),
+    )
+
+
+def _group_key(key) -> "int | str":
+    # YAML gives ints for `2:` and strings for `default:`; accept "2" too.
+    if key == "default":
+        return key
+    return int(key)
+
+
+def _tier_from(data: dict) -> Tier:
+    ops = {}
+    for op, by_group in (data.get("ops") or {}).items():
+        if op != "default" and op not in latency.OPS:
+            raise ValueError(f"unknown op {op!r} in profile; known: {', '.join(latency.OPS)}")
+        ops[op] = {_group_key(g): _fit_from(f) for g, f in by_group.items()}
+    return Tier(link=str(data.get("link", "")), peak_Bps=float(data["peak_Bps"]),
+                alpha_min_s=float(data["alpha_min_s"]), k_hi=float(data.get("k_hi", 2.0)),
+                slack_s=float(data.get("slack_s", 0.0)), ops=ops)
+
+
+def profile_from_dict(data: dict) -> HardwareProfile:
+    c = data["compute"]
+    compute = Compute(device=str(c.get("device", "")), peak_flops=float(c["peak_flops"]),
+                      hbm_Bps=float(c["hbm_Bps"]), prefill_efficiency=float(c.get("prefill_efficiency", 0.5)),
+                      decode_efficiency=float(c.get("decode_efficiency", 0.7)))
+    profile = HardwareProfile(
+        name=str(data["name"]), description=str(data.get("description", "")).strip(),
+        ranks_per_node=int(data["ranks_per_node"]), compute=compute,
+        tiers={name: _tier_from(t) for name, t in data["tiers"].items()},
+        algorithm=str(data.get("algorithm", "ring")), source=str(data.get("source", "")).strip(),
+        notes=list(data.get("notes") or []),
+    )
+    profile.validate()
+    return profile
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: "str | Path") -> HardwareProfile:
+    """A shipped preset by name (``h100-nvlink4``) or a YAML file path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        if str(name_or_path) not in list_profiles():
+            raise ValueError(f"unknown hardware profile {str(name_or_path)!r}; presets: {', '.join(list_profiles())}"
+                             " (or give a YAML path)")
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    return profile_from_dict(yaml.safe_load(path.read_text()))

@@ -1,0 +1,139 @@
+"""``llmcomm bench-comm``: an nccl-tests-style size sweep over torch.distributed.
+
+For each op and message size: time per call (min / median / max over repetitions, max over ranks of
+each repetition, as nccl-tests reports the slowest rank), algbw = size / time and busbw = algbw ×
+the op's bus factor (nccl-tests' PERFORMANCE.md): all_reduce 2(n−1)/n; all_gather, reduce_scatter
+(n−1)/n; broadcast, send_recv, gather 1.  Size is nccl-tests' "size": the all-reduce buffer, the
+gathered output, the reduce-scatter input, the broadcast buffer, the p2p message.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+from .. import launch
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv", "gather")
+DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
+
+
+def bus_factor(op: str, n: int) -> float:
+    if op == "all_reduce":
+        return 2 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
+def sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 20, backend: str = "auto",
+          timeout_s: float = 300.0, warmup: int = 3, dtype: str = "fp32") -> list[dict]:
+    """Rows ``{"op", "world_size", "bytes", "times_s": [per repetition, slowest rank]}``."""
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"unknown op(s) {sorted(unknown)}; known: {', '.join(OPS)}")
+    per_rank = launch.launch(_rank_sweep, (list(ops), list(sizes), repeats, warmup, dtype), world_size=world_size,
+                             backend=backend, timeout_s=timeout_s)
+    rows = []
+    for i, (op, size) in enumerate(per_rank[0]["keys"]):
+        times = [max(r["times"][i][k] for r in per_rank) for k in range(repeats)]
+        rows.append({"op": op, "world_size": world_size, "bytes": size, "times_s": times})
+    return rows
+
+
+def _rank_sweep(ctx, ops, sizes, repeats, warmup, dtype):
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from ..engine.parallel import TORCH_DTYPES
+
+    torch_dtype = TORCH_DTYPES[dtype]
+    elem = torch.empty((), dtype=torch_dtype).element_size()
+    n, rank = ctx.world_size, ctx.rank
+    sync = torch.cuda.synchronize if ctx.backend == "nccl" else (lambda: None)
+    keys, times = [], []
+    for op in ops:
+        for size in sizes:
+            numel = max(n, size // elem // n * n)  # divisible by n for the gather-type ops
+            buf = torch.ones(numel, dtype=torch_dtype, device=ctx.device)
+            part = torch.ones(numel // n, dtype=torch_dtype, device=ctx.device)
+            gathered = [torch.empty_like(part) for _ in range(n)] if rank == 0 else None
+
+            def call():
+                if op == "all_reduce":
+                    dist.all_reduce(buf)
+                elif op == "all_gather":
+                    dist.all_gather_into_tensor(buf, part)
+                elif op == "reduce_scatter":
+                    dist.reduce_scatter_tensor(part, buf)
+                elif op == "broadcast":
+                    dist.broadcast(buf, 0)
+                elif op == "gather":
+                    dist.gather(part, gathered, dst=0)
+                elif op == "send_recv":  # one way, rank 0 → rank 1; other ranks idle
+                    if rank == 0:
+                        dist.send(buf, 1)
+                    elif rank == 1:
+                        dist.recv(buf, 0)
+
+            for _ in range(warmup):
+                call()
+            sync()
+            samples = []
+            for _ in range(repeats):
+                dist.barrier()
+                sync()
+                t0 = time.perf_counter()
+                call()
+                sync()
+                samples.append(time.perf_counter() - t0)
+            keys.append((op, numel * elem))
+            times.append(samples)
+    return {"keys": keys, "times": times}
+
+
+def table(rows: list[dict]) -> list[dict]:
+    out = []
+    for row in rows:
+        ts = row["times_s"]
+        med = statistics.median(ts)
+        algbw = row["bytes"] / med if med > 0 else 0.0
+        out.append({"op": row["op"], "world_size": row["world_size"], "bytes": row["bytes"],
+                    "time_min_s": min(ts), "time_median_s": med, "time_max_s": max(ts), "n": len(ts),
+                    "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * bus_factor(row["op"], row["world_size"]) / 1e9})
+    return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ", ".join(OPS))
+    parser.add_argument("--sizes", default=None, help="comma-separated byte sizes (default 1 KiB … 16 MiB, ×4)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--json", dest="json_path", default=None, help="write rows and the raw samples here")
+
+
+def main(args) -> int:
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if "send_recv" in ops and args.world_size < 2:
+        print("send_recv needs --world-size >= 2", file=sys.stderr)
+        return 2
+    rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup, args.dtype)
+    summary = table(rows)
+    print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}")
+    print(f"{'op':>15} {'size(B)':>10} {'min(us)':>10} {'median(us)':>11} {'max(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}")
+    for r in summary:
+        print(f"{r['op']:>15} {r['bytes']:>10} {r['time_min_s'] * 1e6:>10.1f} {r['time_median_s'] * 1e6:>11.1f} "
+              f"{r['time_max_s'] * 1e6:>10.1f} {r['algbw_GBps']:>12.3f} {r['busbw_GBps']:>12.3f}")
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({"schema": "llmcomm.bench-comm/1", "world_size": args.world_size, "dtype": args.dtype,
+                       "summary": summary, "rows": rows}, f, indent=1)
+    return 0

@@ -1,0 +1,53 @@
+"""Rank-side entry point for torchrun (multi-node runs use torchrun's rendezvous, not ours):
+
+    torchrun --nnodes 2 --nproc-per-node 4 ... -m llmcomm_tests.rank --engine llama-3.1-8b --tp 4 --pp 2 \\
+        --json out.json
+
+Every rank runs the same code as under ``llmcomm run``; rank 0 gathers the others' records over
+the process group and writes the run document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .commands.run import add_arguments, config_from_args, summary
+    from .execute import assemble, rank_run
+    from .launch import init_rank, resolve_backend, teardown_rank
+
+    parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.rank")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world != cfg.layout.world_size:
+        print(f"WORLD_SIZE={world} but tp*pp={cfg.layout.world_size}", file=sys.stderr)
+        return 2
+    backend = resolve_backend(args.backend, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ctx = init_rank(rank, world, int(os.environ.get("LOCAL_RANK", rank)), backend, None, args.timeout)
+    try:
+        result = rank_run(ctx, cfg)
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(result, gathered, dst=0)
+        if rank == 0:
+            doc = assemble(cfg, backend, gathered)
+            print(summary(doc))
+            if args.json_path:
+                with open(args.json_path, "w") as f:
+                    json.dump(doc, f, indent=1)
+    finally:
+        teardown_rank()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
