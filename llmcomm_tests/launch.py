@@ -114,6 +114,8 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
 
     ``entry`` must be importable (module-level).  Raises RankFailed or RankTimeout naming the ranks.
     """
+    if getattr(entry, "__module__", "__main__") == "__main__" or "<locals>" in getattr(entry, "__qualname__", ""):
+        raise ValueError(f"launch entry {entry!r} must be a module-level function of an importable module")
     backend = resolve_backend(backend, world_size)
     ctx = _mp_context()
     workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-"))
