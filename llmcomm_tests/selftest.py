@@ -7,11 +7,18 @@ import os
 import time
 
 
-def echo(ctx, payload=None):
+def _note_pid(ctx, pid_dir):
+    if pid_dir:
+        with open(os.path.join(pid_dir, f"rank{ctx.rank}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+
+
+def echo(ctx, payload=None, pid_dir=None):
     """All-reduce the rank ids (proves the group works) and return what the rank saw."""
     import torch
     import torch.distributed as dist
 
+    _note_pid(ctx, pid_dir)
     x = torch.tensor([float(ctx.rank)])
     if ctx.world_size > 1:
         dist.all_reduce(x)
@@ -24,7 +31,8 @@ def crash(ctx, bad_rank: int = 1):
     return echo(ctx)
 
 
-def hang(ctx, bad_rank: int = 1, seconds: float = 3600):
+def hang(ctx, bad_rank: int = 1, seconds: float = 3600, pid_dir=None):
+    _note_pid(ctx, pid_dir)
     if ctx.rank == bad_rank:
         time.sleep(seconds)
     return echo(ctx)
@@ -34,3 +42,31 @@ def die(ctx, bad_rank: int = 1):
     if ctx.rank == bad_rank:
         os._exit(7)
     return echo(ctx)
+
+
+def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
+    """A two-layer MLP under DTensor tensor parallelism (ColwiseParallel → RowwiseParallel) on a CPU
+    device mesh, recorded: DTensor issues functional collectives that never touch the eager
+    ``torch.distributed`` API.  Returns the records of one forward."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from . import tags
+    from .record import Recorder
+
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    mlp = torch.nn.Sequential(torch.nn.Linear(hidden, ffn), torch.nn.ReLU(), torch.nn.Linear(ffn, hidden))
+    parallelize_module(mlp, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    recorder = Recorder().install()
+    recorder.active = True
+    tags.set_phase("prefill", 0)
+    with tags.at_site("dtensor.mlp"):
+        out = mlp(torch.ones(batch, hidden))
+        total = float(out.sum())  # first use of the output: DTensor waits for the collective here
+    tags.set_phase("none", -1)
+    recorder.active = False
+    records = recorder.finalize(ctx.rank)
+    recorder.uninstall()
+    return {"records": records, "out_sum": total}

@@ -1,0 +1,121 @@
+"""The launcher: results back, failures named, nothing left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llmcomm_tests import selftest
+from llmcomm_tests.launch import RankFailed, RankTimeout, launch
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def baseline_processes():
+    launch(selftest.echo, world_size=2, timeout_s=60)  # the fork server exists from here on
+    return descendants()
+
+
+def test_results_come_back_in_rank_order():
+    results = launch(selftest.echo, ("hello",), world_size=4, timeout_s=60)
+    assert [r["rank"] for r in results] == [0, 1, 2, 3]
+    assert all(r["sum"] == 6.0 and r["payload"] == "hello" for r in results)  # 0+1+2+3: a real all-reduce
+    assert len({r["pid"] for r in results}) == 4
+
+
+def test_crashing_rank_is_named_with_its_traceback(baseline_processes):
+    t0 = time.monotonic()
+    with pytest.raises(RankFailed) as info:
+        launch(selftest.crash, (1,), world_size=2, timeout_s=30)
+    assert time.monotonic() - t0 < 30 + 5
+    message = str(info.value)
+    assert message.startswith("rank 1 failed")
+    assert "planted crash on rank 1" in message and "Traceback" in message
+    assert descendants() == baseline_processes
+
+
+def test_rank_that_dies_silently_is_named(baseline_processes):
+    with pytest.raises(RankFailed, match=r"rank 1 failed[\s\S]*exited with code 7"):
+        launch(selftest.die, (1,), world_size=2, timeout_s=30)
+    assert descendants() == baseline_processes
+
+
+def test_hanging_rank_times_out_with_stacks(baseline_processes):
+    timeout = 3
+    t0 = time.monotonic()
+    with pytest.raises(RankTimeout) as info:
+        launch(selftest.hang, (1,), world_size=2, timeout_s=timeout)
+    assert time.monotonic() - t0 < timeout + 5
+    message = str(info.value)
+    assert 1 in info.value.ranks
+    assert "--- rank 1 stacks ---" in message and "in hang" in message and "selftest.py" in message
+    assert descendants() == baseline_processes
+
+
+def test_concurrent_launches_do_not_collide():
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(launch(selftest.echo, world_size=2, timeout_s=60))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    assert all(r[0]["sum"] == 1.0 for r in results)
+
+
+def test_entry_must_be_importable():
+    def local(ctx):
+        return ctx.rank
+
+    with pytest.raises(ValueError, match="module-level function"):
+        launch(local, world_size=1)
+
+
+def _run_script(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list(pid_dir.glob("rank*.pid"))
+        if len(files) == n and all(f.read_text() for f in files):
+            return [int(f.read_text()) for f in files]
+        time.sleep(0.1)
+    raise AssertionError("ranks did not start")
+
+
+def _gone(pids: list[int], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_no_rank_outlives_an_interrupted_or_killed_launcher(tmp_path, sig):
+    code = (f"from llmcomm_tests.launch import launch\nfrom llmcomm_tests import selftest\n"
+            f"launch(selftest.hang, (1, 3600, {str(tmp_path)!r}), world_size=2, timeout_s=600)\n")
+    proc = _run_script(code)
+    pids = _wait_for_pids(tmp_path, 2)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert _gone(pids), f"ranks {pids} still alive after the launcher got {sig!r}"

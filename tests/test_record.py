@@ -1,0 +1,123 @@
+"""The recorder: counts from the structure in DOMAIN.md §3 (written here from the formulas, not from
+the recorder or the analytic module), DTensor's functional collectives, the profiler cross-check."""
+
+from collections import Counter
+
+import pytest
+
+from llmcomm_tests import selftest
+from llmcomm_tests.commands.bench_comm import bus_factor, sweep, table
+from llmcomm_tests.engine.layout import Layout
+from llmcomm_tests.execute import RunConfig, run_case
+from llmcomm_tests.launch import launch
+from llmcomm_tests.record import wire_bytes
+
+B, SP, SD = 2, 12, 5  # batch, prompt tokens, generated tokens
+LAYOUTS = [(2, 1), (1, 2), (2, 2), (4, 1)]
+
+
+@pytest.fixture(scope="module")
+def docs(tiny):
+    return {lay: run_case(RunConfig(tiny, Layout(*lay), batch=B, prompt_len=SP, gen_len=SD, repeats=2, warmup=0,
+                                    cross_check=True), timeout_s=120) for lay in LAYOUTS}
+
+
+def expected_counts(L: int, t: int, p: int) -> Counter:
+    """(op, phase) → calls summed over ranks for one request (DOMAIN.md §3; docs/communication.md)."""
+    c = Counter()
+    for phase, forwards in (("prefill", 1), ("decode", SD - 1)):
+        if t > 1:
+            c[("all_reduce", phase)] += forwards * t * (2 * L + 1)  # 2 per layer + embedding, every TP rank
+            c[("gather", phase)] += forwards * t  # last position's logits to the sampler
+            if phase == "decode":
+                c[("broadcast", phase)] += forwards * t  # next input ids inside stage 0
+        if p > 1:
+            boundary = 2 * (p - 1) * t  # hidden_states and residual at each boundary, per TP rank
+            c[("send", phase)] += forwards * (boundary + 1)  # + sampled ids back to rank 0
+            c[("recv", phase)] += forwards * (boundary + 1)
+            if t > 1:
+                c[("all_gather", phase)] += forwards * boundary
+    return c
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
+def test_counts_follow_the_structure(docs, tiny, layout):
+    t, p = layout
+    counted = Counter()
+    for row in docs[layout]["volume"]:
+        counted[(row["op"], row["phase"])] += row["count"]
+    assert counted == expected_counts(tiny.n_layers, t, p)
+    assert docs[layout]["volume_stable"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
+def test_bytes_of_the_big_ops(docs, tiny, layout):
+    """All-reduce payload is b·s·h·4 per call; p2p boundary tensors b·s·h/t each."""
+    t, p = layout
+    h, e = tiny.hidden, 4
+    ops = [o for o in docs[layout]["ops"] if o["rep"] == 0]
+    for op in ops:
+        s = SP if op["phase"] == "prefill" else 1
+        if op["op"] == "all_reduce":
+            assert op["bytes"] == B * s * h * e and op["wire_bytes"] == 2 * (t - 1) * B * s * h * e // t
+        if op["site"].startswith("pp.boundary") and op["op"] in ("send", "recv"):
+            assert op["bytes"] == B * s * h * e // t
+        if op["site"] == "pp.tokens":
+            assert op["bytes"] == B * 8 and op["dtype"] == "int64"
+        if op["site"] == "lm_head":
+            assert op["bytes"] == B * tiny.vocab // t * e
+            assert op["wire_bytes"] == (0 if op["rank"] == (p - 1) * t else op["bytes"])
+    assert all(o["duration_s"] is not None and o["duration_s"] > 0 for o in ops)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
+def test_profiler_cross_check_agrees(docs, layout):
+    checks = docs[layout]["cross_check"]
+    assert len(checks) == layout[0] * layout[1]
+    for check in checks:
+        assert check["match"], check
+        assert check["recorder"], "nothing recorded on this rank"
+
+
+def test_dtensor_functional_collectives_are_recorded():
+    results = launch(selftest.dtensor_mlp, world_size=2, timeout_s=120)
+    for result in results:
+        records = result["records"]
+        # RowwiseParallel's partial output becomes replicated: one all-reduce of [batch, hidden] fp32
+        assert [(r["op"], r["numel"], r["bytes"], r["site"]) for r in records] == [("all_reduce", 64, 256, "dtensor.mlp")]
+        assert records[0]["group"] == [0, 1] and records[0]["duration_s"] > 0
+    assert results[0]["out_sum"] == results[1]["out_sum"]
+
+
+def test_recorder_sees_no_op_outside_generate(docs):
+    """The barrier between repetitions and warm-up are not in the record."""
+    assert all(o["phase"] in ("prefill", "decode") for o in docs[(2, 2)]["ops"])
+    assert {o["rep"] for o in docs[(2, 2)]["ops"]} == {0, 1}
+
+
+@pytest.mark.parametrize("op, n, factor", [("all_reduce", 2, 1.0), ("all_reduce", 8, 1.75), ("all_gather", 4, 0.75),
+                                           ("reduce_scatter", 8, 0.875), ("broadcast", 8, 1.0), ("send_recv", 2, 1.0)])
+def test_bus_factors_are_nccl_tests(op, n, factor):
+    assert bus_factor(op, n) == factor
+
+
+@pytest.mark.parametrize("op, nbytes, size, rank, root, wire", [
+    ("all_reduce", 1000, 4, 0, -1, 1500), ("all_gather", 100, 4, 1, -1, 300), ("gather", 100, 4, 0, 0, 0),
+    ("gather", 100, 4, 2, 0, 100), ("broadcast", 64, 2, 0, 0, 64), ("broadcast", 64, 2, 1, 0, 0),
+    ("send", 10, 2, 0, 1, 10), ("recv", 10, 2, 1, 0, 0)])
+def test_wire_bytes(op, nbytes, size, rank, root, wire):
+    assert wire_bytes(op, nbytes, size, rank, root) == wire
+
+
+def test_bench_comm_sweep_measures_every_op():
+    rows = sweep(2, ["all_reduce", "all_gather", "send_recv"], [4096, 1 << 20], repeats=3, warmup=1)
+    assert [(r["op"], r["bytes"]) for r in rows] == [("all_reduce", 4096), ("all_reduce", 1 << 20),
+                                                      ("all_gather", 4096), ("all_gather", 1 << 20),
+                                                      ("send_recv", 4096), ("send_recv", 1 << 20)]
+    summary = table(rows)
+    for row in summary:
+        assert row["n"] == 3 and 0 < row["time_min_s"] <= row["time_median_s"] <= row["time_max_s"]
+        assert row["busbw_GBps"] == pytest.approx(row["algbw_GBps"] * bus_factor(row["op"], 2))
+    big = {r["op"]: r for r in summary if r["bytes"] == 1 << 20}
+    small = {r["op"]: r for r in summary if r["bytes"] == 4096}
+    assert big["all_reduce"]["algbw_GBps"] > small["all_reduce"]["algbw_GBps"]  # α dominates small messages
