@@ -456,23 +456,24 @@ class _Doc:
     @classmethod
     def parse(cls, text: str, display: str) -> "_Doc":
         doc = cls(display)
-        loader = _LineLoader(text)
-        doc._loader = loader
         try:
-            try:
-                node = loader.get_single_node()
-            except yaml.MarkedYAMLError as exc:
-                mark = exc.problem_mark or exc.context_mark
-                what = exc.problem or exc.context or "invalid YAML"
-                if exc.context and exc.problem:
-                    ctx_line = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            loader = doc._loader = _LineLoader(text)  # the reader checks characters here already
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            what = exc.problem or exc.context or "invalid YAML"
+            if exc.context and exc.problem:
+                ctx_line = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+                if exc.problem.startswith("but "):  # "expected a single document ..., but found ..."
+                    what = f"{exc.context}{ctx_line}, {exc.problem}"
+                else:
                     what = f"{exc.problem} ({exc.context}{ctx_line})"
-                raise SpecError(display, mark.line + 1 if mark else 1, None, f"YAML syntax error: {what}") from None
-            except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
-                position = getattr(exc, "position", 0) or 0
-                line = text.count("\n", 0, position) + 1
-                reason = getattr(exc, "reason", "unreadable")
-                raise SpecError(display, line, None, f"YAML error: {reason} (character {exc.character!r})") from None
+            raise SpecError(display, mark.line + 1 if mark else 1, None, f"YAML syntax error: {what}") from None
+        except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+            line = text.count("\n", 0, exc.position) + 1
+            what = f"{exc.reason} (character #x{exc.character:04x})"
+            raise SpecError(display, line, None, f"YAML error: {what}") from None
+        try:
             if node is None:
                 raise SpecError(display, 1, None,
                                 "empty spec: expected a mapping with name, engine, workload and layouts")
@@ -485,6 +486,9 @@ class _Doc:
     def _err(self, node: yaml.Node, path: Key, message: str) -> SpecError:
         return SpecError(self.display, node.start_mark.line + 1, _field(path), message)
 
+    def _bad_tag(self, node: yaml.Node, path: Key) -> SpecError:
+        return self._err(node, path, f"unsupported YAML tag {_short_tag(node.tag)!r}: specs hold plain data only")
+
     def _build(self, node: yaml.Node, path: Key) -> Any:
         self._count += 1
         if self._count > _MAX_NODES:
@@ -492,7 +496,7 @@ class _Doc:
         self.value_line[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             if node.tag != _CORE + "map":
-                raise self._err(node, path, f"unsupported YAML tag {_short_tag(node.tag)!r}: specs hold plain data only")
+                raise self._bad_tag(node, path)
             self.collections.add(path)
             out: dict[str, Any] = {}
             first_line: dict[str, int] = {}
@@ -503,8 +507,8 @@ class _Doc:
                     raise self._err(key_node, path, "mapping keys must be plain strings")
                 key = self._build_scalar(key_node, path)
                 if not isinstance(key, str):
-                    raise self._err(key_node, path, f"mapping key {key_node.value!r} must be a string, "
-                                                    f"got {_describe(key)}; quote it")
+                    raise self._err(key_node, path, f"mapping key {key_node.value} is {_kind(key)}, not a string; "
+                                                    f"quote it")
                 line = key_node.start_mark.line + 1
                 if key in first_line:
                     raise SpecError(self.display, line, _field(path + (key,)),
@@ -515,7 +519,7 @@ class _Doc:
             return out
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _CORE + "seq":
-                raise self._err(node, path, f"unsupported YAML tag {_short_tag(node.tag)!r}: specs hold plain data only")
+                raise self._bad_tag(node, path)
             self.collections.add(path)
             items = []
             for i, item in enumerate(node.value):
@@ -526,7 +530,7 @@ class _Doc:
 
     def _build_scalar(self, node: yaml.Node, path: Key) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            raise self._err(node, path, f"unsupported YAML tag {_short_tag(node.tag)!r}: specs hold plain data only")
+            raise self._bad_tag(node, path)
         value = self._loader.construct_object(node, deep=True)
         if isinstance(value, float) and not math.isfinite(value):
             raise self._err(node, path, f"expected a finite number, got {node.value}")
@@ -598,6 +602,15 @@ def _describe(v: Any) -> str:
     return type(v).__name__
 
 
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if v is None:
+        return "null"
+    return {int: "an integer", float: "a float", str: "a string", dict: "a mapping", list: "a list"}.get(
+        type(v), type(v).__name__)
+
+
 def _matches_type(schema: Any, v: Any) -> bool:
     """Whether ``v`` has the (top-level) type a schema branch wants; True if it names none."""
     if not isinstance(schema, dict) or "type" not in schema:
@@ -610,7 +623,9 @@ def _matches_type(schema: Any, v: Any) -> bool:
             return True
         if t == "number" and isinstance(v, (int, float)) and not isinstance(v, bool):
             return True
-        if t not in ("integer", "number") and isinstance(v, _JSON_TYPES[t]) and (t == "boolean" or not isinstance(v, bool)):
+        if t in ("integer", "number") or (isinstance(v, bool) and t != "boolean"):
+            continue
+        if isinstance(v, _JSON_TYPES[t]):
             return True
     return False
 
@@ -641,13 +656,14 @@ def _schema_error(doc: _Doc, error) -> SpecError:
     xmsg = schema.get("x-message")
     if v in ("anyOf", "oneOf"):
         if xmsg:
-            return SpecError(doc.display, doc.line(path), _field(path), f"{xmsg}; got {_describe(value)}")
+            got = "" if isinstance(value, (dict, list)) else f"; got {_describe(value)}"
+            return SpecError(doc.display, doc.line(path), _field(path), f"{xmsg}{got}")
         branches = [s for s in kind if _matches_type(s, value)]
         if branches:
             index = kind.index(branches[0])
             sub = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == index]
             if sub:
-                return min((_schema_error(doc, e) for e in sub), key=lambda e: e.line or 0)
+                return _pick([_schema_error(doc, e) for e in sub])
         wanted = []
         for t in _branch_types({"anyOf": kind}):
             if t not in wanted:
@@ -660,11 +676,15 @@ def _schema_error(doc: _Doc, error) -> SpecError:
         key = min(extra, key=lambda k: doc.line(path + (k,)))
         hint = difflib.get_close_matches(key, allowed, n=1)
         msg = f"unknown field; did you mean {hint[0]!r}?" if hint else "unknown field"
-        return SpecError(doc.display, doc.line(path + (key,)), _field(path + (key,)),
-                         f"{msg} (allowed: {', '.join(allowed)})")
+        err = SpecError(doc.display, doc.line(path + (key,)), _field(path + (key,)),
+                        f"{msg} (allowed: {', '.join(allowed)})")
+        err._unknown_in = path
+        return err
     if v == "required":
         missing = [k for k in kind if k not in value]
-        return SpecError(doc.display, doc.line(path), _field(path + (missing[0],)), "required field missing")
+        err = SpecError(doc.display, doc.line(path), _field(path + (missing[0],)), "required field missing")
+        err._missing_in = path  # see _check_schema
+        return err
     if v == "type":
         want = kind if isinstance(kind, list) else [kind]
         words = " or ".join(_TYPE_WORDS[t] for t in want)
@@ -702,10 +722,17 @@ def _schema_error(doc: _Doc, error) -> SpecError:
     return SpecError(doc.display, doc.line(path), _field(path), error.message.splitlines()[0])
 
 
+def _pick(errors: list[SpecError]) -> SpecError:
+    """The one error to report: the first in the file, but a typo before the field it left missing."""
+    typo_in = {getattr(e, "_unknown_in", None) for e in errors} - {None}
+    errors = [e for e in errors if getattr(e, "_missing_in", None) not in typo_in] or errors
+    return min(errors, key=lambda e: (e.line or 0, len(e.field or "")))
+
+
 def _check_schema(doc: _Doc) -> None:
     errors = [_schema_error(doc, e) for e in _validator().iter_errors(doc.data)]
     if errors:
-        raise min(errors, key=lambda e: (e.line or 0, len(e.field or "")))
+        raise _pick(errors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,10 +787,11 @@ class _Builder:
         except ValueError as exc:
             message = str(exc)
             at: Key = ("engine",)
-            if isinstance(raw, dict):  # point at the field the message starts with, if given
-                first = message.split(" ", 1)[0]
-                if first in raw:
-                    at = ("engine", first)
+            if isinstance(raw, dict):  # point at the first field the message names that the spec gives
+                for word in re.findall(r"[a-z_]+", message):
+                    if word in raw and word not in ("preset", "name"):
+                        at = ("engine", word)
+                        break
             self.fail(at, message)
             return None
 
@@ -778,6 +806,9 @@ class _Builder:
                 continue
             out.append(layout)
             if engine is None:
+                continue
+            if layout.tp < 1 or layout.pp < 1:
+                self.fail(at, f"{layout}: tp and pp must be >= 1")
                 continue
             try:
                 layout.validate(engine)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmcomm_tests.engine.config import DTYPE_BYTES, PRESETS
 from llmcomm_tests.engine.layout import Layout
@@ -147,7 +148,8 @@ def test_good_spec_budgets(tmp_path):
 
 
 def test_minimal_spec_defaults(tmp_path):
-    spec = load_spec(write(tmp_path, "name: m\nengine: tiny\nworkload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n"))
+    spec = load_spec(write(tmp_path, "name: m\nengine: tiny\nworkload: {prompt_len: 8, gen_len: 4}\n"
+                                     "layouts: ['1x1']\n"))
     assert (spec.dtype, spec.repeats, spec.warmup, spec.hardware) == ("fp32", 5, 1, "cpu-loopback")
     assert spec.workloads[0].batch == 1
     assert len(spec.budgets) == 0 and spec.baseline is None and spec.marks == ()
@@ -211,7 +213,8 @@ BAD = [
     ("empty-file", "", 1, None, "empty spec"),
     ("only-comments", "# nothing yet\n\n", 1, None, "empty spec"),
     ("top-level-list", "- name: bad\n- engine: tiny\n", 1, None, "top level must be a mapping"),
-    ("two-documents", HEAD + "layouts: ['1x1']\n---\nname: other\n", 5, None, "single document"),
+    ("two-documents", HEAD + "layouts: ['1x1']\n---\nname: other\n", 5, None,
+     "expected a single document in the stream at line 1, but found another"),
     ("unknown-top-field", HEAD + "layouts: ['1x1']\nrepeat: 3\n", 5, "repeat", "did you mean 'repeats'"),
     ("unknown-nested-field", "name: bad\nengine: tiny\nworkload:\n  prompt_len: 8\n  gen_len: 4\n  batchsize: 2\n"
      "layouts: ['1x1']\n", 6, "workload.batchsize", "unknown field"),
@@ -226,7 +229,7 @@ BAD = [
      "  gen_len: 4\nlayouts: ['1x1']\n", 5, "workload.batch[1]", "listed twice"),
     ("empty-layouts", HEAD + "layouts: []\n", 4, "layouts", "must not be empty"),
     ("unparseable-layout", HEAD + "layouts:\n  - 1x1\n  - 2y2\n", 6, "layouts[1]", "cannot parse layout"),
-    ("layout-zero", HEAD + "layouts: ['0x2']\n", 4, "layouts[0]", "must be >= 1"),
+    ("layout-zero", HEAD + "layouts: ['0x2']\n", 4, "layouts[0]", "tp0-pp2: tp and pp must be >= 1"),
     ("tp-not-dividing-heads", HEAD + "layouts:\n  - {tp: 2}\n  - {tp: 3, pp: 1}\n", 6, "layouts[1].tp",
      "tp=3 does not divide 8 attention heads"),
     ("tp-string-not-dividing-heads", HEAD + "layouts: ['3x1']\n", 4, "layouts[0]", "does not divide 8"),
@@ -235,13 +238,15 @@ BAD = [
     ("bool-for-int", HEAD + "layouts: ['1x1']\nrepeats: true\n", 5, "repeats", "got true (a boolean)"),
     ("unknown-layout-field", HEAD + "layouts:\n  - {tp: 2, dp: 2}\n", 5, "layouts[0].dp", "unknown field"),
     ("unknown-engine-preset", "name: bad\nengine: llama-9b\nworkload: {prompt_len: 8, gen_len: 4}\n"
-     "layouts: ['1x1']\n", 2, "engine", "'llama-9b'; expected one of: tiny"),
+     "layouts: ['1x1']\n", 2, "engine", "unknown engine preset 'llama-9b'; expected one of: tiny"),
     ("unknown-engine-field", "name: bad\nengine:\n  preset: tiny\n  n_heeds: 4\n"
      "workload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 4, "engine.n_heeds", "did you mean 'n_heads'"),
     ("engine-shape-incomplete", "name: bad\nengine:\n  n_layers: 2\n  hidden: 64\n"
      "workload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 2, "engine.n_heads", "required field missing"),
     ("engine-shape-inconsistent", "name: bad\nengine:\n  preset: tiny\n  hidden: 100\n"
      "workload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 4, "engine.hidden", "not divisible by n_heads"),
+    ("engine-kv-heads-not-dividing", "name: bad\nengine:\n  preset: tiny\n  n_kv_heads: 3\n"
+     "workload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 4, "engine.n_kv_heads", "not divisible by n_kv_heads 3"),
     ("engine-list", "name: bad\nengine: [tiny]\nworkload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n",
      2, "engine", "expected a string or a mapping, got a list"),
     ("bad-dtype", HEAD + "layouts: ['1x1']\ndtype: fp8\n", 5, "dtype", "'fp8'; expected one of: fp32, bf16, fp16"),
@@ -269,8 +274,16 @@ BAD = [
     ("duplicate-case-id", HEAD + "layouts:\n  - 2x1\n  - 1x1\n  - {tp: 2, pp: 1}\n", 7, "layouts[2]",
      "duplicate case id tp2-pp1-b1-s8-g4 (layout tp2-pp1 already listed at line 5)"),
     ("duplicate-key", HEAD + "layouts: ['1x1']\ndtype: fp32\ndtype: bf16\n", 6, "dtype", "first given at line 5"),
-    ("non-string-key", HEAD + "layouts: ['1x1']\n1: one\n", 5, None, "must be a string"),
-    ("merge-key", "base: &b {prompt_len: 8}\n" + HEAD + "layouts: ['1x1']\n", 1, "base", "unknown field"),
+    ("non-string-key", HEAD + "layouts: ['1x1']\n1: one\n", 5, None, "mapping key 1 is an integer, not a string"),
+    ("bool-key", HEAD + "layouts:\n  - {tp: 2, yes: 1}\n", 5, "layouts[0]", "mapping key yes is a boolean"),
+    ("anchor-in-unknown-field", "base: &b {prompt_len: 8}\n" + HEAD + "layouts: ['1x1']\n", 1, "base",
+     "did you mean 'baseline'"),
+    ("typo-in-custom-engine", "name: bad\nengine:\n  n_layer: 2\n  hidden: 64\n  n_heads: 4\n  n_kv_heads: 2\n"
+     "  ffn: 128\n  vocab: 100\nworkload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 3, "engine.n_layer",
+     "did you mean 'n_layers'"),
+    ("sweep-wrong-type", "name: bad\nengine: tiny\nworkload: {batch: eight, prompt_len: 8, gen_len: 4}\n"
+     "layouts: ['1x1']\n", 3, "workload.batch", "expected an integer or a list of them, got 'eight'"),
+    ("layout-int", HEAD + "layouts: [2]\n", 4, "layouts[0]", "expected a string or a mapping, got 2"),
     ("merge-key-used", "name: bad\nengine: tiny\nworkload:\n  <<: {prompt_len: 8}\n  gen_len: 4\n"
      "layouts: ['1x1']\n", 4, "workload", "merge keys"),
     ("missing-name", "engine: tiny\nworkload: {prompt_len: 8, gen_len: 4}\nlayouts: ['1x1']\n", 1, "name",
@@ -420,3 +433,43 @@ def test_schema_describes_every_field():
 def test_import_does_not_pull_torch():
     code = "import sys, llmcomm_tests.spec; assert 'torch' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_control_character(tmp_path):
+    path = write(tmp_path, HEAD + "layouts: ['1x1']\ndescription: \"a\x07b\"\n")
+    with pytest.raises(SpecError, match=r"^slo_specs/x\.yaml:5: YAML error: .*#x0007"):
+        load_spec(path)
+
+
+def test_alias_bomb_is_refused(tmp_path):
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcde", "bcdef"):
+        rows.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    with pytest.raises(SpecError, match="spec too large"):
+        load_spec(write(tmp_path, "\n".join(rows) + "\n"))
+
+
+def test_date_like_name_stays_a_string(tmp_path):
+    spec = load_spec(write(tmp_path, "name: 2024-01-01\nengine: tiny\nworkload: {prompt_len: 8, gen_len: 4}\n"
+                                     "layouts: ['1x1']\n"))
+    assert spec.name == "2024-01-01"
+
+
+def _doc_yaml_blocks() -> list[str]:
+    text = (REPO / "docs" / "spec-format.md").read_text(encoding="utf-8")
+    return re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+
+
+def test_docs_example_spec_loads():
+    spec = parse_spec(_doc_yaml_blocks()[0], "docs/spec-format.md")
+    assert [c.id for c in spec.cases()][:2] == ["tp4-pp1-b1-s128-g128", "tp4-pp1-b1-s128-g512"]
+    assert len(spec.cases()) == 6
+
+
+@pytest.mark.parametrize("index", range(1, len(_doc_yaml_blocks())))
+def test_docs_fragments_load(index):
+    fragment = yaml.safe_load(_doc_yaml_blocks()[index])
+    base = {"name": "doc", "engine": "tiny", "workload": {"prompt_len": 8, "gen_len": 4}, "layouts": ["1x1"]}
+    if "layouts" in fragment or "engine" in fragment:
+        base["engine"] = "llama-3.1-8b"
+    parse_spec(yaml.safe_dump({**base, **fragment}), f"docs/spec-format.md#{index}")
