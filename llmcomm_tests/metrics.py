@@ -87,7 +87,7 @@ def comm_metrics(ops: list[dict], generations: list[dict], batch: int, gen_len: 
             start = op["start_ns"]
             spans[(op["rep"], op["rank"], op["phase"])].append((start, start + int(op["duration_s"] * 1e9)))
         wire[op["rep"]] += op["wire_bytes"]
-    per_token, ttft_share, tpot_share = [], [], []
+    per_token, ttft_share, tpot_share, e2e_share = [], [], [], []
     for rep, gen in enumerate(generations):
         ranks = range(world_size)
         prefill = max(busy_time(spans[(rep, r, "prefill")]) for r in ranks)
@@ -95,6 +95,7 @@ def comm_metrics(ops: list[dict], generations: list[dict], batch: int, gen_len: 
         total = max(busy_time(spans[(rep, r, "prefill")] + spans[(rep, r, "decode")]) for r in ranks)
         times = gen["token_times_s"]
         per_token.append(total / gen_len)
+        e2e_share.append(total / times[-1] if times[-1] else 0.0)
         ttft_share.append(prefill / times[0] if times[0] else 0.0)
         if gen_len > 1 and times[-1] > times[0]:
             tpot_share.append(decode / (times[-1] - times[0]))
@@ -103,6 +104,9 @@ def comm_metrics(ops: list[dict], generations: list[dict], batch: int, gen_len: 
         "comm_time_per_token_s": percentile(per_token, 50),
         "comm_share_ttft": percentile(ttft_share, 50),
         "comm_share_tpot": percentile(tpot_share, 50),
+        "comm_share": percentile(e2e_share, 50),  # of the whole request (E2E)
         "bytes_per_token": wire.get(0, 0) / tokens,
         "wire_bytes_total": wire.get(0, 0),
+        "samples": {"comm_time_per_token_s": per_token, "comm_share": e2e_share,
+                    "comm_share_ttft": ttft_share, "comm_share_tpot": tpot_share},
     }

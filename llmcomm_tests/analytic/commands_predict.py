@@ -58,11 +58,12 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.3f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Plain-text table; the first ``left`` columns are text (left-aligned), the rest numbers."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = []
     for i, row in enumerate([header] + rows):
-        lines.append("  ".join(str(x).ljust(w) if j == 0 or (j < 3 and i == 0) else str(x).rjust(w)
+        lines.append("  ".join(str(x).ljust(w) if j < left else str(x).rjust(w)
                                for j, (x, w) in enumerate(zip(row, widths))).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -96,7 +97,7 @@ def format_single(pred: dict) -> str:
     out = [_headline(pred)]
     if rows:
         out.append(_table(["site", "op", "phase", "calls", "ops", "bytes", "wire", "tier", "time_ms",
-                           "bounds_ms"], rows))
+                           "bounds_ms"], rows, left=3))
     else:
         out.append("(one rank: no communication)")
     out.append(f"volume: {_size(s['bytes'])} recorded, {_size(s['wire_bytes'])} on the wire, "
@@ -123,9 +124,10 @@ def format_side_by_side(preds: list[dict]) -> str:
     c = preds[0]["case"]
     out = [f"{c['name']}  batch {c['batch']}  prompt {c['prompt_len']}  gen {c['gen_len']}  {c['dtype']}  "
            f"hardware {c['hardware']} ({preds[0]['metrics']['algorithm']})"]
-    rows = [[f"{site} {op}"] + [f"{_size(w[(site, op)])} / {_ms(t[(site, op)])}" for w, t in zip(wire, time)]
+    rows = [[f"{site} {op}"] + [f"{_size(w[(site, op)])} / {_ms(t[(site, op)])}" if (site, op) in w else "-"
+                                for w, t in zip(wire, time)]
             for site, op in sorted(keys)]
-    out.append(_table(["wire bytes / time_ms"] + names, rows))
+    out.append(_table(["wire (all ranks) / time_ms"] + names, rows))
     metric_rows = [
         ["wire bytes, all ranks"] + [_size(p["volume_summary"]["wire_bytes"]) for p in preds],
         ["wire bytes per GPU"] + [_size(p["volume_summary"]["wire_bytes_per_gpu"]) for p in preds],
