@@ -7,6 +7,8 @@ broadcast, send, recv), SITE an optional site class (attn, mlp, embed, lm_head, 
 * ``send@pp.boundary:delay=2ms``   a fixed extra 2 ms per call
 * ``all_reduce@attn:extra=1``   one more all-reduce of the same tensor after each call
 * ``all_reduce@mlp:size=2``   the message is twice as large (the tensor is padded, the result kept)
+* ``all_reduce:crash=1``   rank 1 raises on its first such op (see how a crashed rank is reported)
+* ``send:hang=0``   rank 0 stops at its first such op (see how a hung rank is reported)
 
 Faults sit *under* the recorder: the recorder measures their effect like any other regression.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from . import tags
 
-_SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size)=(?P<value>[0-9.]+)(?P<unit>%|ms|us|s|x)?$")
+_SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>[0-9.]+)(?P<unit>%|ms|us|s|x)?$")
 # recorded op name → ProcessGroup method that carries it
 _METHODS = {"all_reduce": "allreduce", "all_gather": "all_gather_single", "gather": "gather",
             "broadcast": "broadcast", "send": "send", "recv": "recv"}
@@ -29,7 +31,7 @@ _METHODS = {"all_reduce": "allreduce", "all_gather": "all_gather_single", "gathe
 class Fault:
     op: str
     site: str | None
-    kind: str  # delay | extra | size
+    kind: str  # delay | extra | size | crash | hang
     value: float  # delay: fraction (relative) or seconds (absolute); extra: count; size: factor
     relative: bool = False
 
@@ -45,7 +47,7 @@ class Fault:
 def parse_fault(text: str) -> Fault:
     m = _SYNTAX.match(text.strip())
     if not m or m["op"] not in _METHODS:
-        raise ValueError(f"bad fault {text!r}: expected OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2 "
+        raise ValueError(f"bad fault {text!r}: expected OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R "
                          f"with OP in {', '.join(_METHODS)}")
     value, unit, kind = float(m["value"]), m["unit"], m["kind"]
     if kind == "delay":
@@ -55,6 +57,10 @@ def parse_fault(text: str) -> Fault:
         if scale is None:
             raise ValueError(f"bad fault {text!r}: delay unit must be %, s, ms or us")
         return Fault(m["op"], m["site"], kind, value * scale)
+    if kind in ("crash", "hang"):
+        if value != int(value) or unit:
+            raise ValueError(f"bad fault {text!r}: {kind}=RANK takes a global rank number")
+        return Fault(m["op"], m["site"], kind, value)
     if kind == "size" and (value <= 1 or (m["op"] not in ("all_reduce", "broadcast"))):
         raise ValueError(f"bad fault {text!r}: size=N needs N > 1 and op all_reduce or broadcast")
     if kind == "extra" and (value < 1 or value != int(value) or m["op"] != "all_reduce"):
@@ -100,8 +106,14 @@ def install_faults(faults, recorder=None) -> InstalledFaults:
             if not active:
                 return _original(pg, *args, **kwargs)
             for fault in active:
+                if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
+                    if fault.kind == "crash":
+                        raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
+                    time.sleep(1e9)
                 if fault.kind == "size":
                     return _padded(pg, args, kwargs, _original, fault.value, torch)
+            if not any(f.kind in ("delay", "extra") for f in active):
+                return _original(pg, *args, **kwargs)
             t0 = time.perf_counter()
             work = _original(pg, *args, **kwargs)
             work.wait()

@@ -1,5 +1,125 @@
-"""pytest plugin: YAML SLO specs become tests (hooks only; the work lives in the other modules)."""
+"""pytest plugin: YAML SLO specs become tests.  Hooks only; the work lives in the other modules.
+
+Loaded through the ``pytest11`` entry point (or ``pytest_plugins`` in a conftest).  Importing it
+must not import torch: torch is imported when a case runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from . import options as llmcomm_options
+from .session import LLMCommSession
+
+SESSION_KEY = pytest.StashKey[LLMCommSession]()
+SPEC_DIRS_INI = "llmcomm_spec_dirs"
+MARKERS = (
+    "llmcomm: an llmcomm-tests SLO case (one layout x workload of a spec)",
+    "tp: tensor-parallel only layout",
+    "pp: pipeline-parallel only layout",
+    "hybrid: TP x PP layout",
+    "gpus(n): the case needs n ranks",
+)
 
 
+def pytest_addoption(parser):
+    llmcomm_options.add_options(parser)
+    parser.addini(SPEC_DIRS_INI, "folders whose *.yaml files are SLO specs", type="args", default=["slo_specs"])
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml reads --junitxml
 def pytest_configure(config):
-    config.addinivalue_line("markers", "llmcomm: an llmcomm-tests SLO case")
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    try:
+        resolved = llmcomm_options.resolve(config)
+    except ValueError as exc:
+        raise pytest.UsageError(f"llmcomm: {exc}") from None
+    config.stash[SESSION_KEY] = LLMCommSession(resolved)
+    if not _is_worker(config) and not config.option.xmlpath and _runs_specs(config):
+        config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
+
+
+def _runs_specs(config) -> bool:
+    """Default JUnit output only when specs can be collected (our own unit tests stay quiet)."""
+    dirs = config.getini(SPEC_DIRS_INI)
+    args = config.args or [str(config.rootpath)]
+    return any(d in Path(a).parts or (Path(a) / d).is_dir() or Path(a).suffix in (".yaml", ".yml")
+               for a in args for d in dirs)
+
+
+def pytest_collect_file(file_path: Path, parent):
+    if file_path.suffix in (".yaml", ".yml") and any(
+            d in file_path.parent.parts for d in parent.config.getini(SPEC_DIRS_INI)):
+        from .pytest_items import SpecFile
+
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_report_header(config):
+    return config.stash[SESSION_KEY].header()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    result = getattr(item, "llmcomm_result", None)
+    if call.when == "call" and result is not None:
+        result["nodeid"] = item.nodeid
+        outcome.get_result().llmcomm = result  # travels to the xdist controller with the report
+
+
+def pytest_runtest_logreport(report):
+    result = getattr(report, "llmcomm", None)
+    if result is None:
+        return
+    config = _config_of(report)
+    if config is None or _is_worker(config):
+        return
+    state = config.stash[SESSION_KEY]
+    state.results.append(result)
+    from .report import json_report
+
+    json_report.write(state)
+
+
+_CONFIG = []
+
+
+def _config_of(report):
+    return _CONFIG[0] if _CONFIG else None
+
+
+def pytest_sessionstart(session):
+    _CONFIG[:] = [session.config]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if _is_worker(config):
+        return
+    state = config.stash[SESSION_KEY]
+    if state.results:
+        from .report import json_report
+
+        json_report.write(state, complete=True, exitstatus=exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if _is_worker(config) or SESSION_KEY not in config.stash:
+        return
+    state = config.stash[SESSION_KEY]
+    if state.results and config.option.xmlpath:
+        from .report import junit
+
+        junit.enrich(config.option.xmlpath, state)
+    _CONFIG.clear()

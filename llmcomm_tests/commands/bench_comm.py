@@ -17,6 +17,7 @@ from .. import launch
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv", "gather")
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
+GATHER_TYPE = ("all_gather", "reduce_scatter", "gather")  # size = n × the per-rank part
 
 
 def bus_factor(op: str, n: int) -> float:
@@ -29,7 +30,10 @@ def bus_factor(op: str, n: int) -> float:
 
 def sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 20, backend: str = "auto",
           timeout_s: float = 300.0, warmup: int = 3, dtype: str = "fp32") -> list[dict]:
-    """Rows ``{"op", "world_size", "bytes", "times_s": [per repetition, slowest rank]}``."""
+    """Rows ``{"op", "world_size", "bytes", "times_s": [per repetition, slowest rank],
+    "rank_times_s": [[per repetition] per rank]}`` — ``times_s`` is nccl-tests' view (the slowest
+    rank), ``rank_times_s`` the recorder's (each rank's own call duration, what a run document's
+    ``duration_s`` holds)."""
     unknown = set(ops) - set(OPS)
     if unknown:
         raise ValueError(f"unknown op(s) {sorted(unknown)}; known: {', '.join(OPS)}")
@@ -38,7 +42,8 @@ def sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 20, 
     rows = []
     for i, (op, size) in enumerate(per_rank[0]["keys"]):
         times = [max(r["times"][i][k] for r in per_rank) for k in range(repeats)]
-        rows.append({"op": op, "world_size": world_size, "bytes": size, "times_s": times})
+        rows.append({"op": op, "world_size": world_size, "bytes": size, "times_s": times,
+                     "rank_times_s": [list(r["times"][i]) for r in per_rank]})
     return rows
 
 
@@ -57,7 +62,10 @@ def _rank_sweep(ctx, ops, sizes, repeats, warmup, dtype):
     keys, times = [], []
     for op in ops:
         for size in sizes:
-            numel = max(n, size // elem // n * n)  # divisible by n for the gather-type ops
+            if op in GATHER_TYPE:  # the per-rank part must divide evenly: a multiple of n elements
+                numel = max(n, size // elem // n * n)
+            else:  # all_reduce, broadcast, send_recv: the size as asked (8 B = an int64 token id)
+                numel = max(1, size // elem)
             buf = torch.ones(numel, dtype=torch_dtype, device=ctx.device)
             part = torch.ones(numel // n, dtype=torch_dtype, device=ctx.device)
             gathered = [torch.empty_like(part) for _ in range(n)] if rank == 0 else None

@@ -1,0 +1,211 @@
+"""How well a hardware profile predicts the op durations a run really recorded.
+
+One mapping from a recorded op (a run document's ``ops`` record: ``{rank, op, group, bytes,
+wire_bytes, phase, site, duration_s, …}``) to the latency model's terms — latency op, group size,
+``msg_bytes`` (volume.op_instances' convention: the buffer for all_reduce / broadcast / send_recv,
+the gathered *total* for all_gather and gather, the input for reduce_scatter) and link tier — shared
+by ``bounds_for_record`` (one record: lower, upper, predicted) and ``accuracy_rows`` (per op class:
+median error and the share of records inside the bounds).  No torch import.
+
+Waiting.  A recorded duration runs from issue to completion on *that* rank, so a call whose rank
+arrives before its peers also times the peers' lateness.  For most calls that lateness is noise
+(the TP ranks of a group run the same compute), but for three kinds it is the engine's schedule:
+the call waits for compute on other ranks by construction, and its duration says more about the
+pipeline than about the link.  Those are ``WAITING`` and have no communication bound
+(``bounds_for_record`` returns None; ``accuracy_rows`` reports them apart):
+
+* ``recv`` (every site) — the receiver posts its recv before the sender has produced the data:
+  at ``pp.boundary{i}`` it waits for stage i−1's whole forward; at ``pp.tokens`` global rank 0
+  waits for every later stage and the sampling.
+* ``broadcast`` at a non-root rank (``tokens.broadcast``, wire_bytes 0) — it waits for the root
+  (global rank 0) to sample the next ids (TP) or to receive them from the last stage (TP × PP).
+* ``gather`` at the root (the sampler, wire_bytes 0) — it waits for the slowest peer's LM-head
+  slice.
+
+The sending halves are bounded: ``send`` (gloo hands the buffer to the transport and returns),
+``broadcast`` at the root, ``gather`` at a non-root rank, and every all_reduce / all_gather /
+reduce_scatter (their ranks arrive together, up to scheduling noise).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from . import latency
+
+if TYPE_CHECKING:
+    from ..engine.layout import Layout
+    from .hardware import HardwareProfile
+
+# (recorded op, role) -> why its duration includes waiting for other ranks' compute.  Role is
+# "root" / "peer" for rooted collectives (told apart by the contract's wire bytes), "" otherwise.
+WAITING: dict[tuple[str, str], str] = {
+    ("recv", ""): "waits for the sender's stage to compute (pp.boundary) or the rest of the pipeline (pp.tokens)",
+    ("broadcast", "peer"): "waits for the root to sample (TP) or to receive the ids from the last stage (PP)",
+    ("gather", "root"): "waits for the slowest peer's LM-head slice",
+}
+
+_LATENCY_OP = {"all_reduce": "all_reduce", "all_gather": "all_gather", "reduce_scatter": "reduce_scatter",
+               "gather": "gather", "broadcast": "broadcast", "send": "send_recv", "recv": "send_recv"}
+
+
+def role_of(record: dict) -> str:
+    """``root`` / ``peer`` for gather and broadcast (gather: 0 wire bytes at the root; broadcast:
+    the payload on the wire at the root — docs/communication.md), ``""`` for everything else."""
+    op = record["op"]
+    if op == "gather":
+        return "root" if record["wire_bytes"] == 0 and record["bytes"] > 0 else "peer"
+    if op == "broadcast":
+        return "root" if record["wire_bytes"] == record["bytes"] else "peer"
+    return ""
+
+
+def waiting_reason(record: dict) -> str | None:
+    """Why this record's duration includes waiting for other ranks' compute, or None."""
+    return WAITING.get((record["op"], role_of(record)))
+
+
+def _p2p_peer(record: dict, layout: "Layout | None") -> int | None:
+    if "peer" in record:
+        return int(record["peer"])
+    if layout is None:
+        return None
+    site, rank, send = record.get("site", ""), record["rank"], record["op"] == "send"
+    if site.startswith("pp.boundary"):
+        return rank + layout.tp if send else rank - layout.tp
+    if site == "pp.tokens":
+        return 0 if send else layout.rank_of(layout.pp - 1, 0)
+    return None
+
+
+def record_instance(record: dict, layout: "Layout | None" = None) -> dict | None:
+    """The latency model's view of one recorded call: ``{op, group_size, msg_bytes, ranks, role,
+    waiting}`` (``op`` the latency.py op, ``send``/``recv`` → ``send_recv``; ``ranks`` the ranks
+    the transfer spans, for the tier), or None for ops the model does not time (barrier,
+    all_to_all, scatter, reduce).
+
+    Point-to-point ranks come from a ``peer`` field if the record has one, else from ``layout``
+    and the site (pp.boundary{i}: the same tp_rank one stage over; pp.tokens: the sampler and
+    global rank 0); with neither, the record's own rank alone (one host: always ``intra``)."""
+    op = _LATENCY_OP.get(record["op"])
+    if op is None:
+        return None
+    group = list(record.get("group") or [record["rank"]])
+    t = len(group)
+    nbytes = int(record["bytes"])
+    if op == "send_recv":
+        peer = _p2p_peer(record, layout)
+        ranks = [record["rank"]] if peer is None else sorted({record["rank"], peer})
+        group_size = 2
+        msg = nbytes
+    else:
+        ranks, group_size = group, t
+        msg = nbytes * t if op in ("all_gather", "gather") else nbytes
+    return {"op": op, "group_size": group_size, "msg_bytes": msg, "ranks": ranks, "role": role_of(record),
+            "waiting": waiting_reason(record)}
+
+
+def bounds_for_record(profile: "HardwareProfile", record: dict, layout: "Layout | None" = None,
+                      algorithm: str | None = None) -> tuple[float, float, float] | None:
+    """``(lower_s, upper_s, predicted_s)`` for one recorded call under ``profile``; None for the
+    ``WAITING`` classes (their duration is the schedule, not the link), for ops the model does not
+    time, and for groups of one rank."""
+    inst = record_instance(record, layout)
+    if inst is None or inst["waiting"] is not None:
+        return None
+    tier = profile.tier_of(inst["ranks"])
+    args = (profile, inst["op"], inst["group_size"], inst["msg_bytes"], tier)
+    predicted = latency.op_time(*args, algorithm=algorithm)
+    if predicted == 0.0:
+        return None
+    lower, upper = latency.bounds(*args, algorithm=algorithm)
+    return lower, upper, predicted
+
+
+def _layout_of(doc: dict) -> "Layout":
+    from ..engine.layout import Layout
+
+    return Layout(int(doc["case"]["tp"]), int(doc["case"]["pp"]))
+
+
+ROW_KEYS = ("op", "group_size", "role", "phase", "waiting", "n", "median_measured_s", "median_predicted_s",
+            "median_rel_err", "inside", "below_lower", "above_upper", "inside_share")
+
+
+def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: bool = False,
+                  algorithm: str | None = None) -> list[dict]:
+    """Per op class — (recorded op, group size, role[, phase]) over every timed record of every run
+    document — ``n``, median measured and predicted seconds, the median of |pred − meas| / meas
+    over the records, and how many records fall inside [lower, upper] (``inside_share``), below
+    the floor and above the upper bound.  ``waiting`` is the ``WAITING`` reason (those rows carry
+    no prediction: None in the predicted/bounds fields) or None.  Sorted bounded classes first,
+    then by (op, group size, role, phase)."""
+    table: dict = defaultdict(list)
+    for doc in docs:
+        layout = _layout_of(doc)
+        for rec in doc["ops"]:
+            if rec.get("duration_s") is None:
+                continue
+            inst = record_instance(rec, layout)
+            if inst is None:
+                continue
+            key = (rec["op"], inst["group_size"], inst["role"], rec["phase"] if by_phase else "all")
+            table[key].append((rec, inst, layout))
+    rows = []
+    for (op, group, role, phase), items in table.items():
+        measured = [rec["duration_s"] for rec, _, _ in items]
+        waiting = items[0][1]["waiting"]
+        row = {"op": op, "group_size": group, "role": role, "phase": phase, "waiting": waiting, "n": len(items),
+               "median_measured_s": statistics.median(measured), "median_predicted_s": None,
+               "median_rel_err": None, "inside": None, "below_lower": None, "above_upper": None,
+               "inside_share": None}
+        if waiting is None:
+            preds, errs, inside, below, above = [], [], 0, 0, 0
+            for rec, inst, layout in items:
+                lower, upper, pred = bounds_for_record(profile, rec, layout, algorithm)
+                meas = rec["duration_s"]
+                preds.append(pred)
+                errs.append(abs(pred - meas) / meas if meas > 0 else float("inf"))
+                if meas < lower:
+                    below += 1
+                elif meas > upper:
+                    above += 1
+                else:
+                    inside += 1
+            row.update(median_predicted_s=statistics.median(preds), median_rel_err=statistics.median(errs),
+                       inside=inside, below_lower=below, above_upper=above, inside_share=inside / len(items))
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["waiting"] is not None, r["op"], r["group_size"], r["role"], r["phase"]))
+
+
+def summary(rows: list[dict], max_median_err: float = 0.10, min_inside: float = 0.99) -> dict:
+    """Pooled over the bounded rows: records, inside share, and which classes miss the goals."""
+    bounded = [r for r in rows if r["waiting"] is None]
+    n = sum(r["n"] for r in bounded)
+    inside = sum(r["inside"] for r in bounded)
+    return {
+        "records": n, "inside": inside, "inside_share": inside / n if n else None,
+        "below_lower": sum(r["below_lower"] for r in bounded), "above_upper": sum(r["above_upper"] for r in bounded),
+        "classes": len(bounded),
+        "error_misses": [r for r in bounded if r["median_rel_err"] > max_median_err],
+        "bounds_misses": [r for r in bounded if r["inside_share"] < min_inside],
+        "waiting_records": sum(r["n"] for r in rows if r["waiting"] is not None),
+    }
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Plain-text table of ``accuracy_rows``."""
+    head = (f"{'op':>10} {'t':>2} {'role':>4} {'phase':>7} {'n':>6} {'meas_med_us':>11} {'pred_med_us':>11} "
+            f"{'med|err|':>8} {'inside':>7} {'<lower':>6} {'>upper':>6}")
+    lines = [head]
+    for r in rows:
+        common = f"{r['op']:>10} {r['group_size']:>2} {r['role'] or '-':>4} {r['phase']:>7} {r['n']:>6} " \
+                 f"{r['median_measured_s'] * 1e6:>11.1f}"
+        if r["waiting"] is None:
+            lines.append(f"{common} {r['median_predicted_s'] * 1e6:>11.1f} {r['median_rel_err']:>8.1%} "
+                         f"{r['inside_share']:>7.2%} {r['below_lower']:>6} {r['above_upper']:>6}")
+        else:
+            lines.append(f"{common} {'includes pipeline wait (not bounded)':>44}")
+    return "\n".join(lines)

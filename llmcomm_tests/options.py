@@ -1,0 +1,131 @@
+"""Plugin options, each resolved like pytest-timeout's: command line → environment → ini → default.
+
+One small parser per option keeps bad values pointed at where they came from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the attribute on LLMCommOptions
+    flag: str  # command-line flag
+    env: str | None
+    ini: str
+    default: object
+    parse: object  # str -> value
+    help: str
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _backend(text: str) -> str:
+    if text not in ("auto", "gloo", "nccl"):
+        raise ValueError("must be auto, gloo or nccl")
+    return text
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+OPTIONS = (
+    Option("gpus", "--gpus", "LLMCOMM_GPUS", "llmcomm_gpus", None, _positive_int,
+           "ranks available to a case (default: CUDA devices, else 4 CPU ranks on gloo)"),
+    Option("backend", "--llmcomm-backend", "LLMCOMM_BACKEND", "llmcomm_backend", "auto", _backend,
+           "auto (NCCL with one GPU per rank when there are enough devices, else gloo), gloo or nccl"),
+    Option("hardware", "--llmcomm-hardware", "LLMCOMM_HARDWARE", "llmcomm_hardware", None, _optional_str,
+           "hardware profile of this machine (name or YAML path); default cpu-loopback on gloo"),
+    Option("report_dir", "--llmcomm-report-dir", "LLMCOMM_REPORT_DIR", "llmcomm_report_dir", "reports", str,
+           "where JUnit, JSON and HTML reports go"),
+    Option("repeats", "--llmcomm-repeats", "LLMCOMM_REPEATS", "llmcomm_repeats", None, _positive_int,
+           "timed repetitions per case (overrides the specs)"),
+    Option("timeout", "--llmcomm-timeout", "LLMCOMM_TIMEOUT", "llmcomm_timeout", 300.0, _positive_float,
+           "seconds before a case's hung ranks are killed"),
+    Option("baseline_save", "--llmcomm-baseline-save", "LLMCOMM_BASELINE_SAVE", "llmcomm_baseline_save", None,
+           _optional_str, "store each case's results as baseline NAME"),
+    Option("baseline_compare", "--llmcomm-baseline-compare", "LLMCOMM_BASELINE_COMPARE",
+           "llmcomm_baseline_compare", None, _optional_str, "compare each case against baseline NAME"),
+    Option("baseline_dir", "--llmcomm-baseline-dir", "LLMCOMM_BASELINE_DIR", "llmcomm_baseline_dir", ".llmcomm/baselines",
+           str, "where baselines live (one folder per hardware key)"),
+)
+
+
+@dataclass(frozen=True)
+class LLMCommOptions:
+    gpus: int | None
+    backend: str
+    hardware: str | None
+    report_dir: str
+    repeats: int | None
+    timeout: float
+    baseline_save: str | None
+    baseline_compare: str | None
+    baseline_dir: str
+    inject: tuple[str, ...] = ()
+
+
+def add_options(parser) -> None:
+    group = parser.getgroup("llmcomm", "llmcomm-tests: communication SLO specs")
+    for opt in OPTIONS:
+        group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", default=None, help=opt.help)
+        parser.addini(opt.ini, opt.help, default=None)
+    group.addoption("--llmcomm-inject", dest="llmcomm_inject", action="append", default=[],
+                    help="plant a fault in every case, e.g. all_reduce:delay=10%% (gate self-test)")
+
+
+def resolve(config) -> LLMCommOptions:
+    """CLI → environment → ini → default, each value parsed by its option's parser."""
+    values = {}
+    for opt in OPTIONS:
+        for source, raw in ((opt.flag, config.getoption(f"llmcomm_{opt.name}")),
+                            (opt.env, os.environ.get(opt.env) if opt.env else None),
+                            (f"ini {opt.ini}", config.getini(opt.ini))):
+            if raw not in (None, ""):
+                try:
+                    values[opt.name] = opt.parse(str(raw))
+                except ValueError as exc:
+                    raise ValueError(f"{source}={raw!r}: {exc}") from None
+                break
+        else:
+            values[opt.name] = opt.default
+    return LLMCommOptions(**values, inject=tuple(config.getoption("llmcomm_inject") or ()))
+
+
+CPU_RANKS_DEFAULT = 4  # gloo ranks a CPU host offers when --gpus is not given
+
+
+def cuda_device_count() -> int:
+    """Counted without importing torch (the plugin must load without it)."""
+    try:
+        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
+    except OSError:
+        return 0
+
+
+def available_ranks(options: LLMCommOptions) -> tuple[int, str]:
+    """(ranks, why): --gpus wins; else CUDA devices; else CPU processes on gloo."""
+    if options.gpus is not None:
+        devices = cuda_device_count()
+        if devices >= options.gpus and options.gpus > 0:
+            return options.gpus, f"--gpus {options.gpus} (CUDA devices: {devices})"
+        return options.gpus, f"--gpus {options.gpus}: no {options.gpus} CUDA devices here, ranks are CPU processes on gloo"
+    devices = cuda_device_count()
+    if devices:
+        return devices, f"{devices} CUDA devices"
+    return CPU_RANKS_DEFAULT, f"no CUDA devices: up to {CPU_RANKS_DEFAULT} CPU ranks on gloo"

@@ -1,0 +1,103 @@
+"""pytest nodes: a spec file is a collector, each (layout × workload) case an item."""
+
+from __future__ import annotations
+
+import pytest
+
+from .report.table import format_table
+
+
+class SpecFile(pytest.File):
+    def collect(self):
+        from .spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(self.path)
+        except SpecError as exc:
+            raise SpecCollectError(str(exc)) from None
+        for case in spec.cases():
+            item = CaseItem.from_parent(self, name=case.id, case=case)
+            for marker in _markers(case):
+                item.add_marker(marker)
+            yield item
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, SpecCollectError):
+            return str(excinfo.value)  # file:line: field: message — no traceback
+        return super().repr_failure(excinfo)
+
+
+class SpecCollectError(Exception):
+    pass
+
+
+def _markers(case) -> list:
+    kind = case.layout.kind
+    marks = [pytest.mark.llmcomm, pytest.mark.gpus(case.world_size)]
+    if kind in ("tp", "pp", "hybrid"):
+        marks.append(getattr(pytest.mark, kind))
+    marks += [getattr(pytest.mark, m) for m in case.marks]
+    return marks
+
+
+class CaseFailure(Exception):
+    """A case whose checks failed: carries the verdict table."""
+
+    def __init__(self, summary: str, table: str):
+        super().__init__(summary)
+        self.summary, self.table = summary, table
+
+
+class CaseItem(pytest.Item):
+    def __init__(self, *, case, **kwargs):
+        super().__init__(**kwargs)
+        self.case = case
+        self.llmcomm_result: dict | None = None
+
+    @property
+    def session_state(self):
+        from .plugin import SESSION_KEY
+
+        return self.config.stash[SESSION_KEY]
+
+    def setup(self):
+        reason = skip_reason(self.case, self.session_state)
+        if reason:
+            pytest.skip(reason)
+
+    def runtest(self):
+        from .runner import run_and_check
+
+        result = run_and_check(self.case, self.session_state)
+        self.llmcomm_result = result
+        table = format_table(result["verdict"]["rows"])
+        self.add_report_section("call", "llmcomm", table)
+        for name, value in result["properties"]:
+            self.user_properties.append((name, value))
+        if result.get("error"):
+            raise CaseFailure(result["error"], table)
+        if not result["verdict"]["passed"]:
+            failed = [r for r in result["verdict"]["rows"] if r["verdict"] == "fail"]
+            raise CaseFailure(f"{len(failed)} check(s) failed", format_table(failed))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, CaseFailure):
+            exc = excinfo.value
+            return f"{self.case.spec_name}[{self.case.id}]: {exc.summary}\n\n{exc.table}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, self.case.line - 1 if self.case.line else None, f"{self.case.spec_name}::{self.case.id}"
+
+
+def skip_reason(case, state) -> str | None:
+    """Why a case cannot run here (or None)."""
+    required = case.requires.backend
+    if required and required != state.backend:
+        return (f"needs backend {required} (requires.backend in {case.path.name}); this run uses {state.backend}"
+                + (" on CPU" if state.backend == "gloo" else ""))
+    if case.requires.gpus and case.requires.gpus > state.ranks:
+        return f"needs {case.requires.gpus} GPUs (requires.gpus); {state.ranks} available: {state.ranks_reason}"
+    if case.world_size > state.ranks:
+        return f"needs {case.world_size} ranks (tp {case.layout.tp} x pp {case.layout.pp}); {state.ranks} available: {state.ranks_reason}"
+    return None

@@ -1,0 +1,37 @@
+"""``llmcomm report DIR [--out FILE]``: the HTML report from a report directory's session JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dir", metavar="DIR", type=Path,
+                        help="report directory holding llmcomm-report.json (the plugin's --llmcomm-report-dir)")
+    parser.add_argument("--out", metavar="FILE", type=Path, default=None,
+                        help="where to write the HTML (default: DIR/llmcomm-report.html)")
+
+
+def main(args) -> int:
+    from . import json_report
+    from .html import FILENAME, write_html
+
+    source = args.dir / json_report.FILENAME
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"llmcomm report: {source} not found (run pytest with --llmcomm-report-dir {args.dir} first)",
+              file=sys.stderr)
+        return 2
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"llmcomm report: cannot read {source}: {exc}", file=sys.stderr)
+        return 2
+    if doc.get("schema") != json_report.SCHEMA:
+        print(f"llmcomm report: {source} has schema {doc.get('schema')!r}, expected {json_report.SCHEMA!r}",
+              file=sys.stderr)
+        return 2
+    out = write_html(doc, args.out or args.dir / FILENAME)
+    print(out)
+    return 0

@@ -1,0 +1,272 @@
+"""The session's HTML report: one self-contained file (inline CSS, figures as base64 PNG, no scripts,
+no external references) built from the session JSON document (``llmcomm.session/1``).
+
+Sections: environment fingerprint, one summary row per case, baseline comparison (when verdict rows
+with check "baseline" exist), figures (``plots``), and each case's verdict table in a <details>.
+Every piece of text from the document goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from .table import HEADER, cells
+
+FILENAME = "llmcomm-report.html"
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px;color:#1b1b1b;
+background:#fff;font-size:14px;line-height:1.4}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:6px 0 12px}th,td{border:1px solid #d0d0d0;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f2f4f7}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.fail td{background:#fff1f0}tr.error td{background:#fff7e6}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-weight:600;font-size:12px;color:#fff}
+.pass{background:#2e7d32}.fail{background:#c62828}.error{background:#ef6c00}.na{background:#757575}
+.status{font-size:15px;margin:6px 0 14px}.muted{color:#666}
+figure{margin:12px 0 22px}figure img{max-width:100%;border:1px solid #e3e3e3}figcaption{color:#555;font-size:12px;
+max-width:1000px}details{margin:6px 0;border:1px solid #e3e3e3;border-radius:4px;padding:4px 10px}
+summary{cursor:pointer;font-weight:600}pre{background:#f7f7f7;padding:8px;overflow-x:auto;white-space:pre-wrap}
+code{font-size:12px}
+"""
+
+
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def seconds(x) -> str:
+    if x is None:
+        return "-"
+    if x < 1e-3:
+        return f"{x * 1e6:.1f} µs"
+    if x < 1:
+        return f"{x * 1e3:.2f} ms"
+    return f"{x:.3f} s"
+
+
+def nbytes(x) -> str:
+    if x is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(x) >= size:
+            return f"{x / size:,.2f} {unit}"
+    return f"{x:,.0f} B"
+
+
+def status_of(item: dict) -> str:
+    """pass | fail | error (the case could not run)."""
+    if item.get("error") or not item.get("run"):
+        return "error"
+    return "pass" if (item.get("verdict") or {}).get("passed") else "fail"
+
+
+def badge(status: str) -> str:
+    css = {"pass": "pass", "fail": "fail", "error": "error"}.get(status, "na")
+    return f'<span class="badge {css}">{esc(status.upper())}</span>'
+
+
+def layout_text(item: dict) -> str:
+    case = (item.get("run") or {}).get("case") or {}
+    if "tp" in case and "pp" in case:
+        return f"TP {case['tp']} × PP {case['pp']}"
+    return str(item.get("case_id", "?")).split("-b")[0]
+
+
+def anchor(index: int) -> str:
+    return f"case-{index}"
+
+
+def _table(header, rows, row_classes=None, numeric=()) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+    for i, r in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        tds = "".join(f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(r))
+        out.append(f"<tr{cls}>{tds}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+def environment(doc: dict) -> dict:
+    """Session fingerprint, completed with what the ranks reported (devices, CUDA, world size)."""
+    env = dict(doc.get("env") or {})
+    run_env = next(((it.get("run") or {}).get("env") for it in doc.get("items", []) if (it.get("run") or {}).get("env")),
+                   None) or {}
+    for key in ("devices", "cuda", "nccl", "torch", "host", "driver"):
+        if not env.get(key) and run_env.get(key):
+            env[key] = run_env[key]
+    return env
+
+
+def header_section(doc: dict) -> str:
+    env = environment(doc)
+    items = doc.get("items", [])
+    statuses = [status_of(it) for it in items]
+    counts = {s: statuses.count(s) for s in ("pass", "fail", "error")}
+    complete = "complete" if doc.get("complete") else "INCOMPLETE (the session did not finish)"
+    status = (f'<p class="status">{len(items)} cases: {badge("pass")} {counts["pass"]} '
+              f'{badge("fail")} {counts["fail"]} {badge("error")} {counts["error"]} '
+              f'<span class="muted">— session {esc(complete)}, exit status {esc(doc.get("exitstatus"))}</span></p>')
+    devices = env.get("devices")
+    fields = [
+        ("torch", env.get("torch")), ("backend", doc.get("backend")), ("hardware profile", doc.get("hardware")),
+        ("host", env.get("host")), ("devices", ", ".join(devices) if isinstance(devices, list) else devices),
+        ("ranks available", doc.get("ranks")), ("CUDA", env.get("cuda")), ("NCCL", env.get("nccl")),
+        ("driver", env.get("driver")), ("python", env.get("python")), ("platform", env.get("platform")),
+        ("llmcomm-tests", env.get("llmcomm_tests")),
+        ("NCCL_/GLOO_ variables", " ".join(f"{k}={v}" for k, v in (env.get("variables") or {}).items()) or None),
+    ]
+    options = doc.get("options") or {}
+    chosen = {k: v for k, v in options.items() if v not in (None, "", [], ())}
+    if chosen:
+        fields.append(("options", ", ".join(f"{k}={v}" for k, v in sorted(chosen.items()))))
+    rows = [(f"<b>{esc(k)}</b>", esc(v)) for k, v in fields if v not in (None, "", [])]
+    return status + "<h2>Environment</h2>\n" + _table(None, rows)
+
+
+def failing_checks(item: dict) -> list[str]:
+    rows = (item.get("verdict") or {}).get("rows", [])
+    return [f"{r['check']}: {r['name']}" for r in rows if r.get("verdict") == "fail"]
+
+
+def summary_section(items: list[dict]) -> str:
+    header = ("spec", "case", "layout", "result", "TTFT p50", "TPOT p50", "bytes / token", "failing checks")
+    rows, classes = [], []
+    for i, it in enumerate(items):
+        run = it.get("run") or {}
+        m, comm = run.get("metrics") or {}, run.get("comm") or {}
+        status = status_of(it)
+        failing = failing_checks(it)
+        if status == "error":
+            failing_html = esc(str(it.get("error") or "did not run").splitlines()[0])
+        else:
+            failing_html = "<br>".join(esc(f) for f in failing) or '<span class="muted">none</span>'
+        rows.append((esc(it.get("spec")), f'<a href="#{anchor(i)}">{esc(it.get("case_id"))}</a>', esc(layout_text(it)),
+                     badge(status), esc(seconds((m.get("ttft") or {}).get("p50", m.get("ttft_s")))),
+                     esc(seconds((m.get("tpot") or {}).get("p50", m.get("tpot_s")))),
+                     esc(nbytes(comm.get("bytes_per_token"))), failing_html))
+        classes.append(status if status != "pass" else "")
+    return "<h2>Summary</h2>\n" + _table(header, rows, classes, numeric=(4, 5, 6))
+
+
+def baseline_section(items: list[dict]) -> str:
+    from .plots import baseline_rows, number
+
+    rows, classes = [], []
+    for it in items:
+        for r in baseline_rows(it):
+            base, cur = number(r.get("baseline", r.get("model"))), number(r.get("measured"))
+            change = f"{(cur - base) / base:+.1%}" if base and cur is not None else "-"
+            rows.append((esc(it.get("case_id")), esc(r.get("name")), esc(_cell(r.get("name"), base)),
+                         esc(_cell(r.get("name"), cur)), esc(change), badge(r.get("verdict", "n/a")),
+                         esc(r.get("detail"))))
+            classes.append("fail" if r.get("verdict") == "fail" else "")
+    if not rows:
+        return ""
+    return ("<h2>Baseline comparison</h2>\n"
+            + _table(("case", "metric", "baseline", "current", "change", "verdict", "detail"), rows, classes,
+                     numeric=(2, 3, 4)))
+
+
+def _cell(name, value) -> str:
+    if value is None:
+        return "-"
+    name = str(name or "")
+    if "bytes" in name:
+        return nbytes(value)
+    if "share" in name:
+        return f"{value:.1%}"
+    return seconds(value)
+
+
+def plots_section(items: list[dict]) -> str:
+    from .plots import all_plots
+
+    out = ["<h2>Figures</h2>"]
+    plots = all_plots(items)
+    if not plots:
+        out.append('<p class="muted">No case produced a run to draw.</p>')
+    for p in plots:
+        img = (f'<img alt="{esc(p.title)}" src="data:image/png;base64,{base64.b64encode(p.png).decode("ascii")}">'
+               if p.png else "")
+        out.append(f'<figure id="fig-{esc(p.key)}"><h3>{esc(p.title)}</h3>{img}'
+                   f"<figcaption>{esc(p.caption)}</figcaption></figure>")
+    return "\n".join(out)
+
+
+def details_section(items: list[dict]) -> str:
+    out = ["<h2>Cases</h2>"]
+    for i, it in enumerate(items):
+        status = status_of(it)
+        rows = (it.get("verdict") or {}).get("rows", [])
+        n_fail = sum(r.get("verdict") == "fail" for r in rows)
+        opened = " open" if status != "pass" else ""
+        out.append(f'<details id="{anchor(i)}"{opened}><summary>{badge(status)} {esc(it.get("spec"))} '
+                   f'[{esc(it.get("case_id"))}] <span class="muted">{len(rows)} checks, {n_fail} failed'
+                   f'{" — " + esc(it.get("nodeid")) if it.get("nodeid") else ""}</span></summary>')
+        if it.get("error"):
+            out.append(f"<pre>{esc(it['error'])}</pre>")
+        if rows:
+            body, classes = [], []
+            for r in rows:
+                try:
+                    body.append(tuple(esc(c) for c in cells(r)))
+                except (KeyError, TypeError, ValueError):  # a row this table does not know how to format
+                    body.append(tuple(esc(r.get(k)) for k in ("check", "name", "measured", "model", "bound",
+                                                               "budget", "verdict")))
+                classes.append("fail" if r.get("verdict") == "fail" else "")
+            out.append(_table(HEADER, body, classes))
+        out.append("</details>")
+    return "\n".join(out)
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+
+def render(session_doc: dict) -> str:
+    items = session_doc.get("items", [])
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = "llmcomm-tests report"
+    specs = sorted({str(it.get("spec")) for it in items})
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="muted">specs: {esc(", ".join(specs) or "-")} · generated {esc(now)} · '
+        f'schema {esc(session_doc.get("schema"))}</p>',
+        header_section(session_doc),
+        summary_section(items),
+        baseline_section(items),
+        plots_section(items),
+        details_section(items),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def write_html(session_doc: dict, path) -> Path:
+    """Render ``session_doc`` to ``path`` (atomically: a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render(session_doc)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".llmcomm-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a CI artifact from other readers
+    os.replace(tmp, path)
+    return path

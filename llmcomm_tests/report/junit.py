@@ -1,0 +1,43 @@
+"""Enrich pytest's JUnit XML (xunit2) with junitparser: suite properties carry the environment
+fingerprint; each llmcomm testcase's system-out carries its verdict table (pytest writes captured
+output only when ``junit_logging`` asks for it, and dashboards show system-out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .table import format_table
+
+
+def _flatten(prefix: str, value, out: list) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, (list, tuple)):
+        out.append((prefix, ", ".join(map(str, value))))
+    elif value is not None:
+        out.append((prefix, str(value)))
+
+
+def enrich(path: "str | Path", state) -> None:
+    from junitparser import JUnitXml, TestSuite
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    xml = JUnitXml.fromfile(str(path))
+    suites = [xml] if isinstance(xml, TestSuite) else list(xml)
+    props: list = []
+    _flatten("llmcomm.env", state.env, props)
+    props += [("llmcomm.backend", state.backend), ("llmcomm.hardware", state.hardware),
+              ("llmcomm.ranks", str(state.ranks))]
+    tables = {r["nodeid"].split("::")[-1]: (r["nodeid"], format_table(r["verdict"]["rows"]))
+              for r in state.results if r.get("nodeid")}
+    for suite in suites:
+        for name, value in props:
+            suite.add_property(name, value)
+        for case in suite:
+            hit = tables.get(case.name)
+            if hit and case.classname and hit[0].startswith(case.classname.replace(".", "/").rsplit("/yaml", 1)[0]):
+                case.system_out = ((case.system_out or "") + "\n" + hit[1]).strip()
+    xml.write(str(path))

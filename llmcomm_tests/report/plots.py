@@ -1,0 +1,388 @@
+"""The HTML report's figures: matplotlib (Agg, no display) → PNG bytes, built from result documents.
+
+Each ``*_plot(items)`` takes the session's result documents and returns a :class:`Plot`, or None when
+the data cannot support that figure (no run, one point, no baseline rows...).  Titles say what was
+chosen when the data left a choice (latency against prompt length, batch, or per layout).
+
+Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot): no global state, nothing
+opens a window, and nothing leaks between reports.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot; a no-op if Agg is already in use
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..metrics import percentile  # noqa: E402
+from ..tags import site_class  # noqa: E402
+
+DPI = 100
+# One colour per op, stable across figures (ops not listed take the next free colour).
+OP_COLOURS = {"all_reduce": "#1f77b4", "all_gather": "#ff7f0e", "reduce_scatter": "#2ca02c",
+              "send": "#d62728", "recv": "#9467bd", "broadcast": "#8c564b", "all_to_all": "#e377c2",
+              "barrier": "#7f7f7f", "gather": "#bcbd22", "scatter": "#17becf"}
+_SPARE = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d"]
+
+
+@dataclass(frozen=True)
+class Plot:
+    key: str  # stable id, used as the HTML anchor
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+_EXTRA: dict[str, str] = {}  # colours handed to ops outside OP_COLOURS, first come first served
+
+
+def colour(op: str) -> str:
+    if op in OP_COLOURS:
+        return OP_COLOURS[op]
+    if op not in _EXTRA:
+        _EXTRA[op] = _SPARE[len(_EXTRA) % len(_SPARE)]
+    return _EXTRA[op]
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _ran(items: list[dict]) -> list[dict]:
+    return [it for it in items if it.get("run")]
+
+
+def layout_of(item: dict) -> str:
+    case = (item.get("run") or {}).get("case") or {}
+    if "tp" in case and "pp" in case:
+        return f"tp{case['tp']}-pp{case['pp']}"
+    return item.get("case_id", "?").split("-b")[0]
+
+
+def short_label(item: dict) -> str:
+    """spec:case-id when the session mixes specs, else the case id."""
+    return item.get("case_id", "?")
+
+
+# -- volume ------------------------------------------------------------------------------------
+
+
+def volume_plot(items: list[dict]) -> Plot | None:
+    ran = [it for it in _ran(items) if it["run"].get("volume") is not None]
+    if not ran:
+        return None
+    specs = {it.get("spec") for it in ran}
+    labels = [(f"{it.get('spec')}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
+    per_case = []
+    ops: list[str] = []
+    for it in ran:
+        totals: dict[str, int] = defaultdict(int)
+        for r in it["run"]["volume"]:
+            totals[r["op"]] += r["wire_bytes"]
+            if r["op"] not in ops:
+                ops.append(r["op"])
+        per_case.append(totals)
+    fig = Figure(figsize=(max(6.0, 0.55 * len(ran) + 2.5), 4.2))
+    ax = fig.add_subplot()
+    bottoms = [0.0] * len(ran)
+    x = range(len(ran))
+    for op in sorted(ops):
+        heights = [t.get(op, 0) / 1024 for t in per_case]
+        ax.bar(x, heights, bottom=bottoms, label=op, color=colour(op))
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    ax.set_xticks(list(x), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("wire bytes (KiB)")
+    ax.set_title("Wire bytes per case, stacked by op (repetition 0, all ranks)", fontsize=10)
+    if ops:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return Plot("volume", "Communication volume per layout", _png(fig),
+                "Wire bytes are what crosses links (a ring all-reduce moves 2(t−1)/t of its buffer per rank); "
+                "summed over ranks for one timed repetition.")
+
+
+# -- latency -----------------------------------------------------------------------------------
+
+
+def _workload(item: dict) -> dict:
+    case = item["run"]["case"]
+    return {"batch": case["batch"], "prompt_len": case["prompt_len"], "gen_len": case["gen_len"]}
+
+
+def latency_axis(items: list[dict]) -> tuple[str | None, list[str]]:
+    """(x variable, other workload fields that vary and so split the series).
+
+    The x variable is ``prompt_len`` when some layout ran several prompt lengths, else ``batch`` when
+    some layout ran several batch sizes, else None (one bar per case)."""
+    ran = _ran(items)
+    for field in ("prompt_len", "batch", "gen_len"):
+        by_layout: dict[str, set] = defaultdict(set)
+        for it in ran:
+            by_layout[(it.get("spec"), layout_of(it))].add(_workload(it)[field])
+        if any(len(v) > 1 for v in by_layout.values()):
+            others = [f for f in ("prompt_len", "batch", "gen_len") if f != field
+                      and len({_workload(it)[f] for it in ran}) > 1]
+            return field, others
+    return None, []
+
+
+_NAMES = {"prompt_len": "prompt length (tokens)", "batch": "batch size", "gen_len": "generated tokens"}
+_SHORT = {"prompt_len": "s", "batch": "b", "gen_len": "g"}
+
+
+def latency_plot(items: list[dict]) -> Plot | None:
+    ran = [it for it in _ran(items) if it["run"].get("metrics", {}).get("ttft")]
+    if not ran:
+        return None
+    x_field, others = latency_axis(ran)
+    specs = {it.get("spec") for it in ran}
+    fig = Figure(figsize=(11, 4.2))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    metrics = (("ttft", "TTFT"), ("tpot", "TPOT"))
+    if x_field is None:
+        labels = [(f"{it.get('spec')}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
+        for ax, (key, name) in zip(axes, metrics):
+            p50 = [it["run"]["metrics"][key]["p50"] * 1e3 for it in ran]
+            p99 = [it["run"]["metrics"][key]["p99"] * 1e3 for it in ran]
+            ax.bar(range(len(ran)), p50, color="#1f77b4", label="p50")
+            ax.scatter(range(len(ran)), p99, color="#d62728", marker="_", s=200, label="p99", zorder=3)
+            ax.set_xticks(range(len(ran)), labels, rotation=35, ha="right", fontsize=8)
+            ax.set_ylabel(f"{name} (ms)")
+            ax.set_title(f"{name} per case (one workload per layout: bars, not a sweep)", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+        title = "Latency per layout"
+    else:
+        series: dict[str, list[tuple]] = defaultdict(list)
+        for it in ran:
+            w = _workload(it)
+            name = (f"{it.get('spec')}:" if len(specs) > 1 else "") + layout_of(it)
+            name += "".join(f" {_SHORT[f]}{w[f]}" for f in others)
+            series[name].append((w[x_field], it["run"]["metrics"]))
+        for ax, (key, name) in zip(axes, metrics):
+            for label, points in sorted(series.items()):
+                points.sort(key=lambda p: p[0])
+                xs = [p[0] for p in points]
+                p50 = [p[1][key]["p50"] * 1e3 for p in points]
+                p99 = [p[1][key]["p99"] * 1e3 for p in points]
+                line = ax.plot(xs, p50, marker="o", label=label)[0]
+                ax.fill_between(xs, p50, p99, color=line.get_color(), alpha=0.12)
+            ax.set_xlabel(_NAMES[x_field])
+            ax.set_ylabel(f"{name} p50 (ms), shaded to p99")
+            ax.set_title(f"{name} vs {_NAMES[x_field]}, one line per layout", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        title = f"Latency vs {_NAMES[x_field].split(' (')[0]}"
+    fig.tight_layout()
+    return Plot("latency", title, _png(fig),
+                "TTFT: prompt in → first token out; TPOT: (E2E − TTFT)/(gen_len − 1). Medians over the timed "
+                "repetitions" + ("." if x_field else "; red ticks mark p99."))
+
+
+# -- measured vs predicted --------------------------------------------------------------------
+
+
+def op_class_points(item: dict) -> list[dict]:
+    """One point per op class of a case: measured per-op median, model, bound interval (or None).
+
+    From the case's latency verdict rows when the latency check ran (what was gated), else from the
+    prediction's per-op-class latency rows and the recorded durations."""
+    rows = [r for r in (item.get("verdict") or {}).get("rows", []) if r["check"] == "latency"
+            and isinstance(r.get("measured"), dict) and r.get("model")]
+    if rows:
+        return [{"op": r["name"].split()[0], "name": r["name"], "measured": r["measured"]["p50"],
+                 "model": r["model"], "bound": tuple(r["bound"]) if r.get("bound") else None}
+                for r in rows if r["measured"].get("p50")]
+    predicted = (item.get("prediction") or {}).get("latency")
+    run = item.get("run")
+    if not predicted or not run:
+        return []
+    durations: dict[tuple, list[float]] = defaultdict(list)
+    for op in run.get("ops", []):
+        if op.get("duration_s") is not None:
+            durations[(op["op"], op["phase"], site_class(op["site"]))].append(op["duration_s"])
+    points = []
+    for p in predicted:
+        measured = durations.get((p["op"], p["phase"], p["site"]))
+        if not measured or not p.get("count"):
+            continue
+        bound = (p["lower_s"] / p["count"], p["upper_s"] / p["count"]) if "lower_s" in p else None
+        points.append({"op": p["op"], "name": f"{p['op']} {p['phase']} {p['site']}",
+                       "measured": percentile(measured, 50), "model": p["per_op_s"], "bound": bound})
+    return points
+
+
+def accuracy_plot(items: list[dict]) -> Plot | None:
+    points = [pt for it in items for pt in op_class_points(it)
+              if pt["measured"] > 0 and pt["model"] and pt["model"] > 0]
+    if not points:
+        return None
+    fig = Figure(figsize=(6.5, 5.2))
+    ax = fig.add_subplot()
+    seen = set()
+    for pt in points:
+        c = colour(pt["op"])
+        if pt["bound"]:
+            lo, hi = pt["bound"]
+            ax.errorbar([pt["model"]], [pt["model"]], yerr=[[max(pt["model"] - lo, 0)], [max(hi - pt["model"], 0)]],
+                        fmt="none", ecolor=c, alpha=0.35, capsize=3, lw=1)
+        ax.scatter([pt["model"]], [pt["measured"]], color=c, s=22, zorder=3,
+                   label=None if pt["op"] in seen else pt["op"])
+        seen.add(pt["op"])
+    values = [v for pt in points for v in (pt["measured"], pt["model"], *(pt["bound"] or ())) if v and v > 0]
+    lo, hi = min(values) / 2, max(values) * 2
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="measured = model")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("model time per op (s)")
+    ax.set_ylabel("measured time per op, median (s)")
+    ax.set_title(f"Measured vs predicted per op class ({len(points)} classes, all cases)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return Plot("accuracy", "Measured vs predicted per op class", _png(fig),
+                "One dot per (case, op, phase, site class). The faint vertical bar at each model value is the "
+                "model's two-sided bound: a dot inside it is within the model.")
+
+
+# -- timeline ----------------------------------------------------------------------------------
+
+MAX_TIMELINES = 6
+
+
+def timeline_step(item: dict) -> tuple[int, int] | None:
+    """(repetition, decode step) to draw: repetition 0, the middle decode step."""
+    steps = sorted({op["step"] for op in item["run"].get("ops", []) if op["phase"] == "decode" and op["rep"] == 0})
+    return (0, steps[len(steps) // 2]) if steps else None
+
+
+def timeline_plot(items: list[dict]) -> Plot | None:
+    """One panel per layout (its first case with decode ops): one row per rank, a bar per op."""
+    chosen: dict[str, dict] = {}
+    for it in _ran(items):
+        key = f"{it.get('spec')}:{layout_of(it)}"
+        if key not in chosen and timeline_step(it) is not None:
+            chosen[key] = it
+    chosen_items = list(chosen.values())[:MAX_TIMELINES]
+    if not chosen_items:
+        return None
+    heights = [max(1, it["run"]["case"].get("world_size", 1)) * 0.45 + 1.0 for it in chosen_items]
+    fig = Figure(figsize=(11, sum(heights) + 0.4))
+    grid = fig.add_gridspec(len(chosen_items), 1, height_ratios=heights)
+    seen = set()
+    for i, it in enumerate(chosen_items):
+        ax = fig.add_subplot(grid[i])
+        rep, step = timeline_step(it)
+        ops = [op for op in it["run"]["ops"] if op["rep"] == rep and op["phase"] == "decode" and op["step"] == step]
+        t0 = min(op["start_ns"] for op in ops)
+        ranks = sorted({op["rank"] for op in ops} | set(range(it["run"]["case"].get("world_size", 1))))
+        for op in ops:
+            dur_ms = (op["duration_s"] or 0.0) * 1e3
+            ax.barh(op["rank"], max(dur_ms, 1e-3), left=(op["start_ns"] - t0) / 1e6, height=0.6,
+                    color=colour(op["op"]), edgecolor="black", linewidth=0.3,
+                    label=None if op["op"] in seen else op["op"])
+            seen.add(op["op"])
+        ax.set_yticks(ranks, [f"rank {r}" for r in ranks], fontsize=8)
+        ax.set_ylim(max(ranks) + 0.6, min(ranks) - 0.6)
+        ax.set_title(f"{short_label(it)}: decode step {step}, repetition {rep} ({len(ops)} ops)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if i == len(chosen_items) - 1:
+            ax.set_xlabel("ms since the step's first op (host monotonic clock)")
+    handles, labels = [], []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.axes[0].legend(handles, labels, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return Plot("timeline", "Per-rank timeline of one decode step", _png(fig),
+                "Bars span each op's recorded start to end on its rank; gaps are compute. Ranks share the host's "
+                "monotonic clock only when they run on one host.")
+
+
+# -- baseline ----------------------------------------------------------------------------------
+
+
+def number(value) -> float | None:
+    """A scalar out of a measured/model cell: a number, or a summary dict's p50 (or value/mean/max)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        for key in ("p50", "median", "value", "mean", "max"):
+            if isinstance(value.get(key), (int, float)):
+                return float(value[key])
+    return None
+
+
+def baseline_rows(item: dict) -> list[dict]:
+    return [r for r in (item.get("verdict") or {}).get("rows", []) if r.get("check") == "baseline"]
+
+
+def baseline_points(items: list[dict]) -> list[dict]:
+    """(case, metric, baseline, current, verdict) for every baseline row with two numbers.
+
+    The baseline value is read from the row's ``model`` cell (what the run is held against), or from a
+    ``baseline`` key where the row carries one."""
+    points = []
+    for it in items:
+        for r in baseline_rows(it):
+            base = number(r.get("baseline", r.get("model")))
+            cur = number(r.get("measured"))
+            if base is None or cur is None:
+                continue
+            points.append({"case": short_label(it), "metric": r["name"], "baseline": base, "current": cur,
+                           "change": (cur - base) / base if base else None, "verdict": r["verdict"]})
+    return points
+
+
+_VERDICT_COLOURS = {"pass": "#2ca02c", "fail": "#d62728", "n/a": "#7f7f7f"}
+
+
+def baseline_plot(items: list[dict]) -> Plot | None:
+    points = [p for p in baseline_points(items) if p["change"] is not None]
+    if not points:
+        return None
+    fig = Figure(figsize=(9, max(2.5, 0.28 * len(points) + 1.2)))
+    ax = fig.add_subplot()
+    ys = range(len(points))
+    ax.barh(list(ys), [p["change"] * 100 for p in points],
+            color=[_VERDICT_COLOURS.get(p["verdict"], "#7f7f7f") for p in points])
+    ax.set_yticks(list(ys), [f"{p['case']} {p['metric']}" for p in points], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("change vs baseline (%), positive = larger than the baseline")
+    ax.set_title("Baseline vs current (green pass, red fail, grey n/a)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return Plot("baseline", "Baseline vs current", _png(fig),
+                "Relative change of each compared metric from the stored baseline to this run.")
+
+
+def all_plots(items: list[dict]) -> list[Plot]:
+    """Every figure the data supports, in report order.  A figure that fails to build is left out
+    (the report must still be written), with its error as the caption of an empty placeholder."""
+    out = []
+    for build in (volume_plot, latency_plot, accuracy_plot, timeline_plot, baseline_plot):
+        try:
+            plot = build(items)
+        except Exception as exc:  # noqa: BLE001 - a figure must never cost the whole report
+            plot = Plot(build.__name__.removesuffix("_plot"), f"{build.__name__} failed", b"",
+                        f"could not draw this figure: {type(exc).__name__}: {exc}")
+        if plot is not None:
+            out.append(plot)
+    return out

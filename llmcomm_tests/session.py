@@ -1,0 +1,95 @@
+"""What one pytest session of llmcomm cases shares: resolved options, ranks, hardware, results.
+
+Per-case results reach the session through the test reports (``report.llmcomm``), so that with
+pytest-xdist the controller, which runs no case itself, still sees every result.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from .options import LLMCommOptions, available_ranks, cuda_device_count
+
+CPU_HARDWARE = "cpu-loopback"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fingerprint() -> dict:
+    """The environment a baseline or report is tied to — without importing torch."""
+    from . import __version__
+
+    nccl = next((package_version(p) for p in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")
+                 if package_version(p)), None)
+    return {
+        "llmcomm_tests": __version__,
+        "torch": package_version("torch"),
+        "nccl": nccl,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda_devices": cuda_device_count(),
+        "driver": _driver(),
+        "variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_", "TORCH_NCCL_"))},
+    }
+
+
+def _driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
+@dataclass
+class LLMCommSession:
+    options: LLMCommOptions
+    ranks: int = 0
+    ranks_reason: str = ""
+    results: list[dict] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.ranks, self.ranks_reason = available_ranks(self.options)
+        self.env = fingerprint()
+
+    @property
+    def backend(self) -> str:
+        if self.options.backend != "auto":
+            return self.options.backend
+        return "nccl" if cuda_device_count() > 0 and self.options.gpus != 0 else "gloo"
+
+    @property
+    def hardware(self) -> str:
+        """The profile name (or path) this machine is measured against."""
+        if self.options.hardware:
+            return self.options.hardware
+        return CPU_HARDWARE if self.backend == "gloo" else "unknown-gpu"
+
+    def profile(self):
+        from .analytic.hardware import load_profile
+
+        try:
+            return load_profile(self.hardware)
+        except ValueError:
+            return None
+
+    def header(self) -> list[str]:
+        e = self.env
+        lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
+                 f"NCCL {e['nccl'] or '-'}, hardware profile {self.hardware}",
+                 f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
+        if self.options.inject:
+            lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")
+        return lines
