@@ -177,5 +177,9 @@ def evaluate(case, doc: dict, predicted_volume: list[dict], profile, hardware: s
                                 detail="repetitions moved different ops or bytes"))
     if profile is not None:
         verdict.rows += latency_rows(doc["ops"], profile, case.tolerances.latency)
+    else:
+        verdict.rows.append(row("latency", "all op classes", NA,
+                                detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "
+                                       "(a preset or a `llmcomm calibrate` YAML)"))
     verdict.rows += budget_rows(case.budgets, doc, hardware)
     return verdict

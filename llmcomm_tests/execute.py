@@ -123,7 +123,7 @@ def environment(ctx) -> dict:
     import torch
 
     env = {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "backend": ctx.backend,

@@ -6,6 +6,7 @@ must not import torch: torch is imported when a case runs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,7 +43,12 @@ def pytest_configure(config):
         resolved = llmcomm_options.resolve(config)
     except ValueError as exc:
         raise pytest.UsageError(f"llmcomm: {exc}") from None
-    config.stash[SESSION_KEY] = LLMCommSession(resolved)
+    state = LLMCommSession(resolved)
+    try:
+        state.profile()
+    except ValueError as exc:
+        raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
+    config.stash[SESSION_KEY] = state
     if not _is_worker(config) and not config.option.xmlpath and _runs_specs(config):
         config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
 
@@ -74,7 +80,8 @@ def pytest_runtest_makereport(item, call):
     result = getattr(item, "llmcomm_result", None)
     if call.when == "call" and result is not None:
         result["nodeid"] = item.nodeid
-        outcome.get_result().llmcomm = result  # travels to the xdist controller with the report
+        # Plain JSON types only: the report travels to the xdist controller through execnet.
+        outcome.get_result().llmcomm = json.loads(json.dumps(result, default=str))
 
 
 def pytest_runtest_logreport(report):

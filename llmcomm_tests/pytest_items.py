@@ -62,8 +62,8 @@ class CaseItem(pytest.Item):
 
     def setup(self):
         reason = skip_reason(self.case, self.session_state)
-        if reason:
-            pytest.skip(reason)
+        if reason:  # reported at the spec's line, not at this call
+            raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self):
         from .runner import run_and_check

@@ -71,24 +71,35 @@ class LLMCommSession:
         return "nccl" if cuda_device_count() > 0 and self.options.gpus != 0 else "gloo"
 
     @property
-    def hardware(self) -> str:
-        """The profile name (or path) this machine is measured against."""
+    def hardware_option(self) -> str:
+        """The profile (preset name or YAML path) this machine is measured against."""
         if self.options.hardware:
             return self.options.hardware
         return CPU_HARDWARE if self.backend == "gloo" else "unknown-gpu"
 
-    def profile(self):
-        from .analytic.hardware import load_profile
+    @property
+    def hardware(self) -> str:
+        """The name budgets are matched against: the profile's own name (a YAML path's ``name``)."""
+        profile = self.profile()
+        return profile.name if profile is not None else self.hardware_option
 
-        try:
-            return load_profile(self.hardware)
-        except ValueError:
-            return None
+    def profile(self):
+        """The hardware profile, or None (latency bounds are then reported as not applicable)."""
+        if not hasattr(self, "_profile"):
+            from .analytic.hardware import load_profile
+
+            try:
+                self._profile = load_profile(self.hardware_option)
+            except ValueError:
+                if self.options.hardware:  # asked for by name: a typo must not skip checks quietly
+                    raise
+                self._profile = None
+        return self._profile
 
     def header(self) -> list[str]:
         e = self.env
         lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
-                 f"NCCL {e['nccl'] or '-'}, hardware profile {self.hardware}",
+                 f"NCCL {e['nccl'] or '-'}, hardware profile {self.hardware} ({self.hardware_option})",
                  f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
         if self.options.inject:
             lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")

@@ -124,6 +124,78 @@ def bounds_for_record(profile: "HardwareProfile", record: dict, layout: "Layout 
     return lower, upper, predicted
 
 
+def _quantile(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0.999,
+               algorithm: str | None = None) -> tuple["HardwareProfile", list[str]]:
+    """The profile with each fit's upper-bound spread ``k_hi`` re-measured on real engine runs.
+
+    A sweep times an op after a barrier, ranks aligned; inside the engine a rank reaches a
+    collective when its own compute is done and, with more ranks than free cores, its peer may not
+    be running: the recorded duration adds that lateness to the transfer.  So the α-β *fit* stays
+    the sweep's (the transfer's cost, what e2e adds to compute) and only the spread comes from the
+    bounded records of ``docs``: per (op, group size, tier), ``k_hi`` = the ``quantile`` of
+    recorded / fitted over every record (≥ 1; slack 0).  The fit's ``quality`` keeps the sweep's
+    value as ``k_hi_sweep`` and the record count.  The tier's ``alpha_min_s`` is lowered (with a
+    note) if any record beats the floor, so the lower bound stays a physical floor.  Use runs that
+    are not the ones you then evaluate.  Returns ``(profile, notes)``."""
+    from dataclasses import replace
+
+    ratios: dict = defaultdict(list)
+    floor_gap: dict = defaultdict(lambda: float("inf"))  # tier -> min(duration - bytes term)
+    for doc in docs:
+        layout = _layout_of(doc)
+        for rec in doc["ops"]:
+            if rec.get("duration_s") is None:
+                continue
+            inst = record_instance(rec, layout)
+            if inst is None or inst["waiting"] is not None:
+                continue
+            tier = profile.tier_of(inst["ranks"])
+            pred = latency.op_time(profile, inst["op"], inst["group_size"], inst["msg_bytes"], tier, algorithm)
+            if pred <= 0:
+                continue
+            group = 2 if inst["op"] == "send_recv" else inst["group_size"]
+            ratios[(tier, inst["op"], group)].append(rec["duration_s"] / pred)
+            _, n_beta = latency.coefficients(inst["op"], inst["group_size"], "ring")
+            bytes_term = n_beta * inst["msg_bytes"] / profile.tier(tier).peak_Bps
+            floor_gap[tier] = min(floor_gap[tier], rec["duration_s"] - bytes_term)
+    notes = []
+    tiers = dict(profile.tiers)
+    for tier_name in {k[0] for k in ratios}:
+        tier = tiers[tier_name]
+        ops = {op: dict(by_group) for op, by_group in tier.ops.items()}
+        for (t_name, op, group), values in sorted(ratios.items()):
+            if t_name != tier_name:
+                continue
+            old = profile.fit(op, group, tier_name)
+            k_hi = max(1.0, _quantile(values, quantile))
+            quality = dict(old.quality or {})
+            quality.update(k_hi_sweep=old.k_hi, k_hi_records=len(values), k_hi_quantile=quantile)
+            new = replace(old, k_hi=k_hi, slack_s=0.0, quality=quality)
+            by_group = ops.setdefault(op, {})
+            if group in by_group and by_group.get("default") == old:  # the default is this group's fit
+                by_group["default"] = new
+            by_group[group] = new
+            notes.append(f"{tier_name} {op}[{group}]: k_hi {old.k_hi if old.k_hi is not None else tier.k_hi:.3g}"
+                         f" -> {k_hi:.3g} (q{quantile:g} of recorded/fit over {len(values)} engine records)")
+        alpha_min = tier.alpha_min_s
+        if floor_gap[tier_name] < alpha_min:
+            alpha_min = max(floor_gap[tier_name] / 2, 0.0)
+            notes.append(f"{tier_name}: a record beat alpha_min_s {tier.alpha_min_s:.3g} s; "
+                         f"lowered to {alpha_min:.3g} s")
+        tiers[tier_name] = replace(tier, ops=ops, alpha_min_s=alpha_min)
+    out = replace(profile, tiers=tiers, notes=list(profile.notes) + notes)
+    out.validate()
+    return out, notes
+
+
 def _layout_of(doc: dict) -> "Layout":
     from ..engine.layout import Layout
 
@@ -131,15 +203,17 @@ def _layout_of(doc: dict) -> "Layout":
 
 
 ROW_KEYS = ("op", "group_size", "role", "phase", "waiting", "n", "median_measured_s", "median_predicted_s",
-            "median_rel_err", "inside", "below_lower", "above_upper", "inside_share")
+            "median_rel_err", "medians_rel_err", "inside", "below_lower", "above_upper", "inside_share")
 
 
 def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: bool = False,
                   algorithm: str | None = None) -> list[dict]:
     """Per op class — (recorded op, group size, role[, phase]) over every timed record of every run
     document — ``n``, median measured and predicted seconds, the median of |pred − meas| / meas
-    over the records, and how many records fall inside [lower, upper] (``inside_share``), below
-    the floor and above the upper bound.  ``waiting`` is the ``WAITING`` reason (those rows carry
+    over the records (``median_rel_err``: a per-record error, so it also measures the class's own
+    spread), |median pred − median meas| / median meas (``medians_rel_err``: the model's error on
+    the typical op), and how many records fall inside [lower, upper] (``inside_share``), below the
+    floor and above the upper bound.  ``waiting`` is the ``WAITING`` reason (those rows carry
     no prediction: None in the predicted/bounds fields) or None.  Sorted bounded classes first,
     then by (op, group size, role, phase)."""
     table: dict = defaultdict(list)
@@ -159,8 +233,8 @@ def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: boo
         waiting = items[0][1]["waiting"]
         row = {"op": op, "group_size": group, "role": role, "phase": phase, "waiting": waiting, "n": len(items),
                "median_measured_s": statistics.median(measured), "median_predicted_s": None,
-               "median_rel_err": None, "inside": None, "below_lower": None, "above_upper": None,
-               "inside_share": None}
+               "median_rel_err": None, "medians_rel_err": None, "inside": None, "below_lower": None,
+               "above_upper": None, "inside_share": None}
         if waiting is None:
             preds, errs, inside, below, above = [], [], 0, 0, 0
             for rec, inst, layout in items:
@@ -174,7 +248,9 @@ def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: boo
                     above += 1
                 else:
                     inside += 1
-            row.update(median_predicted_s=statistics.median(preds), median_rel_err=statistics.median(errs),
+            med_pred, med_meas = statistics.median(preds), row["median_measured_s"]
+            row.update(median_predicted_s=med_pred, median_rel_err=statistics.median(errs),
+                       medians_rel_err=abs(med_pred - med_meas) / med_meas if med_meas > 0 else float("inf"),
                        inside=inside, below_lower=below, above_upper=above, inside_share=inside / len(items))
         rows.append(row)
     return sorted(rows, key=lambda r: (r["waiting"] is not None, r["op"], r["group_size"], r["role"], r["phase"]))
@@ -190,6 +266,7 @@ def summary(rows: list[dict], max_median_err: float = 0.10, min_inside: float = 
         "below_lower": sum(r["below_lower"] for r in bounded), "above_upper": sum(r["above_upper"] for r in bounded),
         "classes": len(bounded),
         "error_misses": [r for r in bounded if r["median_rel_err"] > max_median_err],
+        "median_error_misses": [r for r in bounded if r["medians_rel_err"] > max_median_err],
         "bounds_misses": [r for r in bounded if r["inside_share"] < min_inside],
         "waiting_records": sum(r["n"] for r in rows if r["waiting"] is not None),
     }
@@ -198,14 +275,15 @@ def summary(rows: list[dict], max_median_err: float = 0.10, min_inside: float = 
 def format_rows(rows: list[dict]) -> str:
     """Plain-text table of ``accuracy_rows``."""
     head = (f"{'op':>10} {'t':>2} {'role':>4} {'phase':>7} {'n':>6} {'meas_med_us':>11} {'pred_med_us':>11} "
-            f"{'med|err|':>8} {'inside':>7} {'<lower':>6} {'>upper':>6}")
+            f"{'med|err|':>8} {'err(med)':>8} {'inside':>7} {'<lower':>6} {'>upper':>6}")
     lines = [head]
     for r in rows:
         common = f"{r['op']:>10} {r['group_size']:>2} {r['role'] or '-':>4} {r['phase']:>7} {r['n']:>6} " \
                  f"{r['median_measured_s'] * 1e6:>11.1f}"
         if r["waiting"] is None:
             lines.append(f"{common} {r['median_predicted_s'] * 1e6:>11.1f} {r['median_rel_err']:>8.1%} "
-                         f"{r['inside_share']:>7.2%} {r['below_lower']:>6} {r['above_upper']:>6}")
+                         f"{r['medians_rel_err']:>8.1%} {r['inside_share']:>7.2%} {r['below_lower']:>6} "
+                         f"{r['above_upper']:>6}")
         else:
-            lines.append(f"{common} {'includes pipeline wait (not bounded)':>44}")
+            lines.append(f"{common}   includes pipeline wait: not bounded")
     return "\n".join(lines)

@@ -1,20 +1,26 @@
 """``llmcomm calibrate``: fit a hardware profile's α, β per op from a communication size sweep.
 
-    llmcomm calibrate --world-size 2 [--out profile.yaml] [--sizes 1024,4096,...] [--repeats 20]
-                      [--base cpu-loopback] [--name NAME] [--rows bench.json]
+    llmcomm calibrate --world-size 2[,4] [--out profile.yaml] [--sizes 1024,4096,...] [--repeats 20]
+                      [--base cpu-loopback] [--name NAME] [--rows bench.json[,bench2.json]]
+                      [--spread-from RUNS_DIR_OR_FILES] [--spread-quantile 0.999]
 
 The sweep is ``llmcomm_tests.commands.bench_comm.sweep`` (rows ``{op, world_size, bytes, times_s}``,
 ``bytes`` in nccl-tests' size convention = latency.py's ``msg_bytes``), or a saved
 ``llmcomm bench-comm --json`` file with ``--rows``.  The fit (``fit_profile``, pure, no torch):
 
-* robust: per (op, world size, size) the *median* of the repetitions, then a straight line
-  T = a + b·M through the medians by least squares weighted 1/T² — relative error, so a 1 KiB
-  point counts as much as a 16 MiB one (plain least squares would let the largest size decide a);
+* robust: per (op, group size, size) the *median* of the repetitions, then a straight line
+  T = a + b·M through the medians minimising Σ |log(fit / median)| (least absolute error of the
+  ratio, by reweighted least squares): ratios, so a 1 KiB point counts as much as a 16 MiB one;
+  absolute, so sizes whose medians landed in another scheduling regime do not drag the line;
 * a = n_α·α and b = n_β/β with the ring coefficients of latency.py (base_s stays 0: one group size
   cannot tell a launch cost from per-step latency); a < 0 is refitted through the origin;
+* send_recv is one pair whatever the sweep's world size: several world sizes pool into one fit;
 * spread: k_hi = the 0.99 quantile of sample / fit over every repetition (≥ 1; with few samples
   it is the maximum), so upper = fit × k_hi bounds what was seen;
 * quality: R² of the medians, median relative error, point and sample counts (stored with the fit).
+* ``--spread-from``: k_hi re-measured on the bounded op records of real engine runs instead
+  (``analytic.accuracy.fit_spread``): a sweep times ops with ranks aligned by a barrier, the engine
+  does not, and on an oversubscribed host the recorded durations carry the peers' lateness.
 
 The fits land in the base profile's ``intra`` tier (one host: every rank is intra) under the group
 size and as that op's ``default``; compute peaks and the ``inter`` tier are kept from the base.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -45,9 +52,7 @@ def _quantile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """(a, b) ≥ 0 of y ≈ a + b·x, least squares weighted 1/y² (relative residuals)."""
-    w = [1.0 / (y * y) for y in ys]
+def _weighted_line(xs: list[float], ys: list[float], w: list[float]) -> tuple[float, float]:
     sw = sum(w)
     sx = sum(wi * x for wi, x in zip(w, xs))
     sy = sum(wi * y for wi, y in zip(w, ys))
@@ -60,9 +65,36 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     b = (sw * sxy - sx * sy) / det
     if a < 0:  # negative latency is noise at the small sizes: refit through the origin
         a, b = 0.0, sxy / sxx
-    if b <= 0:  # time does not grow with size: bandwidth not measurable here
-        b = 0.0
+    if b <= 0:  # time does not grow with size: bandwidth not measurable here, a flat line
+        a, b = sy / sw, 0.0
     return a, b
+
+
+def _log_l1(a: float, b: float, xs: list[float], ys: list[float]) -> float:
+    return sum(abs(math.log(max(a + b * x, 1e-300) / y)) for x, y in zip(xs, ys))
+
+
+def fit_line(xs: list[float], ys: list[float], iterations: int = 100) -> tuple[float, float]:
+    """(a, b) ≥ 0 of y ≈ a + b·x minimising Σ |log((a + b·x) / y)|: least absolute error of the
+    *ratio*, by iteratively reweighted least squares (weights 1 / (|r|·√(model·y)), since
+    |log(m/y)| ≈ |m − y| / √(m·y)) from the 1/y²-weighted least-squares line, keeping whichever of
+    the two scores better.  Ratios, so a 1 KiB point counts as much as a 16 MiB one and a factor
+    of 2 weighs the same up or down; absolute (L1), so a few sizes whose medians landed in another
+    scheduling regime (seen on 4 ranks over 2 cores: 0.4–0.9 ms for the first sizes swept, 5 ms
+    for the rest) do not drag the line — least squares would let them."""
+    start = _weighted_line(xs, ys, [1.0 / (y * y) for y in ys])
+    a, b = start
+    for _ in range(iterations):
+        w = []
+        for x, y in zip(xs, ys):
+            m = max(a + b * x, 1e-3 * y)
+            w.append(1.0 / (max(abs(m - y), 1e-4 * y) * math.sqrt(m * y)))
+        a2, b2 = _weighted_line(xs, ys, w)
+        done = abs(a2 - a) <= 1e-12 + 1e-9 * abs(a) and abs(b2 - b) <= 1e-18 + 1e-9 * abs(b)
+        a, b = a2, b2
+        if done:
+            break
+    return min((start, (a, b)), key=lambda ab: _log_l1(ab[0], ab[1], xs, ys))
 
 
 def fit_op(op: str, group_size: int, points: dict[int, list[float]]) -> OpFit:
@@ -105,18 +137,21 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
     if base is None or isinstance(base, str):
         base = load_profile(base or "cpu-loopback")
     grouped: dict = defaultdict(lambda: defaultdict(list))
+    worlds = set()
     for row in rows:
         times = [float(t) for t in row["times_s"]]
         if times:
-            grouped[(row["op"], int(row["world_size"]))][int(row["bytes"])].extend(times)
+            # send_recv is one pair whatever the world size: sweeps of several sizes pool into one fit
+            group = P2P_GROUP if row["op"] == "send_recv" else int(row["world_size"])
+            grouped[(row["op"], group)][int(row["bytes"])].extend(times)
+            worlds.add(int(row["world_size"]))
     if not grouped:
         raise ValueError("no sweep rows to fit")
     tier = base.tier("intra")
     ops = {op: dict(by_group) for op, by_group in tier.ops.items()}
     notes = [f"calibrated {_dt.date.today().isoformat()} from {len(rows)} sweep rows; base profile {base.name}"]
     fits: dict = {}
-    for (op, world), points in sorted(grouped.items()):
-        group = P2P_GROUP if op == "send_recv" else world
+    for (op, group), points in sorted(grouped.items()):  # the largest group becomes the op's default
         fit = fit_op(op, group, points)
         fits[(op, group)] = fit
         ops.setdefault(op, {})
@@ -135,7 +170,7 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
             alpha_min = min(alpha_min, max(fit.alpha_s, 0.0))
     intra = replace(tier, peak_Bps=peak, alpha_min_s=alpha_min, ops=ops)
     profile = replace(base.with_tier("intra", intra), name=name,
-                      description=f"Calibrated on this host from a {sorted({w for _, w in grouped})}-rank sweep "
+                      description=f"Calibrated on this host from {'/'.join(map(str, sorted(worlds)))}-rank sweeps "
                                   f"(base: {base.name}).",
                       source=source or "llmcomm calibrate", notes=notes)
     profile.validate()
@@ -143,15 +178,19 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
 
 
 def quality_table(profile: HardwareProfile) -> str:
-    lines = [f"{'op':>15} {'group':>5} {'points':>6} {'alpha(us)':>10} {'beta(GB/s)':>11} {'R2':>7} "
-             f"{'med.rel.err':>11} {'k_hi':>6}"]
+    """Per measured (op, group): points, α, β, R² and median relative error of the medians, k_hi
+    (and, after ``--spread-from``, the sweep's k_hi and the engine records it rests on)."""
+    lines = [f"{'op':>15} {'group':>5} {'points':>6} {'samples':>7} {'alpha(us)':>10} {'beta(GB/s)':>11} {'R2':>7} "
+             f"{'med.rel.err':>11} {'k_hi':>6} {'k_hi_sweep':>10} {'records':>7}"]
     for op, by_group in sorted(profile.tier("intra").ops.items()):
         for group, fit in by_group.items():
-            if group == "default" or not fit.quality:
+            if group == "default" or not fit.quality or "points" not in fit.quality:
                 continue
             q = fit.quality
-            lines.append(f"{op:>15} {group:>5} {q['points']:>6} {fit.alpha_s * 1e6:>10.1f} {fit.beta_Bps / 1e9:>11.3f} "
-                         f"{q['r2']:>7.3f} {q['median_rel_err']:>11.3f} {fit.k_hi:>6.2f}")
+            sweep = q.get("k_hi_sweep")
+            lines.append(f"{op:>15} {group:>5} {q['points']:>6} {q.get('samples', 0):>7} {fit.alpha_s * 1e6:>10.1f} "
+                         f"{fit.beta_Bps / 1e9:>11.3f} {q['r2']:>7.3f} {q['median_rel_err']:>11.3f} {fit.k_hi:>6.2f} "
+                         f"{'-' if sweep is None else f'{sweep:.2f}':>10} {q.get('k_hi_records', '-'):>7}")
     return "\n".join(lines)
 
 
@@ -166,8 +205,28 @@ def _sizes(text: str) -> list[int]:
     return out
 
 
+def _world_sizes(text: "str | int") -> list[int]:
+    return [int(w) for w in str(text).split(",") if str(w).strip()]
+
+
+def _run_paths(items: list[str]) -> list[str]:
+    """Run-document paths from comma-separated items; a directory stands for its *.json files."""
+    from pathlib import Path
+
+    paths = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            p = Path(part)
+            paths.extend(sorted(str(x) for x in p.glob("*.json")) if p.is_dir() else [part])
+    return paths
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-size", type=int, default=2, help="ranks in the sweep (default 2)")
+    parser.add_argument("--world-size", default="2", help="ranks in the sweep; several comma-separated, e.g. 2,4 "
+                        "(one sweep each, fitted together; default 2)")
     parser.add_argument("--out", default="calibrated-profile.yaml", help="profile YAML to write")
     parser.add_argument("--name", default=None, help="profile name (default: calibrated-w<N>)")
     parser.add_argument("--base", default="cpu-loopback",
@@ -177,7 +236,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", default=",".join(latency.OPS), help="comma-separated ops to sweep")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--rows", default=None, help="fit a saved `llmcomm bench-comm --json` file instead of sweeping")
+    parser.add_argument("--rows", default=None,
+                        help="fit saved `llmcomm bench-comm --json` file(s), comma-separated, instead of sweeping")
+    parser.add_argument("--spread-from", action="append", default=[], metavar="RUNS",
+                        help="run documents (`llmcomm run --json`; files or directories, comma-separated, "
+                             "repeatable): re-measure each fit's k_hi on their bounded op records "
+                             "(analytic.accuracy.fit_spread) — use runs you will not evaluate on")
+    parser.add_argument("--spread-quantile", type=float, default=0.999,
+                        help="quantile of recorded/fit that sets k_hi with --spread-from (default 0.999)")
 
 
 def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
@@ -185,25 +251,41 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         parser = argparse.ArgumentParser(prog="llmcomm calibrate", description=__doc__.splitlines()[0])
         add_arguments(parser)
         args = parser.parse_args(args)
+    worlds = _world_sizes(args.world_size)
     if args.rows:
-        with open(args.rows) as fh:
-            data = json.load(fh)
-        rows = data["rows"] if isinstance(data, dict) else data
+        rows = []
+        for path in args.rows.split(","):
+            with open(path.strip()) as fh:
+                data = json.load(fh)
+            rows.extend(data["rows"] if isinstance(data, dict) else data)
+        worlds = sorted({int(r["world_size"]) for r in rows}) or worlds
         source = f"llmcomm calibrate --rows {args.rows}"
     else:
         from ..commands import bench_comm  # lazy: torch and the launcher only when sweeping
 
         ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-        if args.world_size < 2:
-            ops = [o for o in ops if o != "send_recv"]
         sizes = _sizes(args.sizes) if args.sizes else DEFAULT_SIZES
-        rows = bench_comm.sweep(args.world_size, ops, sizes, args.repeats, backend=args.backend,
-                                timeout_s=args.timeout)
-        source = (f"llmcomm calibrate --world-size {args.world_size} --repeats {args.repeats} "
+        rows = []
+        for world in worlds:
+            world_ops = [o for o in ops if o != "send_recv"] if world < 2 else ops
+            rows += bench_comm.sweep(world, world_ops, sizes, args.repeats, backend=args.backend,
+                                     timeout_s=args.timeout)
+        source = (f"llmcomm calibrate --world-size {','.join(map(str, worlds))} --repeats {args.repeats} "
                   f"--sizes {','.join(map(str, sizes))} --backend {args.backend}")
     try:
-        profile = fit_profile(rows, args.name or f"calibrated-w{args.world_size}", args.base, source)
-    except ValueError as exc:
+        profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", args.base, source)
+        if args.spread_from:
+            from .accuracy import fit_spread
+
+            paths = _run_paths(args.spread_from)
+            docs = []
+            for path in paths:
+                with open(path) as fh:
+                    docs.append(json.load(fh))
+            profile, _ = fit_spread(profile, docs, args.spread_quantile)
+            profile = replace(profile, source=f"{source}; k_hi from {len(docs)} run document(s) "
+                                              f"(--spread-from, q{args.spread_quantile:g})")
+    except (ValueError, OSError) as exc:
         print(f"llmcomm calibrate: {exc}", file=sys.stderr)
         return 2
     print(f"# {profile.name}: {profile.description}")

@@ -4,7 +4,10 @@ For each op and message size: time per call (min / median / max over repetitions
 each repetition, as nccl-tests reports the slowest rank), algbw = size / time and busbw = algbw ×
 the op's bus factor (nccl-tests' PERFORMANCE.md): all_reduce 2(n−1)/n; all_gather, reduce_scatter
 (n−1)/n; broadcast, send_recv, gather 1.  Size is nccl-tests' "size": the all-reduce buffer, the
-gathered output, the reduce-scatter input, the broadcast buffer, the p2p message.
+gathered output, the reduce-scatter input, the broadcast buffer, the p2p message.  Gather-type ops
+round it down to a multiple of world_size elements (at least one per rank); the others take it as
+asked, so 8 B is an 8-byte message (the engine's int64 token transfers).  Each row also keeps every
+rank's own samples (``rank_times_s``) next to the slowest rank's (``times_s``).
 """
 
 from __future__ import annotations

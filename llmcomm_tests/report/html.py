@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -103,8 +104,8 @@ def _table(header, rows, row_classes=None, numeric=()) -> str:
 def environment(doc: dict) -> dict:
     """Session fingerprint, completed with what the ranks reported (devices, CUDA, world size)."""
     env = dict(doc.get("env") or {})
-    run_env = next(((it.get("run") or {}).get("env") for it in doc.get("items", []) if (it.get("run") or {}).get("env")),
-                   None) or {}
+    run_envs = [(it.get("run") or {}).get("env") for it in doc.get("items", [])]
+    run_env = next((e for e in run_envs if e), None) or {}
     for key in ("devices", "cuda", "nccl", "torch", "host", "driver"):
         if not env.get(key) and run_env.get(key):
             env[key] = run_env[key]
@@ -121,6 +122,8 @@ def header_section(doc: dict) -> str:
               f'{badge("fail")} {counts["fail"]} {badge("error")} {counts["error"]} '
               f'<span class="muted">— session {esc(complete)}, exit status {esc(doc.get("exitstatus"))}</span></p>')
     devices = env.get("devices")
+    if isinstance(devices, list):  # ["NVIDIA H100", "NVIDIA H100", ...] -> "2 × NVIDIA H100"
+        devices = [d if devices.count(d) == 1 else f"{devices.count(d)} × {d}" for d in dict.fromkeys(devices)]
     fields = [
         ("torch", env.get("torch")), ("backend", doc.get("backend")), ("hardware profile", doc.get("hardware")),
         ("host", env.get("host")), ("devices", ", ".join(devices) if isinstance(devices, list) else devices),
@@ -163,33 +166,29 @@ def summary_section(items: list[dict]) -> str:
 
 
 def baseline_section(items: list[dict]) -> str:
-    from .plots import baseline_rows, number
+    from .plots import baseline_change, baseline_rows
 
     rows, classes = [], []
     for it in items:
         for r in baseline_rows(it):
-            base, cur = number(r.get("baseline", r.get("model"))), number(r.get("measured"))
-            change = f"{(cur - base) / base:+.1%}" if base and cur is not None else "-"
-            rows.append((esc(it.get("case_id")), esc(r.get("name")), esc(_cell(r.get("name"), base)),
-                         esc(_cell(r.get("name"), cur)), esc(change), badge(r.get("verdict", "n/a")),
-                         esc(r.get("detail"))))
+            change, ci = baseline_change(r)
+            rows.append((esc(it.get("case_id")), esc(r.get("name")), esc("-" if change is None else f"{change:+.1%}"),
+                         esc(f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "-"), esc(r.get("budget") or "-"),
+                         badge(r.get("verdict", "n/a")), esc(r.get("detail"))))
             classes.append("fail" if r.get("verdict") == "fail" else "")
     if not rows:
         return ""
-    return ("<h2>Baseline comparison</h2>\n"
-            + _table(("case", "metric", "baseline", "current", "change", "verdict", "detail"), rows, classes,
-                     numeric=(2, 3, 4)))
-
-
-def _cell(name, value) -> str:
-    if value is None:
-        return "-"
-    name = str(name or "")
-    if "bytes" in name:
-        return nbytes(value)
-    if "share" in name:
-        return f"{value:.1%}"
-    return seconds(value)
+    header = ("case", "compared", "change", "95% interval", "threshold", "verdict", "detail")
+    failed = [r for r, c in zip(rows, classes) if c == "fail"]
+    out = ["<h2>Baseline comparison</h2>"]
+    if failed:
+        out.append(f"<p>{len(failed)} of {len(rows)} compared rows failed:</p>")
+        out.append(_table(header, failed, ["fail"] * len(failed), numeric=(2, 3)))
+    else:
+        out.append(f"<p>All {len(rows)} compared rows pass.</p>")
+    out.append(f"<details><summary>every compared row ({len(rows)})</summary>\n"
+               f"{_table(header, rows, classes, numeric=(2, 3))}</details>")
+    return "\n".join(out)
 
 
 def plots_section(items: list[dict]) -> str:
@@ -207,6 +206,26 @@ def plots_section(items: list[dict]) -> str:
     return "\n".join(out)
 
 
+def row_cells(r: dict) -> tuple:
+    """A verdict row as the terminal table shows it; baseline rows (a relative change and its
+    interval, not seconds) and rows the table cannot format get cells of their own."""
+    if r.get("check") == "baseline":
+        from .plots import baseline_change
+
+        change, ci = baseline_change(r)
+        verdict = str(r.get("verdict", "")).upper() + (f" ({r['detail']})" if r.get("detail") else "")
+        measured = "-" if change is None else f"change {change:+.1%}"
+        if change is None and r.get("measured") is not None:
+            measured = cells(r)[2]
+        model = cells(r)[3] if r.get("model") is not None else "-"
+        return (r["check"], r.get("name"), measured, model, f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "-",
+                r.get("budget") or "-", verdict)
+    try:
+        return cells(r)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return tuple(r.get(k) for k in ("check", "name", "measured", "model", "bound", "budget", "verdict"))
+
+
 def details_section(items: list[dict]) -> str:
     out = ["<h2>Cases</h2>"]
     for i, it in enumerate(items):
@@ -222,11 +241,7 @@ def details_section(items: list[dict]) -> str:
         if rows:
             body, classes = [], []
             for r in rows:
-                try:
-                    body.append(tuple(esc(c) for c in cells(r)))
-                except (KeyError, TypeError, ValueError):  # a row this table does not know how to format
-                    body.append(tuple(esc(r.get(k)) for k in ("check", "name", "measured", "model", "bound",
-                                                               "budget", "verdict")))
+                body.append(tuple(esc(c) for c in row_cells(r)))
                 classes.append("fail" if r.get("verdict") == "fail" else "")
             out.append(_table(HEADER, body, classes))
         out.append("</details>")
@@ -247,8 +262,8 @@ def render(session_doc: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f'<p class="muted">specs: {esc(", ".join(specs) or "-")} · generated {esc(now)} · '
-        f'schema {esc(session_doc.get("schema"))}</p>',
+        (f'<p class="muted">specs: {esc(", ".join(specs) or "-")} · generated {esc(now)} · '
+         f'schema {esc(session_doc.get("schema"))}</p>'),
         header_section(session_doc),
         summary_section(items),
         baseline_section(items),
@@ -257,6 +272,22 @@ def render(session_doc: dict) -> str:
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def write_for_session(state, exitstatus=None) -> Path | None:
+    """The plugin's session-end hook: the JSON document of ``state`` → ``<report dir>/llmcomm-report.html``.
+
+    Never raises: a report that cannot be drawn is a warning, not a failed session."""
+    import warnings
+
+    from . import json_report
+
+    try:
+        doc = json.loads(json.dumps(json_report.document(state, True, exitstatus), default=str))
+        return write_html(doc, Path(state.options.report_dir) / FILENAME)
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"llmcomm: HTML report not written: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
 
 
 def write_html(session_doc: dict, path) -> Path:

@@ -11,6 +11,7 @@ opens a window, and nothing leaks between reports.
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ matplotlib.use("Agg")  # before anything imports pyplot; a no-op if Agg is alrea
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from ..metrics import percentile  # noqa: E402
 from ..tags import site_class  # noqa: E402
@@ -70,7 +72,7 @@ def layout_of(item: dict) -> str:
 
 
 def short_label(item: dict) -> str:
-    """spec:case-id when the session mixes specs, else the case id."""
+    """The case id (figures that mix specs prefix the spec themselves)."""
     return item.get("case_id", "?")
 
 
@@ -177,6 +179,7 @@ def latency_plot(items: list[dict]) -> Plot | None:
                 p99 = [p[1][key]["p99"] * 1e3 for p in points]
                 line = ax.plot(xs, p50, marker="o", label=label)[0]
                 ax.fill_between(xs, p50, p99, color=line.get_color(), alpha=0.12)
+            ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
             ax.set_xlabel(_NAMES[x_field])
             ax.set_ylabel(f"{name} p50 (ms), shaded to p99")
             ax.set_title(f"{name} vs {_NAMES[x_field]}, one line per layout", fontsize=10)
@@ -249,7 +252,7 @@ def accuracy_plot(items: list[dict]) -> Plot | None:
     ax.set_xlabel("model time per op (s)")
     ax.set_ylabel("measured time per op, median (s)")
     ax.set_title(f"Measured vs predicted per op class ({len(points)} classes, all cases)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     return Plot("accuracy", "Measured vs predicted per op class", _png(fig),
                 "One dot per (case, op, phase, site class). The faint vertical bar at each model value is the "
@@ -287,12 +290,14 @@ def timeline_plot(items: list[dict]) -> Plot | None:
         ops = [op for op in it["run"]["ops"] if op["rep"] == rep and op["phase"] == "decode" and op["step"] == step]
         t0 = min(op["start_ns"] for op in ops)
         ranks = sorted({op["rank"] for op in ops} | set(range(it["run"]["case"].get("world_size", 1))))
+        bars: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)  # (op, rank) -> (left, width)
         for op in ops:
-            dur_ms = (op["duration_s"] or 0.0) * 1e3
-            ax.barh(op["rank"], max(dur_ms, 1e-3), left=(op["start_ns"] - t0) / 1e6, height=0.6,
-                    color=colour(op["op"]), edgecolor="black", linewidth=0.3,
-                    label=None if op["op"] in seen else op["op"])
-            seen.add(op["op"])
+            width = max((op["duration_s"] or 0.0) * 1e3, 1e-3)  # an op that never ended: a hairline
+            bars[(op["op"], op["rank"])].append(((op["start_ns"] - t0) / 1e6, width))
+        for (name, rank), spans in sorted(bars.items()):
+            ax.barh([rank] * len(spans), [w for _, w in spans], left=[x for x, _ in spans], height=0.6,
+                    color=colour(name), edgecolor="black", linewidth=0.3, label=None if name in seen else name)
+            seen.add(name)
         ax.set_yticks(ranks, [f"rank {r}" for r in ranks], fontsize=8)
         ax.set_ylim(max(ranks) + 0.6, min(ranks) - 0.6)
         ax.set_title(f"{short_label(it)}: decode step {step}, repetition {rep} ({len(ops)} ops)", fontsize=9)
@@ -306,7 +311,7 @@ def timeline_plot(items: list[dict]) -> Plot | None:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.axes[0].legend(handles, labels, fontsize=8, loc="upper right")
+        fig.axes[0].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     fig.tight_layout()
     return Plot("timeline", "Per-rank timeline of one decode step", _png(fig),
                 "Bars span each op's recorded start to end on its rank; gaps are compute. Ranks share the host's "
@@ -333,44 +338,77 @@ def baseline_rows(item: dict) -> list[dict]:
     return [r for r in (item.get("verdict") or {}).get("rows", []) if r.get("check") == "baseline"]
 
 
-def baseline_points(items: list[dict]) -> list[dict]:
-    """(case, metric, baseline, current, verdict) for every baseline row with two numbers.
+def baseline_change(r: dict) -> tuple[float | None, tuple[float, float] | None]:
+    """(relative change current vs baseline, its 95 % interval or None) of one baseline row.
 
-    The baseline value is read from the row's ``model`` cell (what the run is held against), or from a
-    ``baseline`` key where the row carries one."""
-    points = []
-    for it in items:
-        for r in baseline_rows(it):
-            base = number(r.get("baseline", r.get("model")))
-            cur = number(r.get("measured"))
-            if base is None or cur is None:
-                continue
-            points.append({"case": short_label(it), "metric": r["name"], "baseline": base, "current": cur,
-                           "change": (cur - base) / base if base else None, "verdict": r["verdict"]})
-    return points
+    The baseline module writes ``measured={"change": x}`` with the interval as ``bound``; a row that
+    carries two plain values (current in ``measured``, baseline in ``model``) gives the change alone."""
+    measured = r.get("measured")
+    if isinstance(measured, dict) and isinstance(measured.get("change"), (int, float)):
+        bound = r.get("bound")
+        ci = (float(bound[0]), float(bound[1])) if isinstance(bound, (list, tuple)) and len(bound) == 2 else None
+        return float(measured["change"]), ci
+    base, cur = number(r.get("model")), number(measured)
+    if base and cur is not None:
+        return (cur - base) / base, None
+    return None, None
+
+
+def threshold_of(r: dict) -> float | None:
+    """The threshold a baseline row states in its budget cell (``|change| <= 10%``)."""
+    m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*%", str(r.get("budget") or ""))
+    return float(m.group(1)) / 100 if m else None
 
 
 _VERDICT_COLOURS = {"pass": "#2ca02c", "fail": "#d62728", "n/a": "#7f7f7f"}
+HEADLINE = ("ttft", "tpot", "e2e")
 
 
 def baseline_plot(items: list[dict]) -> Plot | None:
-    points = [p for p in baseline_points(items) if p["change"] is not None]
+    """Current / baseline ratio with its 95 % interval (log axis): TTFT, TPOT, E2E of every case and
+    every failing row (op classes included); the full list is the report's baseline table."""
+    points = []
+    for it in items:
+        for r in baseline_rows(it):
+            change, ci = baseline_change(r)
+            if change is None or change <= -1 or (r["name"] not in HEADLINE and r.get("verdict") != "fail"):
+                continue
+            points.append((f"{short_label(it)}  {r['name']}", change, ci, r.get("verdict"), threshold_of(r)))
     if not points:
         return None
-    fig = Figure(figsize=(9, max(2.5, 0.28 * len(points) + 1.2)))
+    fig = Figure(figsize=(9.5, max(2.6, 0.3 * len(points) + 1.3)))
     ax = fig.add_subplot()
-    ys = range(len(points))
-    ax.barh(list(ys), [p["change"] * 100 for p in points],
-            color=[_VERDICT_COLOURS.get(p["verdict"], "#7f7f7f") for p in points])
-    ax.set_yticks(list(ys), [f"{p['case']} {p['metric']}" for p in points], fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("change vs baseline (%), positive = larger than the baseline")
-    ax.set_title("Baseline vs current (green pass, red fail, grey n/a)", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
+    clip = lambda x: min(max(x, 1e-2), 1e2)  # noqa: E731  (a CI past 100x says nothing more)
+    for y, (_, change, ci, verdict, _) in enumerate(points):
+        c = _VERDICT_COLOURS.get(verdict, "#7f7f7f")
+        ratio = clip(1 + change)
+        if ci:
+            lo, hi = clip(1 + ci[0]), clip(1 + ci[1])
+            ax.errorbar([ratio], [y], xerr=[[max(ratio - lo, 0)], [max(hi - ratio, 0)]], fmt="none", ecolor=c,
+                        alpha=0.5, capsize=3)
+        ax.scatter([ratio], [y], color=c, s=30, zorder=3)
+    thresholds = {p[4] for p in points if p[4] is not None}
+    ax.axvline(1, color="black", lw=0.8)
+    if len(thresholds) == 1:
+        t = thresholds.pop()
+        ax.axvline(1 + t, color="#d62728", lw=0.8, ls="--", label=f"slower by {t:.0%}: regression")
+        ax.axvline(max(1 - 2 * t, 1e-2), color="#7f7f7f", lw=0.8, ls=":", label=f"faster by {2 * t:.0%}: stale?")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xscale("log")
+    ratio_text = FuncFormatter(lambda x, _: f"{x:g}×")
+    ax.xaxis.set_major_formatter(ratio_text)
+    ax.xaxis.set_minor_formatter(ratio_text)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_yticks(range(len(points)), [p[0] for p in points], fontsize=8)
+    ax.set_ylim(len(points) - 0.5, -0.5)
+    ax.set_xlabel("current / baseline (log scale), bars: 95% interval")
+    ax.set_title("Baseline vs current: TTFT, TPOT, E2E per case and every failing row "
+                 "(green pass, red fail, grey n/a)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     return Plot("baseline", "Baseline vs current", _png(fig),
-                "Relative change of each compared metric from the stored baseline to this run.")
+                "Ratio of this run to the stored baseline (log-scale Welch test over repetitions). "
+                "Every compared row, op classes included, is in the baseline table above.")
 
 
 def all_plots(items: list[dict]) -> list[Plot]:
