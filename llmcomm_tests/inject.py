@@ -120,13 +120,23 @@ def install_faults(faults, recorder=None) -> InstalledFaults:
             elapsed = time.perf_counter() - t0
             for fault in active:
                 if fault.kind == "delay":
-                    time.sleep(elapsed * fault.value if fault.relative else fault.value)
+                    _wait(elapsed * fault.value if fault.relative else fault.value)
                 elif fault.kind == "extra":
                     _extra_all_reduce(pg, args, kwargs, int(fault.value))
             return work
 
         setattr(dist.ProcessGroup, method, faulty)
     return installed
+
+
+def _wait(seconds: float) -> None:
+    """time.sleep overshoots short waits by ~60-100 µs on Linux, which would plant a larger fault
+    than asked for; spin for the last millisecond instead."""
+    end = time.perf_counter() + seconds
+    if seconds > 2e-3:
+        time.sleep(seconds - 1e-3)
+    while time.perf_counter() < end:
+        pass
 
 
 _busy = False  # set while a fault issues its own op, so that op is recorded but not faulted again

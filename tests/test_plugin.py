@@ -53,8 +53,11 @@ def specs(pytester, wide_profile):
     return pytester
 
 
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")  # hypothesis' summary hook costs ~1 s a run
+
+
 def run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    return pytester.runpytest_subprocess(*QUIET, *args)
 
 
 def test_collection_ids_and_markers(specs):
@@ -113,7 +116,7 @@ def test_budgets_for_other_hardware_are_not_applicable(specs):
 @pytest.mark.parametrize("kind, text, line, field, fragment", BAD, ids=[b[0] for b in BAD])
 def test_malformed_spec_is_one_located_error_and_others_still_run(pytester, kind, text, line, field, fragment):
     pytester.makefile(".yaml", **{"slo_specs/bad": text, "slo_specs/good": SPEC})
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q")  # no ranks: fast
+    result = pytester.runpytest_inprocess(*QUIET, "--collect-only", "-q")  # no ranks: in-process is fine
     where = f"slo_specs/bad.yaml:{line}: " + (f"{field}: " if field else "")
     errors = [ln for ln in result.stdout.lines if ln.startswith("slo_specs/bad.yaml:")]
     assert len(errors) == 1 and errors[0].startswith(where) and fragment in errors[0], result.stdout.str()
