@@ -48,8 +48,10 @@ def summarize(doc: dict, session_env: dict) -> dict:
     op_classes: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for op in doc["ops"]:
         # Calls that wait for other ranks' compute time the schedule, not the link (see
-        # analytic/accuracy.py); TTFT/TPOT carry their effect.
-        if op["duration_s"] is not None and waiting_reason(op) is None:
+        # analytic/accuracy.py), and so do point-to-point calls, which rendezvous with their peer
+        # (on this host a send takes 40 µs or 1 ms depending on whether the receiver was already
+        # scheduled).  TTFT/TPOT carry their effect.
+        if op["duration_s"] is not None and waiting_reason(op) is None and op["op"] not in ("send", "recv"):
             # One row per (op, phase, group): fewer, larger classes than per call site — each row
             # costs confidence under the Bonferroni correction, and sites of one op move together.
             peers = "p2p" if op["op"] in ("send", "recv") else len(op["group"])
@@ -133,7 +135,7 @@ def judge(name: str, stats: dict | None, threshold: float, min_detectable: float
         verdict, text = FAIL, f"much faster, baseline stale? {text}"
     elif min_detectable is not None and mde > min_detectable:
         verdict, text = FAIL, f"too noisy to detect {min_detectable:.0%} (spec min_detectable): {text}"
-    return row("baseline", name, verdict, {"change": change}, sum(stats["n"]),
+    return row("baseline", name, verdict, {"change": change}, sum(stats["n"]), bound=[lo, hi],
                budget=f"change <= {threshold:.0%}", detail=text)
 
 

@@ -72,7 +72,7 @@ def volume_rows(measured: list[dict], predicted: list[dict]) -> list[dict]:
 # -- latency --------------------------------------------------------------------------------------
 
 
-def latency_rows(ops: list[dict], profile, tolerance) -> list[dict]:
+def latency_rows(ops: list[dict], profile, tolerance, layout=None) -> list[dict]:
     """Per op class (op, phase, site class, group size): share of samples inside the bounds."""
     from .analytic.accuracy import bounds_for_record
 
@@ -83,7 +83,7 @@ def latency_rows(ops: list[dict], profile, tolerance) -> list[dict]:
             continue
         peers = "p2p" if op["op"] in ("send", "recv") else len(op["group"])
         k = (op["op"], op["phase"], site_class(op["site"]), peers)
-        b = bounds_for_record(profile, op)
+        b = bounds_for_record(profile, op, layout)  # the layout names p2p peers (their link tier)
         if b is None:
             waiting[k].append(op["duration_s"])
         else:
@@ -176,7 +176,7 @@ def evaluate(case, doc: dict, predicted_volume: list[dict], profile, hardware: s
         verdict.rows.append(row("volume", "repetitions identical", FAIL,
                                 detail="repetitions moved different ops or bytes"))
     if profile is not None:
-        verdict.rows += latency_rows(doc["ops"], profile, case.tolerances.latency)
+        verdict.rows += latency_rows(doc["ops"], profile, case.tolerances.latency, case.layout)
     else:
         verdict.rows.append(row("latency", "all op classes", NA,
                                 detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

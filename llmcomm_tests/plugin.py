@@ -115,9 +115,17 @@ def pytest_sessionfinish(session, exitstatus):
         return
     state = config.stash[SESSION_KEY]
     if state.results:
-        from .report import json_report
+        from .report import html, json_report
 
         json_report.write(state, complete=True, exitstatus=exitstatus)
+        html.write_for_session(state, exitstatus)  # reports/llmcomm-report.html; never raises (warns)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _is_worker(config) and SESSION_KEY in config.stash and config.stash[SESSION_KEY].results:
+        out = config.stash[SESSION_KEY].options.report_dir
+        terminalreporter.write_line(f"llmcomm reports: {out}/junit.xml, {out}/llmcomm-report.json, "
+                                    f"{out}/llmcomm-report.html")
 
 
 @pytest.hookimpl(trylast=True)

@@ -70,11 +70,12 @@ def test_every_shipped_preset_loads():
 
 def test_profile_fallbacks_cpu_loopback():
     p = load_profile("cpu-loopback")
-    assert p.fit("all_reduce", 2).alpha_s == pytest.approx(0.35e-3)  # the measured 2-rank seed
-    assert p.fit("all_reduce", 4).alpha_s == pytest.approx(0.7e-3)  # the op's default
-    assert p.fit("send_recv", 8).alpha_s == pytest.approx(0.17e-3)  # p2p is always group 2
-    # all_reduce over 2 ranks: 2 steps × 0.35 ms + 1 MB / 0.9 GB/s (n_β = 1 at t = 2)
-    assert p.time("all_reduce", 2, 1e6) == pytest.approx(0.7e-3 + 1e6 / 0.9e9)
+    ops = p.tier("intra").ops
+    assert p.fit("all_reduce", 2) == ops["all_reduce"][2]           # the measured 2-rank fit
+    assert p.fit("all_reduce", 8) == ops["all_reduce"]["default"]   # unmeasured size: the op's default
+    assert p.fit("send_recv", 8) == ops["send_recv"][2]             # p2p is always group 2
+    f = p.fit("all_reduce", 2)
+    assert p.time("all_reduce", 2, 1e6) == pytest.approx(2 * f.alpha_s + 1e6 / f.beta_Bps)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -76,7 +76,8 @@ def _result_documents() -> dict:
         row("baseline", "volume (all op classes)", "pass", detail="identical to the baseline"),
         row("baseline", "ttft", "fail", {"change": 0.42}, 4, bound=[0.2, 0.7], budget="|change| <= 10%",
             detail="slower +42.0% [95% CI +20.0%, +70.0%]"),
-        row("baseline", "tpot", "pass", {"change": -0.03}, 4, bound=[-0.2, 0.15], budget="|change| <= 10%"),
+        row("baseline", "tpot", "pass", {"change": -0.03}, 4, budget="change <= 10%",
+            detail="-3.0% [98.33% CI -20.0%, +15.0%]; detects >= 40.0% at 95% power"),
     ]
     items[0]["verdict"]["passed"] = False
     session = {"schema": "llmcomm.session/1", "complete": True, "exitstatus": 1, "env": fingerprint(),
@@ -190,6 +191,14 @@ def test_latency_axis_follows_the_workloads(session_doc):
         twin["run"]["case"]["batch"] = batch
     assert plots.latency_axis(swept) == ("batch", [])
     assert plots.latency_plot(swept).title == "Latency vs batch size"
+
+
+def test_baseline_rows_give_change_and_interval(session_doc):
+    rows = {r["name"]: r for r in plots.baseline_rows(session_doc["items"][0])}
+    assert plots.baseline_change(rows["ttft"]) == (0.42, (0.2, 0.7))  # interval in `bound`
+    assert plots.baseline_change(rows["tpot"]) == (-0.03, (-0.2, 0.15))  # interval in the detail text
+    assert plots.baseline_change(rows["volume (all op classes)"]) == (None, None)
+    assert plots.threshold_of(rows["tpot"]) == 0.1
 
 
 def test_latency_rows_feed_the_accuracy_plot_when_present(session_doc):

@@ -178,7 +178,7 @@ def baseline_section(items: list[dict]) -> str:
             classes.append("fail" if r.get("verdict") == "fail" else "")
     if not rows:
         return ""
-    header = ("case", "compared", "change", "95% interval", "threshold", "verdict", "detail")
+    header = ("case", "compared", "change", "interval", "threshold", "verdict", "detail")
     failed = [r for r, c in zip(rows, classes) if c == "fail"]
     out = ["<h2>Baseline comparison</h2>"]
     if failed:

@@ -338,16 +338,22 @@ def baseline_rows(item: dict) -> list[dict]:
     return [r for r in (item.get("verdict") or {}).get("rows", []) if r.get("check") == "baseline"]
 
 
-def baseline_change(r: dict) -> tuple[float | None, tuple[float, float] | None]:
-    """(relative change current vs baseline, its 95 % interval or None) of one baseline row.
+_CI_TEXT = re.compile(r"CI ([+-]?[0-9.]+)%, ([+-]?[0-9.]+)%")
 
-    The baseline module writes ``measured={"change": x}`` with the interval as ``bound``; a row that
-    carries two plain values (current in ``measured``, baseline in ``model``) gives the change alone."""
+
+def baseline_change(r: dict) -> tuple[float | None, tuple[float, float] | None]:
+    """(relative change current vs baseline, its confidence interval or None) of one baseline row.
+
+    The baseline module writes ``measured={"change": x}``, with the interval as ``bound`` or, failing
+    that, in the detail text (``... CI -12.0%, +30.1%]``); a row that carries two plain values
+    (current in ``measured``, baseline in ``model``) gives the change alone."""
     measured = r.get("measured")
     if isinstance(measured, dict) and isinstance(measured.get("change"), (int, float)):
         bound = r.get("bound")
-        ci = (float(bound[0]), float(bound[1])) if isinstance(bound, (list, tuple)) and len(bound) == 2 else None
-        return float(measured["change"]), ci
+        if isinstance(bound, (list, tuple)) and len(bound) == 2:
+            return float(measured["change"]), (float(bound[0]), float(bound[1]))
+        m = _CI_TEXT.search(str(r.get("detail") or ""))
+        return float(measured["change"]), ((float(m.group(1)) / 100, float(m.group(2)) / 100) if m else None)
     base, cur = number(r.get("model")), number(measured)
     if base and cur is not None:
         return (cur - base) / base, None
@@ -355,7 +361,7 @@ def baseline_change(r: dict) -> tuple[float | None, tuple[float, float] | None]:
 
 
 def threshold_of(r: dict) -> float | None:
-    """The threshold a baseline row states in its budget cell (``|change| <= 10%``)."""
+    """The threshold a baseline row states in its budget cell (``change <= 10%``)."""
     m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*%", str(r.get("budget") or ""))
     return float(m.group(1)) / 100 if m else None
 
@@ -365,7 +371,7 @@ HEADLINE = ("ttft", "tpot", "e2e")
 
 
 def baseline_plot(items: list[dict]) -> Plot | None:
-    """Current / baseline ratio with its 95 % interval (log axis): TTFT, TPOT, E2E of every case and
+    """Current / baseline ratio with its confidence interval (log axis): TTFT, TPOT, E2E of every case and
     every failing row (op classes included); the full list is the report's baseline table."""
     points = []
     for it in items:
@@ -401,13 +407,13 @@ def baseline_plot(items: list[dict]) -> Plot | None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_yticks(range(len(points)), [p[0] for p in points], fontsize=8)
     ax.set_ylim(len(points) - 0.5, -0.5)
-    ax.set_xlabel("current / baseline (log scale), bars: 95% interval")
+    ax.set_xlabel("current / baseline (log scale); bars: the comparison's confidence interval")
     ax.set_title("Baseline vs current: TTFT, TPOT, E2E per case and every failing row "
                  "(green pass, red fail, grey n/a)", fontsize=10)
     ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     return Plot("baseline", "Baseline vs current", _png(fig),
-                "Ratio of this run to the stored baseline (log-scale Welch test over repetitions). "
+                "Ratio of this run to the stored baseline, with the interval the baseline gate computed. "
                 "Every compared row, op classes included, is in the baseline table above.")
 
 

@@ -18,6 +18,8 @@ def _seconds(x) -> str:
 def _value(check: str, name: str, v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, dict) and "change" in v:
+        return f"{v['change']:+.1%}"
     if isinstance(v, dict) and "count" in v:
         return f"x{v['count']} {v['bytes']:,}B wire {v['wire_bytes']:,}B"
     if isinstance(v, dict):
@@ -39,7 +41,12 @@ def cells(r: dict) -> tuple[str, ...]:
     measured = _value(r["check"], r["name"], r["measured"])
     if r.get("n"):
         measured += f" (n={r['n']})"
-    bound = f"[{_seconds(r['bound'][0])}, {_seconds(r['bound'][1])}]" if r.get("bound") else "-"
+    if not r.get("bound"):
+        bound = "-"
+    elif r["check"] == "baseline":  # a confidence interval of the relative change
+        bound = f"[{r['bound'][0]:+.1%}, {r['bound'][1]:+.1%}]"
+    else:
+        bound = f"[{_seconds(r['bound'][0])}, {_seconds(r['bound'][1])}]"
     return (r["check"], r["name"], measured, _value(r["check"], r["name"], r["model"]), bound,
             r.get("budget") or "-", r["verdict"].upper() + (f" ({r['detail']})" if r.get("detail") else ""))
 

@@ -1,0 +1,121 @@
+"""The upgrade gate: baselines saved and compared through the plugin, and the statistics."""
+
+import json
+import math
+import random
+
+import pytest
+
+from llmcomm_tests.baseline import compare_samples, env_changes, hardware_key, judge
+from test_plugin import QUIET, SPEC, wide_profile  # noqa: F401  (fixture)
+
+# A loose time threshold (+500 %): these tests are about the gate's mechanics on a noisy 2-core
+# host; its statistical power is measured by benchmarks/gate_selftest.py.
+GATE_SPEC = SPEC.replace('layouts: ["1x1", "2x1", "1x2", "2x2"]', 'layouts: ["2x1", "1x2"]').replace(
+    "repeats: 2", "repeats: 3") + "baseline: {threshold: 5.0}\n"
+
+
+@pytest.fixture
+def gate(pytester, wide_profile):  # noqa: F811
+    pytester.makefile(".yaml", **{"slo_specs/gate": GATE_SPEC})
+    pytester.makeini(f"[pytest]\nllmcomm_hardware = {wide_profile}\n")
+    result = pytester.runpytest_subprocess(*QUIET, "-k", "b1", "--llmcomm-baseline-save", "before")
+    result.assert_outcomes(passed=2)
+    return pytester
+
+
+def compare(pytester, *args):
+    return pytester.runpytest_subprocess(*QUIET, "-k", "b1", "--llmcomm-baseline-compare", "before", *args)
+
+
+def test_save_writes_one_file_per_case_under_the_hardware_key(gate):
+    files = sorted(p.relative_to(gate.path).as_posix() for p in (gate.path / ".llmcomm").rglob("*.json"))
+    assert len(files) == 2 and files[0].startswith(".llmcomm/baselines/gloo-1xcpu_")
+    assert [f.split("/", 3)[3] for f in files] == ["before/mini/tp1-pp2-b1-s8-g3.json",
+                                                   "before/mini/tp2-pp1-b1-s8-g3.json"]
+    doc = json.loads((gate.path / files[0]).read_text())
+    assert doc["schema"] == "llmcomm.baseline/1" and doc["volume"] and len(doc["times"]["ttft"]) == 3
+
+
+def test_unchanged_run_passes(gate):
+    result = compare(gate, "-rA")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["baseline*volume (all op classes)*PASS (identical to the baseline)*"])
+
+
+def test_planted_delay_fails_the_right_item(gate):
+    result = compare(gate, "--llmcomm-inject", "all_reduce:delay=30ms")
+    result.assert_outcomes(failed=1, passed=1)  # only the TP case has all-reduces
+    result.stdout.fnmatch_lines(["mini[[]tp2-pp1-b1-s8-g3]: * check(s) failed",
+                                 "baseline*op all_reduce decode /2*FAIL (slower +*% [[]*CI*; detects >= *"])
+
+
+def test_extra_collective_fails_on_volume(gate):
+    result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:extra=1")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["baseline*volume all_reduce decode mlp*x16 *x8 *FAIL (bytes or count changed*"])
+
+
+def test_larger_message_fails_on_volume(gate):
+    result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:size=2")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["mini[[]tp2-pp1-b1-s8-g3]*",
+                                 "baseline*volume all_reduce decode mlp*x8 16,384B*x8 8,192B*FAIL*"])
+
+
+def test_changed_environment_is_named(gate):
+    for path in (gate.path / ".llmcomm").rglob("*.json"):
+        doc = json.loads(path.read_text())
+        doc["env"]["torch"], doc["env"]["nccl"] = "2.12.0", "2.21.5"
+        path.write_text(json.dumps(doc))
+    result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:extra=1", "-rA")
+    result.stdout.fnmatch_lines(["*baseline*environment*FAIL (changed since the baseline: torch 2.12.0 → 2.*; "
+                                 "nccl 2.21.5 → None*"])
+    result.stdout.fnmatch_lines(["*baseline*environment*PASS (changed, no effect found: torch 2.12.0 → *"])
+
+
+def test_missing_baseline_is_a_failure(gate):
+    result = gate.runpytest_subprocess(*QUIET, "-k", "b1", "--llmcomm-baseline-compare", "never-saved")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*baseline never-saved*FAIL (no baseline at *never-saved*"])
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+def lognormal(n, median, sigma, seed):
+    rng = random.Random(seed)
+    return [rng.lognormvariate(math.log(median), sigma) for _ in range(n)]
+
+
+def test_same_distribution_is_not_flagged():
+    stats = compare_samples(lognormal(300, 1e-3, 0.3, 1), lognormal(300, 1e-3, 0.3, 2), rows_in_family=10)
+    assert stats["ci"][0] < 0 < stats["ci"][1]
+    assert judge("x", stats, 0.1, None)["verdict"] == "pass"
+
+
+def test_clear_slowdown_is_flagged_with_its_size():
+    stats = compare_samples(lognormal(300, 1e-3, 0.1, 1), [x * 1.3 for x in lognormal(300, 1e-3, 0.1, 2)])
+    assert 0.2 < stats["change"] < 0.4 and stats["ci"][0] > 0.1
+    row = judge("x", stats, 0.1, None)
+    assert row["verdict"] == "fail" and row["detail"].startswith("slower +")
+
+
+def test_large_improvement_flags_a_stale_baseline():
+    stats = compare_samples(lognormal(200, 1e-3, 0.1, 1), lognormal(200, 0.5e-3, 0.1, 2))
+    assert judge("x", stats, 0.1, None)["detail"].startswith("much faster, baseline stale?")
+
+
+def test_sensitivity_shrinks_with_samples_and_is_enforced():
+    small = compare_samples(lognormal(20, 1e-3, 0.5, 1), lognormal(20, 1e-3, 0.5, 2))
+    large = compare_samples(lognormal(2000, 1e-3, 0.5, 1), lognormal(2000, 1e-3, 0.5, 2))
+    assert large["mde"] < small["mde"] / 5
+    row = judge("x", small, 0.1, min_detectable=0.07)
+    assert row["verdict"] == "fail" and "too noisy to detect 7%" in row["detail"]
+
+
+def test_env_changes_and_hardware_key():
+    old = {"torch": "2.13.0", "nccl": "2.21.5", "devices": ["NVIDIA H100 80GB HBM3"] * 8, "backend": "nccl"}
+    new = dict(old, torch="2.14.1", nccl="2.23.4")
+    assert env_changes(old, new) == ["torch 2.13.0 → 2.14.1", "nccl 2.21.5 → 2.23.4"]
+    assert hardware_key(old) == "nccl-8xNVIDIA_H100_80GB_HBM3"
