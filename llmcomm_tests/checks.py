@@ -5,8 +5,9 @@ Three kinds of check per case:
 * volume  – recorded count, bytes and wire bytes per (op, phase, site class) equal the analytic
             model exactly (bytes are deterministic: any difference is a finding);
 * latency – each op class's measured durations fall inside the model's two-sided bounds for at
-            least the spec's ``inside_fraction`` of samples (robust to a noisy host: a statement about
-            the distribution, not about one sample);
+            least the spec's ``inside_fraction`` of samples: a class fails when a one-sided binomial
+            test says, at 95 % confidence, that its true share inside is below that fraction (a
+            statement about the distribution, robust to a noisy host, not about one sample);
 * budget  – the SLO budgets that apply to this hardware hold at their percentiles; budgets
             written for other hardware are reported as not applicable, never passed or failed.
 
@@ -97,8 +98,9 @@ def latency_rows(ops: list[dict], profile, tolerance, layout=None) -> list[dict]
         share = inside / len(samples)
         lo = min(s[1] for s in samples)
         hi = max(s[2] for s in samples)
-        verdict = PASS if share >= tol.inside_fraction else FAIL
-        detail = f"{share:.0%} inside (need {tol.inside_fraction:.0%})"
+        p_value = binomial_cdf(inside, len(samples), tol.inside_fraction)
+        verdict = FAIL if p_value < SIGNIFICANCE else PASS
+        detail = f"{share:.0%} of {len(samples)} inside (need {tol.inside_fraction:.0%}; p={p_value:.2g})"
         if below:
             detail += f"; {below} below the physical floor (mis-timed?)"
         rows.append(row("latency", f"{k[0]} {k[1]} {k[2]} /{k[3]}", verdict, _dist(durations), len(durations),
@@ -107,6 +109,24 @@ def latency_rows(ops: list[dict], profile, tolerance, layout=None) -> list[dict]
         rows.append(row("latency", f"{k[0]} {k[1]} {k[2]} /{k[3]}", NA, _dist(durations), len(durations),
                         detail="includes waiting for a peer's compute: not bounded by the α-β model"))
     return rows
+
+
+SIGNIFICANCE = 0.05
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p): how likely so few samples inside if the true share were p.
+    A class fails only when that is below 5 %: ten samples with one outlier say little, three
+    hundred with fifteen percent outside say a lot."""
+    if k >= n:
+        return 1.0
+    q = 1.0 - p
+    term = q ** n  # P(X = 0)
+    total = term
+    for i in range(1, k + 1):
+        term *= (n - i + 1) / i * p / q
+        total += term
+    return min(1.0, total)
 
 
 def _dist(values: list[float]) -> dict:

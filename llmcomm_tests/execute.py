@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 
 from . import launch, metrics
+from .envinfo import comm_variables, nvidia_driver
 from .engine.config import EngineShape
 from .engine.layout import Layout
 
@@ -132,23 +133,15 @@ def environment(ctx) -> dict:
         "nccl": None,
         "devices": [],
         "cpu_count": os.cpu_count(),
-        "variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_", "TORCH_NCCL_"))},
+        "variables": comm_variables(),
     }
     if torch.cuda.is_available():
         env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
         env["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        env["driver"] = _nvidia_driver()
+        env["driver"] = nvidia_driver()
     else:
         env["devices"] = [f"cpu ({platform.processor() or platform.machine()})"]
     return env
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        with open("/proc/driver/nvidia/version") as f:
-            return f.readline().strip()
-    except OSError:
-        return None
 
 
 def config_from_dict(data: dict) -> RunConfig:

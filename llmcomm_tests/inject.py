@@ -15,6 +15,7 @@ Faults sit *under* the recorder: the recorder measures their effect like any oth
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def install_faults(faults, recorder=None) -> InstalledFaults:
     for fault in faults:
         by_method.setdefault(_METHODS[fault.op], []).append(fault)
     for method, method_faults in by_method.items():
-        original = getattr(dist.ProcessGroup, method)
+        original = inspect.getattr_static(dist.ProcessGroup, method)  # the descriptor: restorable
         installed._saved[method] = original
 
         def faulty(pg, *args, _original=original, _faults=method_faults, **kwargs):

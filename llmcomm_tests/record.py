@@ -20,6 +20,7 @@ Phase, step and site come from ``llmcomm_tests.tags``, set by the engine.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -130,13 +131,15 @@ class Recorder:
 
     def install(self) -> "Recorder":
         for method, (op, kind) in _PG_METHODS.items():
-            original = getattr(dist.ProcessGroup, method, None)
+            # The class's own attribute (pybind's instancemethod descriptor), not getattr's unbound
+            # builtin: only the descriptor binds ``self`` again once it is put back.
+            original = inspect.getattr_static(dist.ProcessGroup, method, None)
             if original is None:
                 continue
             self._saved[method] = original
             setattr(dist.ProcessGroup, method, self._wrap_method(method, op, kind, original))
-        self._saved["Work.wait"] = dist.Work.wait
-        dist.Work.wait = self._wrap_wait(dist.Work.wait)
+        self._saved["Work.wait"] = inspect.getattr_static(dist.Work, "wait")
+        dist.Work.wait = self._wrap_wait(self._saved["Work.wait"])
         self._install_functional()
         return self
 

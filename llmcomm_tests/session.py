@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from .envinfo import comm_variables, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
 
 CPU_HARDWARE = "cpu-loopback"
@@ -39,17 +40,9 @@ def fingerprint() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cuda_devices": cuda_device_count(),
-        "driver": _driver(),
-        "variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_", "TORCH_NCCL_"))},
+        "driver": nvidia_driver(),
+        "variables": comm_variables(),
     }
-
-
-def _driver() -> str | None:
-    try:
-        with open("/proc/driver/nvidia/version") as f:
-            return f.readline().strip()
-    except OSError:
-        return None
 
 
 @dataclass

@@ -121,3 +121,33 @@ def test_bench_comm_sweep_measures_every_op():
     big = {r["op"]: r for r in summary if r["bytes"] == 1 << 20}
     small = {r["op"]: r for r in summary if r["bytes"] == 4096}
     assert big["all_reduce"]["algbw_GBps"] > small["all_reduce"]["algbw_GBps"]  # α dominates small messages
+
+
+def test_uninstall_leaves_torch_distributed_working():
+    """Recorder and faults put pybind's own method descriptors back (restoring getattr's unbound
+    builtin broke every later collective: torchrun's gather_object after a run hit it)."""
+    import subprocess
+    import sys
+
+    code = """
+import tempfile, torch, torch.distributed as dist
+from llmcomm_tests.inject import install_faults, parse_faults
+from llmcomm_tests.record import Recorder
+dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+before = {n: type(dist.ProcessGroup.__dict__[n]) for n in ("allgather", "allreduce")}
+faults = install_faults(parse_faults(["all_reduce:delay=1ms"]))
+rec = Recorder().install()
+rec.active = True
+x = torch.ones(2)
+dist.all_reduce(x)
+rec.uninstall(); faults.uninstall()
+assert {n: type(dist.ProcessGroup.__dict__[n]) for n in before} == before
+out = [torch.empty(2)]
+dist.all_gather(out, x)
+dist.all_reduce(x, async_op=True).wait()
+objs = [None]
+dist.gather_object({"ok": 1}, objs, dst=0)
+assert objs == [{"ok": 1}] and len(rec.records) == 1
+print("OK")
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "OK"

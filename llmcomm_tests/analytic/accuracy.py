@@ -33,6 +33,7 @@ import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from ..metrics import percentile
 from . import latency
 
 if TYPE_CHECKING:
@@ -124,14 +125,6 @@ def bounds_for_record(profile: "HardwareProfile", record: dict, layout: "Layout 
     return lower, upper, predicted
 
 
-def _quantile(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0.999,
                algorithm: str | None = None) -> tuple["HardwareProfile", list[str]]:
     """The profile with each fit's upper-bound spread ``k_hi`` re-measured on real engine runs.
@@ -175,7 +168,7 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
             if t_name != tier_name:
                 continue
             old = profile.fit(op, group, tier_name)
-            k_hi = max(1.0, _quantile(values, quantile))
+            k_hi = max(1.0, percentile(values, 100 * quantile))
             quality = dict(old.quality or {})
             quality.update(k_hi_sweep=old.k_hi, k_hi_records=len(values), k_hi_quantile=quantile)
             new = replace(old, k_hi=k_hi, slack_s=0.0, quality=quality)

@@ -37,19 +37,11 @@ import sys
 from collections import defaultdict
 from dataclasses import replace
 
+from ..metrics import percentile
 from . import latency
 from .hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB, ×4 (as bench-comm)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default) without numpy."""
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _weighted_line(xs: list[float], ys: list[float], w: list[float]) -> tuple[float, float]:
@@ -122,9 +114,9 @@ def fit_op(op: str, group_size: int, points: dict[int, list[float]]) -> OpFit:
         "median_rel_err": statistics.median(abs(model(m) - y) / y for m, y in zip(sizes, medians)),
         "points": len(sizes),
         "samples": sum(len(points[m]) for m in sizes),
-        "k_lo": min(1.0, _quantile(ratios, 0.01)),
+        "k_lo": min(1.0, percentile(ratios, 1)),
     }
-    return OpFit(alpha_s=alpha, beta_Bps=beta, k_hi=max(1.0, _quantile(ratios, 0.99)), slack_s=0.0,
+    return OpFit(alpha_s=alpha, beta_Bps=beta, k_hi=max(1.0, percentile(ratios, 99)), slack_s=0.0,
                  quality=quality)
 
 

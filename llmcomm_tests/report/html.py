@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .table import HEADER, cells
+from .table import HEADER, cells, seconds
 
 FILENAME = "llmcomm-report.html"
 
@@ -42,16 +42,6 @@ def esc(value) -> str:
 
 
 # -- formatting ----------------------------------------------------------------------------------
-
-
-def seconds(x) -> str:
-    if x is None:
-        return "-"
-    if x < 1e-3:
-        return f"{x * 1e6:.1f} µs"
-    if x < 1:
-        return f"{x * 1e3:.2f} ms"
-    return f"{x:.3f} s"
 
 
 def nbytes(x) -> str:
@@ -207,19 +197,7 @@ def plots_section(items: list[dict]) -> str:
 
 
 def row_cells(r: dict) -> tuple:
-    """A verdict row as the terminal table shows it; baseline rows (a relative change and its
-    interval, not seconds) and rows the table cannot format get cells of their own."""
-    if r.get("check") == "baseline":
-        from .plots import baseline_change
-
-        change, ci = baseline_change(r)
-        verdict = str(r.get("verdict", "")).upper() + (f" ({r['detail']})" if r.get("detail") else "")
-        measured = "-" if change is None else f"change {change:+.1%}"
-        if change is None and r.get("measured") is not None:
-            measured = cells(r)[2]
-        model = cells(r)[3] if r.get("model") is not None else "-"
-        return (r["check"], r.get("name"), measured, model, f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "-",
-                r.get("budget") or "-", verdict)
+    """A verdict row as the terminal table shows it (raw values where a row cannot be formatted)."""
     try:
         return cells(r)
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 HEADER = ("check", "op / metric", "measured (p50 / p99, n)", "model", "bound", "budget", "verdict")
 
 
-def _seconds(x) -> str:
+def seconds(x) -> str:
+    """A duration in the unit a person reads it in (µs, ms, s)."""
     if x is None:
         return "-"
     if x < 1e-3:
@@ -34,7 +35,7 @@ def _scalar(name: str, v) -> str:
         return f"{v:.1%}"
     if name.startswith("bytes_per_token"):
         return f"{v:,.0f}B"
-    return _seconds(v) if isinstance(v, float) else str(v)
+    return seconds(v) if isinstance(v, float) else str(v)
 
 
 def cells(r: dict) -> tuple[str, ...]:
@@ -46,7 +47,7 @@ def cells(r: dict) -> tuple[str, ...]:
     elif r["check"] == "baseline":  # a confidence interval of the relative change
         bound = f"[{r['bound'][0]:+.1%}, {r['bound'][1]:+.1%}]"
     else:
-        bound = f"[{_seconds(r['bound'][0])}, {_seconds(r['bound'][1])}]"
+        bound = f"[{seconds(r['bound'][0])}, {seconds(r['bound'][1])}]"
     return (r["check"], r["name"], measured, _value(r["check"], r["name"], r["model"]), bound,
             r.get("budget") or "-", r["verdict"].upper() + (f" ({r['detail']})" if r.get("detail") else ""))
 
