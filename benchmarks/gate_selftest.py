@@ -1,12 +1,14 @@
-"""Gate self-test: how often the baseline gate catches a planted 10 % slowdown, how often it cries
+"""Gate self-test: how often the baseline gate catches a planted slowdown, and how often it cries
 wolf on an unchanged run (A/A), at the spec defaults.
 
-    python benchmarks/gate_selftest.py [--trials 20] [--repeats 5] [--fault all_reduce:delay=10%]
+    python benchmarks/gate_selftest.py [--trials 20] [--repeats 5] [--baseline-runs 5]
+                                       [--faults all_reduce:delay=10%,all_reduce:delay=100%]
 
-Each trial runs the tiny engine under TP 2 (the baseline), then again unchanged (A/A) and again
-with the planted fault (A/B), and compares each against the baseline exactly as
-``--llmcomm-baseline-compare`` does.  A/A counts a false alarm when any time row fails; A/B counts
-a detection when the row of the faulted op class fails as slower.
+Each trial saves a baseline from ``--baseline-runs`` separate runs of the tiny engine under TP 2
+(as ``--llmcomm-baseline-save`` run that many times would), then runs once unchanged (A/A) and once
+per planted fault (A/B), comparing each exactly as ``--llmcomm-baseline-compare`` does.  A/A counts
+a false alarm when any time row of the case fails; A/B counts a detection when a row of the faulted
+op class fails as slower.
 """
 
 import argparse
@@ -25,10 +27,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=baseline.DEFAULT_THRESHOLD)
-    parser.add_argument("--fault", default="all_reduce:delay=10%")
+    parser.add_argument("--baseline-runs", type=int, default=5)
+    parser.add_argument("--faults", default="all_reduce:delay=10%,all_reduce:delay=100%")
     parser.add_argument("--layout", default="2x1")
     args = parser.parse_args()
-    fault = parse_faults([args.fault])[0]
+    faults = parse_faults(args.faults.split(","))
     layout = Layout.parse(args.layout)
     cfg = RunConfig(PRESETS["tiny"], layout, batch=1, prompt_len=32, gen_len=8, repeats=args.repeats, warmup=1)
     env = fingerprint()
@@ -36,34 +39,36 @@ def main() -> None:
     def summary(inject=()):
         return baseline.summarize(run_case(RunConfig(**{**cfg.__dict__, "inject": tuple(inject)})), env)
 
-    false_alarms = detections = 0
-    mdes, changes = [], []
+    def failed(rows, prefix=None):
+        return [r for r in rows if r["verdict"] == "fail" and r["name"] != "environment"
+                and (prefix is None or (r["name"].startswith(prefix) and r["detail"].startswith("slower")))]
+
+    false_alarms, detections = 0, {str(f): 0 for f in faults}
+    changes, mdes = {str(f): [] for f in faults}, []
     t0 = time.perf_counter()
     for trial in range(args.trials):
-        base = summary()
-        aa = baseline.compare(base, summary(), args.threshold, None)
-        ab = baseline.compare(base, summary([fault]), args.threshold, None)
-        time_rows = lambda rows: [r for r in rows if r["name"] in ("ttft", "tpot", "e2e") or r["name"].startswith("op ")]  # noqa: E731
-        if any(r["verdict"] == "fail" for r in time_rows(aa)):
+        runs = [summary() for _ in range(args.baseline_runs)]
+        stored = {"volume": runs[0]["volume"], "runs": [{"env": r["env"], "times": r["times"]} for r in runs]}
+        if failed(baseline.compare(stored, summary(), args.threshold, None)):
             false_alarms += 1
-        hit = [r for r in ab if r["name"].startswith(f"op {fault.op} ")]
-        if any(r["verdict"] == "fail" and r["detail"].startswith("slower") for r in hit):
-            detections += 1
-        for r in hit:
-            if r["measured"]:
-                changes.append(r["measured"]["change"])
-                mdes.append(float(r["detail"].split("detects >= ")[1].split("%")[0]) / 100)
+        for fault in faults:
+            rows = baseline.compare(stored, summary([fault]), args.threshold, None)
+            hit = [r for r in rows if r["name"].startswith(f"op {fault.op} ")]
+            detections[str(fault)] += bool(failed(rows, f"op {fault.op} "))
+            changes[str(fault)] += [r["measured"]["change"] for r in hit if r["measured"]]
+            mdes += [float(r["detail"].split("detects >= ")[1].split("%")[0]) / 100 for r in hit]
         print(f"trial {trial + 1}/{args.trials}: false alarms {false_alarms}, detections {detections}", flush=True)
     n = args.trials
-    changes.sort()
+    print(f"\nlayout {layout}, repeats {args.repeats}, baseline runs {args.baseline_runs}, threshold "
+          f"{args.threshold:.0%}, {n} trials in {time.perf_counter() - t0:.0f} s")
+    print(f"false-alarm rate {false_alarms / n:.0%}  ({false_alarms}/{n}; any time row of the case, A/A)")
+    for fault in faults:
+        c = sorted(changes[str(fault)])
+        print(f"detection rate   {detections[str(fault)] / n:.0%}  ({detections[str(fault)]}/{n}) for {fault}; "
+              f"measured change of its op rows: median {c[len(c) // 2]:+.1%}" if c else f"{fault}: no rows")
     mdes.sort()
-    print(f"\nlayout {layout}, repeats {args.repeats}, threshold {args.threshold:.0%}, fault {fault}, "
-          f"{n} trials in {time.perf_counter() - t0:.0f} s")
-    print(f"detection rate   {detections / n:.0%}  ({detections}/{n})")
-    print(f"false-alarm rate {false_alarms / n:.0%}  ({false_alarms}/{n})  (any time row of a case, A/A)")
-    if changes:
-        print(f"measured change of the faulted class: median {changes[len(changes) // 2]:+.1%}; "
-              f"minimum detectable change: median {mdes[len(mdes) // 2]:.0%}")
+    if mdes:
+        print(f"minimum detectable change of the faulted op rows (95% power): median {mdes[len(mdes) // 2]:.0%}")
 
 
 if __name__ == "__main__":

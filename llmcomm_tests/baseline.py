@@ -3,17 +3,25 @@
 Layout on disk: ``<baseline_dir>/<hardware key>/<name>/<spec>/<case id>.json``.  The hardware key
 (backend, device model and count) keeps an 8×H100 baseline from being compared with a CPU run.
 
-Comparison:
+A baseline holds one or more *runs* (each ``--llmcomm-baseline-save NAME`` adds one, up to
+``MAX_RUNS``).  Why several: a time measured twice in one session scatters far less than the same
+time measured in two sessions (process placement, clocks, neighbours: on a shared 2-core host
+the typical all-reduce moves ±20-50 % between sessions).  A gate that ignores this run-to-run drift
+raises false alarms that people learn to mute; one that measures it can say honestly what it can
+detect.
+
+Comparison, per case:
 
 * bytes and counts per (op, phase, site class) must match exactly;
-* times — TTFT, TPOT, E2E per repetition, and every op class's durations pooled over repetitions —
-  are compared by the ratio of medians, with a bootstrap confidence interval.  The confidence level
-  is Bonferroni-corrected over the case's time rows (95 % family-wise), so a case with twenty op
-  classes does not raise twenty coin-flip alarms.  A row fails when its interval excludes zero and
-  the estimate passes the spec's ``threshold`` (slower: a regression; faster than twice the
-  threshold: a stale baseline).  Each row states the smallest change it could have detected
-  (95 % power) at its samples and noise; a spec's ``min_detectable`` turns an insensitive
-  comparison into a failure instead of a quiet pass.
+* each time row — TTFT, TPOT, E2E, and each op class's durations (op, phase, group) — is reduced
+  per run to a centre (the 10 %-trimmed mean of log times).  With k ≥ 2 baseline runs, the
+  current run's centre is tested against the baseline runs' spread (a t prediction interval,
+  k − 1 degrees of freedom); with one baseline run, against the within-run bootstrap spread only,
+  and the row says that drift was not measured.  Intervals are Bonferroni-corrected over the
+  case's time rows (95 % family-wise).  A row fails when its interval excludes zero and the
+  estimate passes the spec's ``threshold`` (slower: a regression; faster than twice the threshold:
+  a stale baseline).  Every row states the smallest change it could have detected (95 % power); a
+  spec's ``min_detectable`` turns an insensitive comparison into a failure instead of a quiet pass.
 """
 
 from __future__ import annotations
@@ -27,12 +35,17 @@ from pathlib import Path
 
 from .checks import FAIL, NA, PASS, row
 
-SCHEMA = "llmcomm.baseline/1"
+SCHEMA = "llmcomm.baseline/2"
 DEFAULT_THRESHOLD = 0.10
+MAX_RUNS = 10
 TIME_METRICS = (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"))
 # Environment keys whose change is worth naming in a failure.
 ENV_KEYS = ("torch", "nccl", "cuda", "driver", "python", "llmcomm_tests", "devices", "host", "backend", "world_size",
             "variables")
+BOOTSTRAP = 2000
+FAMILY_CONFIDENCE = 0.95
+POWER = 0.95
+TRIM = 0.1  # trimmed mean of log times: robust to a busy host's stragglers, tighter than a median
 
 
 def hardware_key(env: dict) -> str:
@@ -42,53 +55,45 @@ def hardware_key(env: dict) -> str:
 
 
 def summarize(doc: dict, session_env: dict) -> dict:
-    """What a baseline keeps of a run: volume, per-repetition time statistics, environment."""
+    """One run as a baseline keeps it: volume, time samples per row, environment."""
     from .analytic.accuracy import waiting_reason
 
-    op_classes: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    op_classes: dict[str, list[float]] = defaultdict(list)
     for op in doc["ops"]:
         # Calls that wait for other ranks' compute time the schedule, not the link (see
         # analytic/accuracy.py), and so do point-to-point calls, which rendezvous with their peer
         # (on this host a send takes 40 µs or 1 ms depending on whether the receiver was already
-        # scheduled).  TTFT/TPOT carry their effect.
+        # scheduled).  TTFT/TPOT carry their effect.  One row per (op, phase, group): sites of
+        # one op move together, and every row costs confidence under the Bonferroni correction.
         if op["duration_s"] is not None and waiting_reason(op) is None and op["op"] not in ("send", "recv"):
-            # One row per (op, phase, group): fewer, larger classes than per call site — each row
-            # costs confidence under the Bonferroni correction, and sites of one op move together.
-            peers = "p2p" if op["op"] in ("send", "recv") else len(op["group"])
-            key = f"{op['op']} {op['phase']} /{peers}"
-            op_classes[key][op["rep"]].append(op["duration_s"])
+            op_classes[f"op {op['op']} {op['phase']} /{len(op['group'])}"].append(op["duration_s"])
     samples = doc["metrics"]["samples"]
-    return {
-        "schema": SCHEMA,
-        "case": doc["case"],
-        "env": {**session_env, **doc["env"], "llmcomm_tests": session_env.get("llmcomm_tests")},
-        "volume": doc["volume"],
-        "times": {name: samples[key] for name, key in TIME_METRICS},
-        "op_latency": {k: [d for rep in sorted(v) for d in v[rep]] for k, v in sorted(op_classes.items())},
-    }
+    times = {name: samples[key] for name, key in TIME_METRICS}
+    times.update(sorted(op_classes.items()))
+    return {"env": {**session_env, **doc["env"], "llmcomm_tests": session_env.get("llmcomm_tests")},
+            "case": doc["case"], "volume": doc["volume"], "times": times}
 
 
 def path_for(root: str, name: str, env: dict, spec: str, case_id: str) -> Path:
     return Path(root) / hardware_key(env) / name / spec / f"{case_id}.json"
 
 
-def save(summary: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1, default=str))
-
-
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def add_run(path: Path, run: dict) -> dict:
+    """Append ``run`` to the baseline at ``path`` (a new one when absent or when its bytes changed)."""
+    stored = load(path) if path.is_file() else None
+    if stored is None or stored.get("schema") != SCHEMA or stored["volume"] != run["volume"]:
+        stored = {"schema": SCHEMA, "case": run["case"], "volume": run["volume"], "runs": []}
+    stored["runs"] = (stored["runs"] + [{"env": run["env"], "times": run["times"]}])[-MAX_RUNS:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1, default=str))
+    return stored
+
+
 # -- statistics -----------------------------------------------------------------------------------
-
-BOOTSTRAP = 2000
-FAMILY_CONFIDENCE = 0.95
-POWER = 0.95
-
-
-TRIM = 0.1  # trimmed mean of log times: robust to the stragglers of a busy host, ~1.5× tighter than a median
 
 
 def _center(samples, axis=-1):
@@ -101,32 +106,54 @@ def _center(samples, axis=-1):
     return x.mean(axis=axis)
 
 
-def compare_samples(baseline: list[float], current: list[float], rows_in_family: int = 1, seed: int = 0) -> dict | None:
-    """Relative change of the typical time (current vs baseline: trimmed mean of log times), its
-    bootstrap CI at the Bonferroni-corrected level, and the minimum detectable change at 95 % power."""
+def _logs(samples: list[float]):
     import numpy as np
 
-    a = np.log([x for x in baseline if x and x > 0])
-    b = np.log([x for x in current if x and x > 0])
-    if len(a) < 3 or len(b) < 3:
+    return np.log([x for x in samples if x and x > 0])
+
+
+def _t(p: float, df: float) -> float:
+    """Student's t quantile (Cornish-Fisher expansion around the normal one; ~1 % for df >= 3)."""
+    z = statistics.NormalDist().inv_cdf(p)
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def compare_samples(baseline_runs: list[list[float]], current: list[float], rows_in_family: int = 1,
+                    seed: int = 0) -> dict | None:
+    """Relative change of the current run's centre against the baseline runs, its interval at the
+    Bonferroni-corrected level, and the minimum detectable change at 95 % power."""
+    import numpy as np
+
+    runs = [r for r in (_logs(s) for s in baseline_runs) if len(r) >= 3]
+    now = _logs(current)
+    if not runs or len(now) < 3:
         return None
-    rng = np.random.default_rng(seed)
-    diffs = _center(rng.choice(b, (BOOTSTRAP, len(b)))) - _center(rng.choice(a, (BOOTSTRAP, len(a))))
     alpha = (1 - FAMILY_CONFIDENCE) / max(1, rows_in_family)
-    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
-    se = float(np.std(diffs))
-    z = statistics.NormalDist().inv_cdf
-    mde = math.exp((z(1 - alpha / 2) + z(POWER)) * se) - 1
-    change = math.exp(float(_center(b) - _center(a))) - 1
-    return {"change": change, "ci": [math.exp(lo) - 1, math.exp(hi) - 1], "mde": mde, "n": (len(a), len(b)),
-            "confidence": 1 - alpha}
+    centers = [float(_center(r)) for r in runs]
+    diff = float(_center(now)) - statistics.fmean(centers)
+    k = len(centers)
+    if k >= 2:  # the baseline's own runs measure the run-to-run spread
+        spread = statistics.stdev(centers) * math.sqrt(1 + 1 / k)
+        q, power, drift = _t(1 - alpha / 2, k - 1), _t(POWER, k - 1), True
+    else:  # one run: within-run bootstrap only
+        rng = np.random.default_rng(seed)
+        boot = (_center(rng.choice(now, (BOOTSTRAP, len(now)))) - _center(rng.choice(runs[0], (BOOTSTRAP, len(runs[0])))))
+        spread = float(np.std(boot))
+        z = statistics.NormalDist().inv_cdf
+        q, power, drift = z(1 - alpha / 2), z(POWER), False
+    return {"change": math.exp(diff) - 1, "ci": [math.exp(diff - q * spread) - 1, math.exp(diff + q * spread) - 1],
+            "mde": math.exp((q + power) * spread) - 1, "n": (sum(map(len, runs)), len(now)), "runs": k,
+            "drift_measured": drift, "confidence": 1 - alpha}
 
 
 def judge(name: str, stats: dict | None, threshold: float, min_detectable: float | None) -> dict:
     if stats is None:
         return row("baseline", name, NA, detail="fewer than 3 samples on one side")
     change, (lo, hi), mde = stats["change"], stats["ci"], stats["mde"]
-    text = (f"{change:+.1%} [{stats['confidence']:.2%} CI {lo:+.1%}, {hi:+.1%}]; "
+    basis = (f"{stats['runs']} baseline runs" if stats["drift_measured"]
+             else "1 baseline run: run-to-run drift not measured")
+    text = (f"{change:+.1%} [{stats['confidence']:.2%} CI {lo:+.1%}, {hi:+.1%}; {basis}]; "
             f"detects >= {mde:.1%} at 95% power")
     verdict = PASS
     if lo > 0 and change > threshold:
@@ -162,12 +189,11 @@ def compare(stored: dict, current: dict, threshold: float, min_detectable: float
                             detail="bytes or count changed since the baseline"))
     if not any(r["verdict"] == FAIL for r in rows):
         rows.append(row("baseline", "volume (all op classes)", PASS, detail="identical to the baseline"))
-    pairs = [(name, stored["times"][name], current["times"][name]) for name, _ in TIME_METRICS]
-    pairs += [(f"op {key}", stored["op_latency"][key], current["op_latency"][key])
-              for key in sorted(set(stored["op_latency"]) & set(current["op_latency"]))]
-    for name, before, after in pairs:
-        rows.append(judge(name, compare_samples(before, after, len(pairs)), threshold, min_detectable))
-    changed = env_changes(stored["env"], current["env"])
+    names = [n for n in current["times"] if all(n in run["times"] for run in stored["runs"])]
+    for name in names:
+        stats = compare_samples([run["times"][name] for run in stored["runs"]], current["times"][name], len(names))
+        rows.append(judge(name, stats, threshold, min_detectable))
+    changed = env_changes(stored["runs"][-1]["env"], current["env"])
     if changed and any(r["verdict"] == FAIL for r in rows):
         rows.append(row("baseline", "environment", FAIL, detail="changed since the baseline: " + "; ".join(changed)))
     elif changed:
@@ -176,7 +202,7 @@ def compare(stored: dict, current: dict, threshold: float, min_detectable: float
 
 
 def handle(case, doc: dict, state) -> list[dict]:
-    """Save and/or compare one case (called by the runner when a baseline option is set)."""
+    """Compare one case and/or add it to a baseline (the runner calls this when an option is set)."""
     opts = state.options
     current = summarize(doc, state.env)
     rows = []
@@ -191,5 +217,8 @@ def handle(case, doc: dict, state) -> list[dict]:
             min_detectable = settings.min_detectable if settings else None
             rows += compare(load(path), current, threshold, min_detectable)
     if opts.baseline_save:
-        save(current, path_for(opts.baseline_dir, opts.baseline_save, current["env"], case.spec_name, case.id))
+        path = path_for(opts.baseline_dir, opts.baseline_save, current["env"], case.spec_name, case.id)
+        stored = add_run(path, current)
+        rows.append(row("baseline", f"saved to {opts.baseline_save}", PASS,
+                        detail=f"{len(stored['runs'])} run(s) in {path}"))
     return rows

@@ -34,7 +34,15 @@ def test_save_writes_one_file_per_case_under_the_hardware_key(gate):
     assert [f.split("/", 3)[3] for f in files] == ["before/mini/tp1-pp2-b1-s8-g3.json",
                                                    "before/mini/tp2-pp1-b1-s8-g3.json"]
     doc = json.loads((gate.path / files[0]).read_text())
-    assert doc["schema"] == "llmcomm.baseline/1" and doc["volume"] and len(doc["times"]["ttft"]) == 3
+    assert doc["schema"] == "llmcomm.baseline/2" and doc["volume"] and len(doc["runs"]) == 1
+    assert len(doc["runs"][0]["times"]["ttft"]) == 3
+
+
+def test_saving_again_adds_a_run(gate):
+    result = gate.runpytest_subprocess(*QUIET, "-k", "b1", "--llmcomm-baseline-save", "before", "-rA")
+    result.stdout.fnmatch_lines(["baseline*saved to before*PASS (2 run(s) in *"])
+    docs = [json.loads(p.read_text()) for p in (gate.path / ".llmcomm").rglob("*.json")]
+    assert [len(d["runs"]) for d in docs] == [2, 2]
 
 
 def test_unchanged_run_passes(gate):
@@ -66,7 +74,7 @@ def test_larger_message_fails_on_volume(gate):
 def test_changed_environment_is_named(gate):
     for path in (gate.path / ".llmcomm").rglob("*.json"):
         doc = json.loads(path.read_text())
-        doc["env"]["torch"], doc["env"]["nccl"] = "2.12.0", "2.21.5"
+        doc["runs"][-1]["env"]["torch"], doc["runs"][-1]["env"]["nccl"] = "2.12.0", "2.21.5"
         path.write_text(json.dumps(doc))
     result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:extra=1", "-rA")
     result.stdout.fnmatch_lines(["*baseline*environment*FAIL (changed since the baseline: torch 2.12.0 → 2.*; "
@@ -89,26 +97,41 @@ def lognormal(n, median, sigma, seed):
 
 
 def test_same_distribution_is_not_flagged():
-    stats = compare_samples(lognormal(300, 1e-3, 0.3, 1), lognormal(300, 1e-3, 0.3, 2), rows_in_family=10)
-    assert stats["ci"][0] < 0 < stats["ci"][1]
-    assert judge("x", stats, 0.1, None)["verdict"] == "pass"
+    stats = compare_samples([lognormal(300, 1e-3, 0.3, 1)], lognormal(300, 1e-3, 0.3, 2), rows_in_family=10)
+    assert stats["ci"][0] < 0 < stats["ci"][1] and not stats["drift_measured"]
+    row = judge("x", stats, 0.1, None)
+    assert row["verdict"] == "pass" and "1 baseline run: run-to-run drift not measured" in row["detail"]
 
 
 def test_clear_slowdown_is_flagged_with_its_size():
-    stats = compare_samples(lognormal(300, 1e-3, 0.1, 1), [x * 1.3 for x in lognormal(300, 1e-3, 0.1, 2)])
+    stats = compare_samples([lognormal(300, 1e-3, 0.1, 1)], [x * 1.3 for x in lognormal(300, 1e-3, 0.1, 2)])
     assert 0.2 < stats["change"] < 0.4 and stats["ci"][0] > 0.1
     row = judge("x", stats, 0.1, None)
     assert row["verdict"] == "fail" and row["detail"].startswith("slower +")
 
 
 def test_large_improvement_flags_a_stale_baseline():
-    stats = compare_samples(lognormal(200, 1e-3, 0.1, 1), lognormal(200, 0.5e-3, 0.1, 2))
+    stats = compare_samples([lognormal(200, 1e-3, 0.1, 1)], lognormal(200, 0.5e-3, 0.1, 2))
     assert judge("x", stats, 0.1, None)["detail"].startswith("much faster, baseline stale?")
 
 
+def test_run_to_run_drift_widens_the_interval():
+    """Five baseline runs whose typical time drifts ±25 % between sessions: a +25 % run is within
+    the drift (no alarm), the within-run spread alone would have called it a regression."""
+    drift = [0.8, 1.25, 1.0, 0.9, 1.15]
+    runs = [[x * d for x in lognormal(300, 1e-3, 0.2, i)] for i, d in enumerate(drift)]
+    current = [x * 1.25 for x in lognormal(300, 1e-3, 0.2, 99)]
+    with_drift = compare_samples(runs, current)
+    one_run = compare_samples(runs[2:3], current)
+    assert with_drift["drift_measured"] and with_drift["runs"] == 5
+    assert judge("x", with_drift, 0.1, None)["verdict"] == "pass"
+    assert judge("x", one_run, 0.1, None)["verdict"] == "fail"
+    assert with_drift["mde"] > 3 * one_run["mde"]
+
+
 def test_sensitivity_shrinks_with_samples_and_is_enforced():
-    small = compare_samples(lognormal(20, 1e-3, 0.5, 1), lognormal(20, 1e-3, 0.5, 2))
-    large = compare_samples(lognormal(2000, 1e-3, 0.5, 1), lognormal(2000, 1e-3, 0.5, 2))
+    small = compare_samples([lognormal(20, 1e-3, 0.5, 1)], lognormal(20, 1e-3, 0.5, 2))
+    large = compare_samples([lognormal(2000, 1e-3, 0.5, 1)], lognormal(2000, 1e-3, 0.5, 2))
     assert large["mde"] < small["mde"] / 5
     row = judge("x", small, 0.1, min_detectable=0.07)
     assert row["verdict"] == "fail" and "too noisy to detect 7%" in row["detail"]
