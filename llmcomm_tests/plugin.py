@@ -49,8 +49,10 @@ def pytest_configure(config):
     except ValueError as exc:
         raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
     config.stash[SESSION_KEY] = state
-    if not _is_worker(config) and not config.option.xmlpath and _runs_specs(config):
-        config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
+    if not _is_worker(config):
+        if not config.option.xmlpath and _runs_specs(config):
+            config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
+        config.pluginmanager.register(ReportWriter(config), "llmcomm-report-writer")
 
 
 def _runs_specs(config) -> bool:
@@ -84,57 +86,38 @@ def pytest_runtest_makereport(item, call):
         outcome.get_result().llmcomm = json.loads(json.dumps(result, default=str))
 
 
-def pytest_runtest_logreport(report):
-    result = getattr(report, "llmcomm", None)
-    if result is None:
-        return
-    config = _config_of(report)
-    if config is None or _is_worker(config):
-        return
-    state = config.stash[SESSION_KEY]
-    state.results.append(result)
-    from .report import json_report
+class ReportWriter:
+    """Hooks of the process that writes reports (not an xdist worker), bound to its session state
+    — registered in pytest_configure so each hook has the state without module globals."""
 
-    json_report.write(state)
+    def __init__(self, config):
+        self.config = config
+        self.state = config.stash[SESSION_KEY]
 
+    def pytest_runtest_logreport(self, report):
+        result = getattr(report, "llmcomm", None)
+        if result is not None:
+            from .report import json_report
 
-_CONFIG = []
+            self.state.results.append(result)
+            json_report.write(self.state)  # after every case: a crash or Ctrl-C still leaves a valid file
 
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.state.results:
+            from .report import html, json_report
 
-def _config_of(report):
-    return _CONFIG[0] if _CONFIG else None
+            json_report.write(self.state, complete=True, exitstatus=exitstatus)
+            html.write_for_session(self.state, exitstatus)  # never raises (warns)
 
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.state.results:
+            out = self.state.options.report_dir
+            terminalreporter.write_line(f"llmcomm reports: {out}/junit.xml, {out}/llmcomm-report.json, "
+                                        f"{out}/llmcomm-report.html")
 
-def pytest_sessionstart(session):
-    _CONFIG[:] = [session.config]
+    @pytest.hookimpl(trylast=True)  # pytest's junitxml has written the file by then
+    def pytest_unconfigure(self, config):
+        if self.state.results and config.option.xmlpath:
+            from .report import junit
 
-
-def pytest_sessionfinish(session, exitstatus):
-    config = session.config
-    if _is_worker(config):
-        return
-    state = config.stash[SESSION_KEY]
-    if state.results:
-        from .report import html, json_report
-
-        json_report.write(state, complete=True, exitstatus=exitstatus)
-        html.write_for_session(state, exitstatus)  # reports/llmcomm-report.html; never raises (warns)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _is_worker(config) and SESSION_KEY in config.stash and config.stash[SESSION_KEY].results:
-        out = config.stash[SESSION_KEY].options.report_dir
-        terminalreporter.write_line(f"llmcomm reports: {out}/junit.xml, {out}/llmcomm-report.json, "
-                                    f"{out}/llmcomm-report.html")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    if _is_worker(config) or SESSION_KEY not in config.stash:
-        return
-    state = config.stash[SESSION_KEY]
-    if state.results and config.option.xmlpath:
-        from .report import junit
-
-        junit.enrich(config.option.xmlpath, state)
-    _CONFIG.clear()
+            junit.enrich(config.option.xmlpath, self.state)

@@ -142,23 +142,18 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
 
     ratios: dict = defaultdict(list)
     floor_gap: dict = defaultdict(lambda: float("inf"))  # tier -> min(duration - bytes term)
-    for doc in docs:
-        layout = _layout_of(doc)
-        for rec in doc["ops"]:
-            if rec.get("duration_s") is None:
-                continue
-            inst = record_instance(rec, layout)
-            if inst is None or inst["waiting"] is not None:
-                continue
-            tier = profile.tier_of(inst["ranks"])
-            pred = latency.op_time(profile, inst["op"], inst["group_size"], inst["msg_bytes"], tier, algorithm)
-            if pred <= 0:
-                continue
-            group = 2 if inst["op"] == "send_recv" else inst["group_size"]
-            ratios[(tier, inst["op"], group)].append(rec["duration_s"] / pred)
-            _, n_beta = latency.coefficients(inst["op"], inst["group_size"], "ring")
-            bytes_term = n_beta * inst["msg_bytes"] / profile.tier(tier).peak_Bps
-            floor_gap[tier] = min(floor_gap[tier], rec["duration_s"] - bytes_term)
+    for rec, inst, _ in _timed_instances(docs):
+        if inst["waiting"] is not None:
+            continue
+        tier = profile.tier_of(inst["ranks"])
+        pred = latency.op_time(profile, inst["op"], inst["group_size"], inst["msg_bytes"], tier, algorithm)
+        if pred <= 0:
+            continue
+        group = 2 if inst["op"] == "send_recv" else inst["group_size"]
+        ratios[(tier, inst["op"], group)].append(rec["duration_s"] / pred)
+        _, n_beta = latency.coefficients(inst["op"], inst["group_size"], "ring")
+        bytes_term = n_beta * inst["msg_bytes"] / profile.tier(tier).peak_Bps
+        floor_gap[tier] = min(floor_gap[tier], rec["duration_s"] - bytes_term)
     notes = []
     tiers = dict(profile.tiers)
     for tier_name in {k[0] for k in ratios}:
@@ -199,6 +194,16 @@ ROW_KEYS = ("op", "group_size", "role", "phase", "waiting", "n", "median_measure
             "median_rel_err", "medians_rel_err", "inside", "below_lower", "above_upper", "inside_share")
 
 
+def _timed_instances(docs: list[dict]):
+    """(record, its latency-model instance, layout) for every timed record the model knows."""
+    for doc in docs:
+        layout = _layout_of(doc)
+        for rec in doc["ops"]:
+            inst = record_instance(rec, layout) if rec.get("duration_s") is not None else None
+            if inst is not None:
+                yield rec, inst, layout
+
+
 def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: bool = False,
                   algorithm: str | None = None) -> list[dict]:
     """Per op class — (recorded op, group size, role[, phase]) over every timed record of every run
@@ -210,16 +215,9 @@ def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: boo
     no prediction: None in the predicted/bounds fields) or None.  Sorted bounded classes first,
     then by (op, group size, role, phase)."""
     table: dict = defaultdict(list)
-    for doc in docs:
-        layout = _layout_of(doc)
-        for rec in doc["ops"]:
-            if rec.get("duration_s") is None:
-                continue
-            inst = record_instance(rec, layout)
-            if inst is None:
-                continue
-            key = (rec["op"], inst["group_size"], inst["role"], rec["phase"] if by_phase else "all")
-            table[key].append((rec, inst, layout))
+    for rec, inst, layout in _timed_instances(docs):
+        key = (rec["op"], inst["group_size"], inst["role"], rec["phase"] if by_phase else "all")
+        table[key].append((rec, inst, layout))
     rows = []
     for (op, group, role, phase), items in table.items():
         measured = [rec["duration_s"] for rec, _, _ in items]
