@@ -19,3 +19,19 @@ def nvidia_driver() -> str | None:
             return f.readline().strip()
     except OSError:
         return None
+
+
+def gpu_models() -> list[str]:
+    """One model name per NVIDIA device, read from the driver's /proc files (no torch, no CUDA init)."""
+    import glob
+
+    models = []
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        try:
+            with open(info) as f:
+                for line in f:
+                    if line.startswith("Model:"):
+                        models.append(line.split(":", 1)[1].strip())
+        except OSError:
+            pass
+    return models

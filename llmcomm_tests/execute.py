@@ -42,12 +42,12 @@ class RunConfig:
 
 
 def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
-             available_ranks: int | None = None) -> dict:
+             available_ranks: int | None = None, threads_per_rank: int = 1) -> dict:
     """Launch ``cfg`` and return its run document (``llmcomm.run/1``)."""
     cfg.layout.validate(cfg.engine, available_ranks)
     backend = launch.resolve_backend(backend, cfg.layout.world_size)
     per_rank = launch.launch(rank_run, (cfg,), world_size=cfg.layout.world_size, backend=backend,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, threads_per_rank=threads_per_rank)
     return assemble(cfg, backend, per_rank)
 
 

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from .envinfo import comm_variables, nvidia_driver
+from .envinfo import comm_variables, gpu_models, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
 
 CPU_HARDWARE = "cpu-loopback"
@@ -40,6 +40,7 @@ def fingerprint() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cuda_devices": cuda_device_count(),
+        "gpu_models": gpu_models(),
         "driver": nvidia_driver(),
         "variables": comm_variables(),
     }
@@ -61,7 +62,8 @@ class LLMCommSession:
     def backend(self) -> str:
         if self.options.backend != "auto":
             return self.options.backend
-        return "nccl" if cuda_device_count() > 0 and self.options.gpus != 0 else "gloo"
+        # One GPU per rank, as the launcher does: fewer devices than ranks means CPU ranks on gloo.
+        return "nccl" if 0 < self.ranks <= cuda_device_count() else "gloo"
 
     @property
     def hardware_option(self) -> str:
@@ -91,9 +93,18 @@ class LLMCommSession:
 
     def header(self) -> list[str]:
         e = self.env
+        devices = ", ".join(f"{n}x {m}" for m, n in _counts(e["gpu_models"]).items()) or "no CUDA devices"
         lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
-                 f"NCCL {e['nccl'] or '-'}, hardware profile {self.hardware} ({self.hardware_option})",
+                 f"NCCL {e['nccl'] or '-'}, devices: {devices}, hardware profile {self.hardware} "
+                 f"({self.hardware_option})",
                  f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
         if self.options.inject:
             lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")
         return lines
+
+
+def _counts(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out

@@ -23,6 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     parser.add_argument("--ranks", type=int, default=None, help="ranks available (default: any)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before hung ranks are killed")
+    parser.add_argument("--threads-per-rank", type=int, default=1, help="intra-op threads of each rank")
     parser.add_argument("--cross-check", action="store_true", help="count ops with torch.profiler too")
     parser.add_argument("--inject", action="append", default=[], help="planted fault, e.g. all_reduce:delay=10%%")
     parser.add_argument("--json", dest="json_path", default=None, help="write the run document here")
@@ -49,7 +50,8 @@ def main(args) -> int:
         print(f"llmcomm run: {exc}", file=sys.stderr)
         return 2
     try:
-        doc = run_case(cfg, backend=args.backend, timeout_s=args.timeout, available_ranks=args.ranks)
+        doc = run_case(cfg, backend=args.backend, timeout_s=args.timeout, available_ranks=args.ranks,
+                       threads_per_rank=args.threads_per_rank)
     except LaunchError as exc:
         print(f"llmcomm run: {exc}", file=sys.stderr)
         return 1
