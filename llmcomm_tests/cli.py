@@ -1,4 +1,4 @@
-"""``llmcomm`` command line: run | predict | calibrate | bench-comm | report.
+"""llmcomm command line: run | predict | calibrate | bench-comm | report.
 
 Each subcommand lives next to the code it drives; this module only wires them together and keeps
 torch out of ``--help``.
