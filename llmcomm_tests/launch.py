@@ -65,13 +65,14 @@ class RankContext:
 
 def resolve_backend(backend: str, world_size: int) -> str:
     """``auto``: NCCL with one GPU per rank where there are enough CUDA devices, else gloo."""
-    if backend != "auto":
-        return backend
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
-        return "nccl"
-    return "gloo"
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend == "nccl" and devices < world_size:
+        raise ValueError(f"backend nccl needs one CUDA device per rank: {world_size} ranks, {devices} devices")
+    if backend != "auto":
+        return backend
+    return "nccl" if devices >= world_size else "gloo"
 
 
 _context = None

@@ -37,6 +37,8 @@ def test_run_prints_a_summary_and_writes_the_document(tmp_path):
     (["--pp", "5"], "pp=5 exceeds 4 layers"),
     (["--tp", "2", "--pp", "2", "--ranks", "2"], "needs 4 ranks, only 2 available"),
     (["--inject", "all_reduce:delay=fast"], "bad fault 'all_reduce:delay=fast'"),
+    pytest.param(["--tp", "2", "--backend", "nccl"], "backend nccl needs one CUDA device per rank: 2 ranks, 0 devices",
+                 marks=pytest.mark.skipif(os.path.isdir("/proc/driver/nvidia/gpus"), reason="this host has GPUs")),
 ])
 def test_impossible_runs_are_refused_before_launch_with_one_line(args, reason):
     proc = subprocess.run(CLI + ["run"] + args, capture_output=True, text=True, timeout=60)

@@ -52,6 +52,9 @@ def main(args) -> int:
     try:
         doc = run_case(cfg, backend=args.backend, timeout_s=args.timeout, available_ranks=args.ranks,
                        threads_per_rank=args.threads_per_rank)
+    except ValueError as exc:  # refused before launch (e.g. nccl without enough GPUs)
+        print(f"llmcomm run: {exc}", file=sys.stderr)
+        return 2
     except LaunchError as exc:
         print(f"llmcomm run: {exc}", file=sys.stderr)
         return 1
