@@ -17,6 +17,7 @@ with verdict one of pass | fail | n/a.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -117,16 +118,17 @@ SIGNIFICANCE = 0.05
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p): how likely so few samples inside if the true share were p.
     A class fails only when that is below 5 %: ten samples with one outlier say little, three
-    hundred with fifteen percent outside say a lot."""
+    hundred with fifteen percent outside say a lot.  Summed in log space: q**n underflows to 0
+    for a few hundred samples."""
     if k >= n:
         return 1.0
-    q = 1.0 - p
-    term = q ** n  # P(X = 0)
-    total = term
-    for i in range(1, k + 1):
-        term *= (n - i + 1) / i * p / q
-        total += term
-    return min(1.0, total)
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+            for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
 
 
 def _dist(values: list[float]) -> dict:
