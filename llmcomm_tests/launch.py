@@ -202,8 +202,26 @@ def _timeout(procs, results, errors, workdir: Path, timeout_s: float) -> RankTim
         except ProcessLookupError:
             pass
     time.sleep(STACK_GRACE_S)
-    stacks = "\n".join(f"--- rank {r} stacks ---\n{_read(workdir / f'stacks{r}.txt')}" for r in hung)
-    return RankTimeout(f"timed out after {timeout_s:g} s; ranks still running: {hung}\n{stacks}", hung)
+    stacks = {r: _read(workdir / f"stacks{r}.txt") for r in hung}
+    waiting = [r for r in hung if _in_communication(stacks[r])]
+    stuck = [r for r in hung if r not in waiting]
+    verdict = (f"rank(s) {stuck} stuck outside communication, {waiting} waiting in a collective for them"
+               if stuck and waiting else f"ranks still running: {hung}")
+    text = "\n".join(f"--- rank {r} stacks ---\n{stacks[r]}" for r in hung)
+    return RankTimeout(f"timed out after {timeout_s:g} s; {verdict}\n{text}", stuck or hung)
+
+
+def _in_communication(stacks: str) -> bool:
+    """Whether a rank's main thread (faulthandler's "Current thread" block, innermost frame first)
+    is blocked in torch.distributed or in the recorder's ``Work.wait``: waiting for a peer, not the
+    peer that hangs."""
+    main = stacks.split("Current thread", 1)[-1].splitlines()
+    frames = [ln.strip() for ln in main if ln.strip().startswith("File ")]
+    if not frames:
+        return False
+    innermost = frames[0]
+    in_recorder_wait = "llmcomm_tests/record.py" in innermost and innermost.endswith(" in wait")
+    return "torch/distributed" in innermost or in_recorder_wait
 
 
 def _reap(procs) -> None:

@@ -56,7 +56,8 @@ def test_hanging_rank_times_out_with_stacks(baseline_processes):
         launch(selftest.hang, (1,), world_size=2, timeout_s=timeout)
     assert time.monotonic() - t0 < timeout + 5
     message = str(info.value)
-    assert 1 in info.value.ranks
+    assert info.value.ranks == [1]  # the one stuck outside communication, not its waiting peer
+    assert "rank(s) [1] stuck outside communication, [0] waiting in a collective for them" in message
     assert "--- rank 1 stacks ---" in message and "in hang" in message and "selftest.py" in message
     assert descendants() == baseline_processes
 
