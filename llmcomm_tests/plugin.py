@@ -99,15 +99,18 @@ class ReportWriter:
         if result is not None:
             from .report import json_report
 
+            if not self.state.results:
+                json_report.start(self.state)
             self.state.results.append(result)
-            json_report.write(self.state)  # after every case: a crash or Ctrl-C still leaves a valid file
+            json_report.append_item(self.state, result)  # survives even a hard kill of pytest
 
     def pytest_sessionfinish(self, session, exitstatus):
         if self.state.results:
             from .report import html, json_report
 
-            json_report.write(self.state, complete=True, exitstatus=exitstatus)
-            html.write_for_session(self.state, exitstatus)  # never raises (warns)
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            json_report.write(self.state, complete=not interrupted, exitstatus=exitstatus)
+            html.write_for_session(self.state, exitstatus, complete=not interrupted)  # never raises (warns)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.state.results:

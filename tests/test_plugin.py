@@ -172,15 +172,18 @@ def test_reports_stay_valid_when_interrupted(specs):
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=specs.path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     json_path = specs.path / "reports" / "llmcomm-report.json"
+    items_path = specs.path / "reports" / "llmcomm-items.jsonl"
     deadline = time.monotonic() + 120
-    while not json_path.exists() and time.monotonic() < deadline:
+    while not (items_path.exists() and items_path.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     ranks = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert b"KeyboardInterrupt" in out
     report = json.loads(json_path.read_text())
-    assert report["items"] and not report["complete"] is None
+    assert report["items"] and report["complete"] is False and report["exitstatus"] == 2
+    logged = [json.loads(line) for line in (specs.path / "reports" / "llmcomm-items.jsonl").read_text().splitlines()]
+    assert [i["case_id"] for i in logged] == [i["case_id"] for i in report["items"]]
     JUnitXml.fromfile(str(specs.path / "reports" / "junit.xml"))
     time.sleep(1)
     assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -252,7 +252,7 @@ def render(session_doc: dict) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_for_session(state, exitstatus=None) -> Path | None:
+def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | None:
     """The plugin's session-end hook: the JSON document of ``state`` → ``<report dir>/llmcomm-report.html``.
 
     Never raises: a report that cannot be drawn is a warning, not a failed session."""
@@ -261,7 +261,7 @@ def write_for_session(state, exitstatus=None) -> Path | None:
     from . import json_report
 
     try:
-        doc = json.loads(json.dumps(json_report.document(state, True, exitstatus), default=str))
+        doc = json.loads(json.dumps(json_report.document(state, complete, exitstatus), default=str))
         return write_html(doc, Path(state.options.report_dir) / FILENAME)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"llmcomm: HTML report not written: {type(exc).__name__}: {exc}", stacklevel=2)

@@ -1,5 +1,10 @@
-"""The session's JSON report: every item's run and prediction documents, written after each item
-(atomically) so that a crash or Ctrl-C still leaves a valid file."""
+"""The session's JSON report: every item's run and prediction documents.
+
+``llmcomm-report.json`` is written once, when the session ends (pytest ends a session on failures
+and on Ctrl-C too).  Meanwhile each finished case is appended to ``llmcomm-items.jsonl`` — one
+line each, cheap, and still readable if the process dies hard — instead of rewriting a growing
+document after every case.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 
 SCHEMA = "llmcomm.session/1"
 FILENAME = "llmcomm-report.json"
+ITEMS_FILENAME = "llmcomm-items.jsonl"
 
 
 def document(state, complete: bool, exitstatus=None) -> dict:
@@ -29,12 +35,29 @@ def document(state, complete: bool, exitstatus=None) -> dict:
     }
 
 
+def _out_dir(state) -> Path:
+    out = Path(state.options.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def start(state) -> None:
+    """A new session: the item log starts empty."""
+    (_out_dir(state) / ITEMS_FILENAME).write_text("")
+
+
+def append_item(state, result: dict) -> None:
+    with open(_out_dir(state) / ITEMS_FILENAME, "a") as f:
+        f.write(json.dumps(result, default=str) + "\n")
+
+
 def write(state, complete: bool = False, exitstatus=None) -> Path:
-    out_dir = Path(state.options.report_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / FILENAME
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".llmcomm-", suffix=".json")
+    """The whole session document, replaced atomically (never half-written)."""
+    out = _out_dir(state)
+    path = out / FILENAME
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".llmcomm-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(document(state, complete, exitstatus), f, indent=1, default=str)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from CI artifact uploaders
     os.replace(tmp, path)
     return path
