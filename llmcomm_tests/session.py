@@ -7,6 +7,7 @@ pytest-xdist the controller, which runs no case itself, still sees every result.
 from __future__ import annotations
 
 import os
+from collections import Counter
 import platform
 import socket
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class LLMCommSession:
 
     def header(self) -> list[str]:
         e = self.env
-        devices = ", ".join(f"{n}x {m}" for m, n in _counts(e["gpu_models"]).items()) or "no CUDA devices"
+        devices = ", ".join(f"{n}x {m}" for m, n in Counter(e["gpu_models"]).items()) or "no CUDA devices"
         lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
                  f"NCCL {e['nccl'] or '-'}, devices: {devices}, hardware profile {self.hardware} "
                  f"({self.hardware_option})",
@@ -101,10 +102,3 @@ class LLMCommSession:
         if self.options.inject:
             lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")
         return lines
-
-
-def _counts(items: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
