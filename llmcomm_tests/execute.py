@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from . import launch, metrics
 from .envinfo import comm_variables, nvidia_driver
@@ -142,16 +142,3 @@ def environment(ctx) -> dict:
     else:
         env["devices"] = [f"cpu ({platform.processor() or platform.machine()})"]
     return env
-
-
-def config_from_dict(data: dict) -> RunConfig:
-    """Inverse of ``case_dict`` (for baselines and re-runs)."""
-    data = dict(data)
-    engine = EngineShape.from_dict(data.pop("engine"))
-    layout = Layout(data.pop("tp"), data.pop("pp"))
-    for key in ("backend", "world_size"):
-        data.pop(key, None)
-    return RunConfig(engine, layout, **data)
-
-
-__all__ = ["RunConfig", "run_case", "rank_run", "assemble", "asdict"]
