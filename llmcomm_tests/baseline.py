@@ -33,7 +33,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .checks import FAIL, NA, PASS, row
+from .checks import FAIL, NA, PASS, row, volume_rows
 
 SCHEMA = "llmcomm.baseline/2"
 DEFAULT_THRESHOLD = 0.10
@@ -177,16 +177,10 @@ def env_changes(old: dict, new: dict) -> list[str]:
 
 def compare(stored: dict, current: dict, threshold: float, min_detectable: float | None) -> list[dict]:
     rows = []
-    old_volume = {(r["op"], r["phase"], r["site"]): r for r in stored["volume"]}
-    new_volume = {(r["op"], r["phase"], r["site"]): r for r in current["volume"]}
-    for key in sorted(set(old_volume) | set(new_volume)):
-        a, b = old_volume.get(key), new_volume.get(key)
-        fields = ("count", "bytes", "wire_bytes")
-        av = {f: a[f] for f in fields} if a else None
-        bv = {f: b[f] for f in fields} if b else None
-        if av != bv:
-            rows.append(row("baseline", "volume " + " ".join(key), FAIL, bv, model=av,
-                            detail="bytes or count changed since the baseline"))
+    for diff in volume_rows(current["volume"], stored["volume"]):  # the model check, baseline as model
+        if diff["verdict"] == FAIL:
+            rows.append(row("baseline", "volume " + diff["name"], FAIL, diff["measured"], model=diff["model"],
+                            detail=f"bytes or count changed since the baseline: {diff['detail']}"))
     if not any(r["verdict"] == FAIL for r in rows):
         rows.append(row("baseline", "volume (all op classes)", PASS, detail="identical to the baseline"))
     names = [n for n in current["times"] if all(n in run["times"] for run in stored["runs"])]

@@ -167,7 +167,7 @@ def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
             else:
                 rank = sentinels[ready]
                 if rank not in results and rank not in errors and not _drain(readers, rank, results, errors):
-                    code = procs[rank].exitcode if procs[rank].exitcode is not None else procs[rank].join(0.1)
+                    procs[rank].join(0.1)  # the sentinel fired: reap it so exitcode is set
                     errors[rank] = f"rank {rank} exited with code {procs[rank].exitcode} before sending a result" \
                                    + _log_tail(workdir, rank)
             if errors and first_error_at is None:

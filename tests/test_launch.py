@@ -1,6 +1,5 @@
 """The launcher: results back, failures named, nothing left behind."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -261,7 +260,8 @@ def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | N
     from . import json_report
 
     try:
-        doc = json.loads(json.dumps(json_report.document(state, complete, exitstatus), default=str))
+        # Results already arrive as plain JSON types (the plugin normalises each report).
+        doc = json_report.document(state, complete, exitstatus)
         return write_html(doc, Path(state.options.report_dir) / FILENAME)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"llmcomm: HTML report not written: {type(exc).__name__}: {exc}", stacklevel=2)
