@@ -196,6 +196,8 @@ class OpRecord:
     start_ns: int
     duration_s: float | None
     peer: int | None = None  # the other side of a send/recv (global rank); the root of a rooted op otherwise
+    wait_s: float | None = None  # issue → the last peer's arrival (``arrival.split``)
+    transfer_s: float | None = None  # the last peer's arrival → completion
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class RankOps:
     step: Any  # int32
     start_ns: Any  # int64, the host monotonic clock at issue
     duration_s: Any  # float64
+    device_timed: bool = False  # durations from CUDA events (device time), not the host clock
 
     def __len__(self) -> int:
         return len(self.cls)
@@ -247,7 +250,9 @@ class OpSummary:
     count: int
     total_bytes: int
     wire_bytes: int
-    latency: LatencySummary | None  # None when the backend gave no durations
+    latency: LatencySummary | None  # issue → completion; None when the backend gave no durations
+    wait: LatencySummary | None = None  # issue → the last peer's arrival
+    transfer: LatencySummary | None = None  # the last peer's arrival → completion: what α-β describes
 
     @property
     def group_size(self) -> int:
@@ -322,6 +327,7 @@ class CommMetrics:
     share_tpot: Distribution
     bytes_per_token: float
     wire_bytes_total: int
+    wait_per_token: Distribution = field(default_factory=Distribution)  # waiting for late peers, per token
 
 
 @dataclass
@@ -343,6 +349,9 @@ class CaseInfo:
 
 @dataclass
 class RunDocument:
+    """``metrics`` come from repetitions with the recorder off; ``recorded_metrics``, ``comm`` and
+    ``ops`` from the recorded repetitions interleaved with them."""
+
     case: CaseInfo
     env: dict[str, Any]
     tokens: list[list[int]]
@@ -351,6 +360,7 @@ class RunDocument:
     volume: list[VolumeRow]
     volume_stable: bool
     ops: list[OpSummary]
+    recorded_metrics: Optional[LatencyMetrics] = None  # TTFT/TPOT/E2E of the recorded repetitions
     timeline: list[OpRecord] = field(default_factory=list)  # every rank's calls in one decode step
     records: Optional[list[OpRecord]] = None  # every call, only on request
     logits: Optional[list] = None

@@ -10,8 +10,9 @@ import os
 import platform
 import socket
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
-from . import launch, metrics
+from . import arrival, launch, metrics
 from .documents import CaseInfo, RunDocument
 from .envinfo import comm_variables, nvidia_driver
 from .engine.config import EngineShape
@@ -52,15 +53,17 @@ def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
 def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> RunDocument:
     driver = per_rank[0]
     rank_ops = [r["ops"] for r in per_rank]
-    generations = driver["generations"]
+    splits = arrival.split(rank_ops)
+    generations, recorded = driver["generations"], driver["recorded_generations"]
     sampler = next((r for r in per_rank if r.get("logits") is not None), None)
     return RunDocument(
         case=cfg.case_info(backend), env=driver["env"], tokens=generations[0]["tokens"],
         metrics=metrics.latency_metrics(generations, cfg.gen_len, cfg.batch),
-        comm=metrics.comm_metrics(rank_ops, generations, cfg.batch, cfg.gen_len),
+        recorded_metrics=metrics.latency_metrics(recorded, cfg.gen_len, cfg.batch),
+        comm=metrics.comm_metrics(rank_ops, recorded, cfg.batch, cfg.gen_len, splits),
         volume=metrics.volume(rank_ops, rep=0), volume_stable=metrics.volume_stable(rank_ops, cfg.repeats),
-        ops=metrics.op_summaries(rank_ops, cfg.seed), timeline=metrics.timeline(rank_ops),
-        records=metrics.records(rank_ops) if cfg.keep_records else None,
+        ops=metrics.op_summaries(rank_ops, splits, cfg.seed), timeline=metrics.timeline(rank_ops, splits),
+        records=metrics.records(rank_ops, splits=splits) if cfg.keep_records else None,
         logits=sampler["logits"].tolist() if sampler is not None else None,
         cross_check=[r["cross_check"] for r in per_rank] if cfg.cross_check else None)
 
@@ -80,26 +83,40 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     recorder = Recorder(cuda_events=ctx.backend == "nccl")
     from .inject import install_faults
 
-    # Delays and extra ops sit under the recorder (it times them); a larger message sits over it
-    # (it sees the larger tensor).
-    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], recorder)]
+    # Planted faults act in the timed repetitions, recorded or not (never in warm-up).  Delays and
+    # extra ops sit under the recorder (it times them); a larger message over it (it sees the
+    # larger tensor).
+    armed = SimpleNamespace(active=False)
+    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], armed)]
     recorder.install()
-    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], recorder))
+    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], armed))
     distributed = ctx.world_size > 1
-    generations, logits = [], None
-    for _ in range(cfg.warmup):
-        engine.generate(prompt, cfg.gen_len)
-    for rep in range(cfg.repeats):
+
+    def repetition(rep: int, recorded: bool, keep_logits: bool = False):
         if distributed:
             dist.barrier()  # start every repetition together; not recorded
-        recorder.rep, recorder.active = rep, True
-        gen = engine.generate(prompt, cfg.gen_len, keep_logits=cfg.keep_logits and rep == 0)
-        recorder.active = False
-        if gen is not None:
-            generations.append({"tokens": gen.tokens, "token_times_s": gen.token_times_s})
-            if gen.logits is not None:
-                logits = gen.logits.numpy()
-    result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": generations, "logits": logits,
+            if ctx.backend == "nccl":
+                torch.cuda.synchronize()  # the barrier does not block the host on NCCL
+        recorder.rep, recorder.active, armed.active = rep, recorded, True
+        gen = engine.generate(prompt, cfg.gen_len, keep_logits=keep_logits)
+        recorder.active = armed.active = False
+        return gen
+
+    for _ in range(cfg.warmup):
+        engine.generate(prompt, cfg.gen_len)
+    # Timed repetitions with the recorder off give TTFT/TPOT/E2E; recorded ones the per-op
+    # figures (and the same metrics again, to show what recording costs).
+    runs = {"clean": [], "recorded": []}
+    logits = None
+    for rep in range(cfg.repeats):
+        for kind in ("recorded", "clean"):
+            gen = repetition(rep, kind == "recorded", keep_logits=cfg.keep_logits and rep == 0 and kind == "clean")
+            if gen is not None:
+                runs[kind].append({"tokens": gen.tokens, "token_times_s": gen.token_times_s})
+                if gen.logits is not None:
+                    logits = gen.logits.numpy()
+    result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": runs["clean"],
+              "recorded_generations": runs["recorded"], "logits": logits,
               "env": environment(ctx) if ctx.rank == 0 else None}
     if cfg.cross_check:
         from .crosscheck import profile_ops

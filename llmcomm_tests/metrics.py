@@ -13,6 +13,7 @@ calls are summarised without a Python object per call.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -57,10 +58,11 @@ def volume_stable(rank_ops: list[RankOps], repeats: int) -> bool:
     return all(volume(rank_ops, rep) == first for rep in range(1, repeats))
 
 
-def op_summaries(rank_ops: list[RankOps], seed: int = 0) -> list[OpSummary]:
-    """One summary per (op, phase, site class, span, bytes per call, role), over ranks and repetitions."""
-    calls: dict[tuple, list] = {}  # key -> [count, wire bytes, duration arrays]
-    for ops in rank_ops:
+def op_summaries(rank_ops: list[RankOps], splits=None, seed: int = 0) -> list[OpSummary]:
+    """One summary per (op, phase, site class, span, bytes per call, role), over ranks and
+    repetitions; ``splits`` (``arrival.split``) adds the wait and transfer of every call."""
+    calls: dict[tuple, list] = {}  # key -> [count, wire bytes, durations, waits, transfers]
+    for r, ops in enumerate(rank_ops):
         order = np.argsort(ops.cls, kind="stable")
         bounds = np.searchsorted(ops.cls[order], np.arange(len(ops.classes) + 1))
         for index, c in enumerate(ops.classes):
@@ -69,17 +71,28 @@ def op_summaries(rank_ops: list[RankOps], seed: int = 0) -> list[OpSummary]:
                 continue
             role = role_of(c.op, c.bytes, c.wire_bytes)
             key = (c.op, c.phase, site_class(c.site), tuple(span_of(c.op, ops.rank, c.group, c.peer)), c.bytes, role)
-            acc = calls.setdefault(key, [0, 0, []])
+            acc = calls.setdefault(key, [0, 0, [], [], []])
             acc[0] += len(chosen)
             acc[1] += len(chosen) * c.wire_bytes
             acc[2].append(ops.duration_s[chosen])
+            if splits is not None:
+                acc[3].append(splits[r][0][chosen])
+                acc[4].append(splits[r][1][chosen])
     out = []
-    for (op, phase, site, span, nbytes, role), (count, wire, durations) in sorted(calls.items()):
-        timed = np.concatenate(durations)
-        timed = timed[~np.isnan(timed)]
+    for (op, phase, site, span, nbytes, role), (count, wire, durations, waits, transfers) in sorted(calls.items()):
         out.append(OpSummary(op, phase, site, list(span), nbytes, role, waiting_reason(op, role), count,
-                             count * nbytes, wire, LatencySummary.of(timed, seed) if len(timed) else None))
+                             count * nbytes, wire, _summary(durations, seed), _summary(waits, seed),
+                             _summary(transfers, seed)))
     return out
+
+
+def _summary(parts: list, seed: int) -> LatencySummary | None:
+    """The summary of the timed values (NaN: not timed) of ``parts``, or None when none is."""
+    if not parts:
+        return None
+    values = np.concatenate(parts)
+    values = values[~np.isnan(values)]
+    return LatencySummary.of(values, seed) if len(values) else None
 
 
 def busy_time(start_ns, end_ns) -> float:
@@ -99,14 +112,16 @@ def busy_time(start_ns, end_ns) -> float:
     return float((stretch_ends - stretch_starts).sum()) / 1e9
 
 
-def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, gen_len: int) -> CommMetrics:
+def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, gen_len: int,
+                 splits=None) -> CommMetrics:
     """Time inside comm calls (peers' lateness included: what a rank waited), per token and as a
-    share of TTFT/TPOT/E2E, plus wire bytes per generated token.  Per repetition the slowest rank."""
+    share of TTFT/TPOT/E2E, wire bytes per generated token, and — with ``splits`` — the time spent
+    waiting for late peers per token.  Per repetition the slowest rank."""
     phase_of = [_phases(ops) for ops in rank_ops]
-    per_token, ttft_share, tpot_share, e2e_share = [], [], [], []
+    per_token, ttft_share, tpot_share, e2e_share, wait_per_token = [], [], [], [], []
     for rep, gen in enumerate(generations):
-        prefill = decode = total = 0.0
-        for ops, phases in zip(rank_ops, phase_of):
+        prefill = decode = total = wait = 0.0
+        for r, (ops, phases) in enumerate(zip(rank_ops, phase_of)):
             timed = (ops.rep == rep) & ~np.isnan(ops.duration_s)
             start = ops.start_ns[timed]
             end = start + (ops.duration_s[timed] * 1e9).astype(np.int64)
@@ -115,8 +130,12 @@ def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, g
             decode = max(decode, busy_time(start[is_decode], end[is_decode]))
             both = is_prefill | is_decode
             total = max(total, busy_time(start[both], end[both]))
+            if splits is not None:
+                waits = splits[r][0][ops.rep == rep]
+                wait = max(wait, float(np.nansum(waits)))
         times = gen["token_times_s"]
         per_token.append(total / gen_len)
+        wait_per_token.append(wait / gen_len)
         e2e_share.append(total / times[-1] if times[-1] else 0.0)
         ttft_share.append(prefill / times[0] if times[0] else 0.0)
         if gen_len > 1 and times[-1] > times[0]:
@@ -124,31 +143,34 @@ def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, g
     wire = sum(int(ops.classes[c].wire_bytes) * int(n) for ops in rank_ops
                for c, n in enumerate(np.bincount(ops.cls[ops.rep == 0], minlength=len(ops.classes))))
     return CommMetrics(Distribution(per_token), Distribution(e2e_share), Distribution(ttft_share),
-                       Distribution(tpot_share), wire / (batch * gen_len), wire)
+                       Distribution(tpot_share), wire / (batch * gen_len), wire,
+                       Distribution(wait_per_token if splits is not None else []))
 
 
-def records(rank_ops: list[RankOps], where=None) -> list[OpRecord]:
-    """Calls as records, in issue order per rank; ``where(ops)`` picks rows (a boolean mask)."""
+def records(rank_ops: list[RankOps], where=None, splits=None) -> list[OpRecord]:
+    """Calls as records, in issue order per rank; ``where(ops)`` picks rows (a boolean mask);
+    ``splits`` (``arrival.split``) adds each call's wait and transfer."""
     out = []
-    for ops in rank_ops:
+    for r, ops in enumerate(rank_ops):
         rows = np.flatnonzero(where(ops)) if where is not None else range(len(ops))
         for i in rows:
             c = ops.classes[ops.cls[i]]
-            d = float(ops.duration_s[i])
+            timing = [float(ops.duration_s[i])] + ([float(splits[r][0][i]), float(splits[r][1][i])]
+                                                   if splits is not None else [math.nan, math.nan])
+            d, w, x = (None if v != v else v for v in timing)
             out.append(OpRecord(ops.rank, int(ops.rep[i]), c.op, list(c.group), c.dtype, c.numel, c.bytes,
-                                c.wire_bytes, c.phase, int(ops.step[i]), c.site, int(ops.start_ns[i]),
-                                None if d != d else d, c.peer))
+                                c.wire_bytes, c.phase, int(ops.step[i]), c.site, int(ops.start_ns[i]), d, c.peer, w, x))
     return out
 
 
-def timeline(rank_ops: list[RankOps]) -> list[OpRecord]:
+def timeline(rank_ops: list[RankOps], splits=None) -> list[OpRecord]:
     """Every rank's calls in the middle decode step of the first repetition (what the report's
     timeline draws): a few dozen records however long the run."""
     steps = sorted({int(s) for ops in rank_ops for s in np.unique(ops.step[(ops.rep == 0) & (_phases(ops) == "decode")])})
     if not steps:
         return []
     step = steps[len(steps) // 2]
-    return records(rank_ops, lambda ops: (ops.rep == 0) & (ops.step == step) & (_phases(ops) == "decode"))
+    return records(rank_ops, lambda ops: (ops.rep == 0) & (ops.step == step) & (_phases(ops) == "decode"), splits)
 
 
 def _phases(ops: RankOps):

@@ -80,6 +80,8 @@ OPTIONS = (
            str, "where baselines live (one folder per hardware key)"),
     Option("keep_records", "--llmcomm-keep-records", "LLMCOMM_KEEP_RECORDS", "llmcomm_keep_records", False, _flag,
            "keep every communication call in the reports (default: a bounded summary per op class)"),
+    Option("trace", "--llmcomm-trace", "LLMCOMM_TRACE", "llmcomm_trace", False, _flag,
+           "write each case's calls as a Chrome trace (Perfetto): <report dir>/traces/<spec>-<case>.json"),
 )
 
 
@@ -95,6 +97,7 @@ class LLMCommOptions:
     baseline_compare: str | None
     baseline_dir: str
     keep_records: bool = False
+    trace: bool = False
     inject: tuple[str, ...] = ()
 
 

@@ -6,6 +6,8 @@ from pytest-xdist workers to the controller as JSON (``documents.to_json``) insi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .checks import evaluate
 from .documents import (FAIL, CaseResult, PredictedMetrics, PredictedOpClass, Prediction, RunDocument, Verdict,
                         VerdictRow, VolumeRow)
@@ -18,7 +20,8 @@ def run_config(case, state):
     repeats = state.options.repeats if state.options.repeats is not None else case.repeats
     return RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len, gen_len=case.gen_len,
                      dtype=case.dtype, repeats=max(1, repeats), warmup=case.warmup,
-                     keep_records=state.options.keep_records, inject=tuple(parse_faults(state.options.inject)))
+                     keep_records=state.options.keep_records or state.options.trace,
+                     inject=tuple(parse_faults(state.options.inject)))
 
 
 def prediction(case, profile) -> Prediction:
@@ -49,6 +52,12 @@ def run_and_check(case, state) -> CaseResult:
         result.error = str(exc)
         result.properties = [("llmcomm.error", str(exc)[:2000])]
         return result
+    if state.options.trace:  # written here, on the worker: the records need not travel to the controller
+        from .report.trace import write_trace
+
+        write_trace(doc, Path(state.options.report_dir) / "traces" / f"{case.spec_name}-{case.id}.json", str(case))
+        if not state.options.keep_records:
+            doc.records = None
     verdict = evaluate(case, doc, predicted.volume, profile, state.hardware)
     if state.options.baseline_compare or state.options.baseline_save:
         from . import baseline

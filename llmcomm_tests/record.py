@@ -228,7 +228,7 @@ class Recorder:
                 duration_s[i] = rec.start_event.elapsed_time(rec.end_event) / 1e3
             elif rec.end_ns:
                 duration_s[i] = (rec.end_ns - rec.start_ns) / 1e9
-        return RankOps(rank, table, cls, rep, step, start_ns, duration_s)
+        return RankOps(rank, table, cls, rep, step, start_ns, duration_s, self.cuda_events)
 
 
 def _call_class(rec: _Call, ranks: list[int], rank: int) -> CallClass:

@@ -39,32 +39,33 @@ def test_volume_rows_name_every_difference():
     assert (rows["all_reduce decode attn"].measured, rows["all_reduce decode attn"].model) == (16, 8)
 
 
-class _Profile:
-    """Bounds [1 ms, 2 ms] for every op, as a profile would give them."""
-
-    def tier_of(self, ranks):
-        return "intra"
-
-
-def _summary(durations):
-    return OpSummary("all_reduce", "decode", "attn", [0, 1], 1024, "", None, len(durations), 1024 * len(durations),
-                     1024 * len(durations), LatencySummary.of(durations))
+def _summary(transfers):
+    n = len(transfers)
+    return OpSummary("all_reduce", "decode", "attn", [0, 1], 1024, "", None, n, 1024 * n, 1024 * n,
+                     LatencySummary.of(transfers), LatencySummary.of([0.0] * n), LatencySummary.of(transfers))
 
 
-def test_latency_rows_judge_the_share_inside(monkeypatch):
+def test_transfer_centre_and_tail_fail_for_their_own_reasons(monkeypatch):
+    """Band [0.5 ms, 2 ms] around a 1 ms model, tail allowance 4 ms at p90."""
+    import random
+
     import llmcomm_tests.checks as checks
 
-    monkeypatch.setattr(checks, "class_bounds", lambda profile, op, ranks, nbytes: (1e-3, 2e-3, 1.5e-3))
+    monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
     tol = LatencyTolerance(inside_fraction=0.9)
-    inside_mostly = _summary([1.5e-3] * 290 + [5e-3] * 10)  # 96.7 % inside
-    outside_often = _summary([1.5e-3] * 240 + [5e-3] * 60)  # 80 % inside
-    below_floor = _summary([1.5e-3] * 9 + [1e-4])
-    (ok,) = latency_rows([inside_mostly], _Profile(), tol)
-    (bad,) = latency_rows([outside_often], _Profile(), tol)
-    (low,) = latency_rows([below_floor], _Profile(), tol)
-    assert ok.verdict == "pass" and bad.verdict == "fail"
-    assert (ok.low, ok.high) == (1e-3, 2e-3) and ok.n == 300 and "97% of 300 inside" in ok.detail
-    assert "1 below the physical floor" in low.detail
+    rng = random.Random(1)
+    typical = [rng.uniform(0.8e-3, 1.2e-3) for _ in range(200)]
+    ok = latency_rows([_summary(typical)], None, tol)
+    assert [(r.name, r.verdict) for r in ok] == [("all_reduce decode attn /2 transfer centre", "pass"),
+                                                 ("all_reduce decode attn /2 transfer p90", "pass")]
+    assert (ok[0].model, ok[0].low, ok[0].high) == (1e-3, 0.5e-3, 2e-3) and ok[1].budget == 4e-3
+    slow_centre = latency_rows([_summary([x + 2e-3 for x in typical])], None, tol)  # a planted 2 ms delay
+    assert slow_centre[0].verdict == "fail" and slow_centre[0].detail.startswith("above the band")
+    assert slow_centre[1].verdict == "pass"  # 3 ms is still under the 4 ms allowance
+    fat_tail = latency_rows([_summary(typical[:160] + [10e-3] * 40)], None, tol)  # 20 % stragglers
+    assert fat_tail[0].verdict == "pass" and fat_tail[1].verdict == "fail" and "80% of 200" in fat_tail[1].detail
+    few = latency_rows([_summary(typical[:2])], None, tol)
+    assert [r.verdict for r in few] == ["n/a", "n/a"]
 
 
 def test_latency_summary_quantiles_past_the_sample_cap_stay_within_a_bucket():

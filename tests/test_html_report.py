@@ -142,7 +142,7 @@ def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
     text = report.read_text(encoding="utf-8")
     page = _parse(text)
     images = [a["src"] for tag, a in page.tags if tag == "img"]
-    assert len(images) == 5  # volume, latency, measured vs predicted, timeline, baseline
+    assert len(images) == 6  # volume, latency, measured vs predicted, wait vs transfer, timeline, baseline
     for src in images:
         data = _png_of(src)
         assert data.startswith(PNG_MAGIC)
@@ -161,7 +161,8 @@ def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
 
 def test_figures_say_what_they_show(session_doc):
     found = {p.key: p for p in plots.all_plots(session_doc.items)}
-    assert set(found) == {"volume", "latency", "accuracy", "timeline", "baseline"}
+    assert set(found) == {"volume", "latency", "accuracy", "wait", "timeline", "baseline"}
+    assert found["wait"].title == "Wait versus transfer per site"
     assert all(p.png.startswith(PNG_MAGIC) for p in found.values())
     # One workload per layout: per-case bars, and the title says so.
     assert found["latency"].title == "Latency per layout"
@@ -215,7 +216,7 @@ def test_text_is_escaped_and_errors_still_render(session_doc, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "rank 1 &lt;exit 9&gt; &amp; more" in text
     assert "ERROR" in text
-    assert len(re.findall(r"<img ", text)) >= 4  # figures still drawn from the case that ran
+    assert len(re.findall(r"<img ", text)) >= 5  # figures still drawn from the case that ran
 
 
 def test_empty_session_renders():

@@ -37,10 +37,11 @@ def wide_profile(tmp_path_factory) -> Path:
     data["name"] = "wide"
     for tier in data["tiers"].values():
         tier["k_hi"], tier["slack_s"] = 1000.0, 10.0
+        tier["band_lo"], tier["band_hi"], tier["tail_k"] = 1e-6, 1e6, 1e6
         for by_group in tier["ops"].values():
             for fit in by_group.values():
-                fit.pop("k_hi", None)
-                fit.pop("slack_s", None)
+                for key in ("k_hi", "slack_s", "band_lo", "band_hi", "tail_k"):
+                    fit.pop(key, None)
     path = tmp_path_factory.mktemp("profiles") / "wide.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -102,6 +102,18 @@ def class_bounds(profile: "HardwareProfile", op: str, span: list[int], nbytes: i
     return lower, upper, predicted
 
 
+def class_transfer(profile: "HardwareProfile", op: str, span: list[int], nbytes: int, algorithm: str | None = None
+                   ) -> tuple[float, float, float, float, float] | None:
+    """``latency.transfer_band`` of one call — (model, band low, band high, tail quantile, tail
+    limit), seconds — or None for ops the model does not time and groups of one rank."""
+    inst = instance(op, span, nbytes)
+    if inst is None:
+        return None
+    band = latency.transfer_band(profile, inst["op"], inst["group_size"], inst["msg_bytes"],
+                                 profile.tier_of(inst["ranks"]), algorithm)
+    return band if band[0] > 0 else None
+
+
 def bounds_for_record(profile: "HardwareProfile", record, algorithm: str | None = None
                       ) -> tuple[float, float, float] | None:
     """:func:`class_bounds` of one recorded call (an ``OpRecord``); None for the ``WAITING`` kinds

@@ -7,7 +7,11 @@ an op uses follows from ``ranks_per_node``) — and per tier:
   smallest believable per-op latency) used for lower bounds;
 * ``ops`` – α-β fits per op and per group size, ``default`` as fallback at both levels
   (``ops[op][t]`` → ``ops[op].default`` → ``ops.default[t]`` → ``ops.default.default``);
-* ``k_hi`` / ``slack_s`` – spread for upper bounds (a fit may carry its own).
+* ``k_hi`` / ``slack_s`` – spread for the upper bound of a whole call (a fit may carry its own);
+* ``band_lo`` / ``band_hi`` – where the *median transfer* of an op class may sit, as multiples of
+  the model, and ``tail_k`` – the multiple of the model the transfer's ``tail_q`` quantile stays
+  under (a fit may carry its own).  From a calibration under the engine's conditions
+  (``llmcomm calibrate --engine-conditions``) or, on datasheet presets, a stated assumption.
 
 ``compute`` holds the device peaks for the what-if compute terms of e2e.py.  Shipped presets live
 in ``analytic/profiles/*.yaml`` (datasheet / public numbers, never tuned to a published result);
@@ -34,6 +38,9 @@ class OpFit:
     base_s: float = 0.0
     k_hi: float | None = None  # None: the tier's
     slack_s: float | None = None
+    band_lo: float | None = None  # None: the tier's
+    band_hi: float | None = None
+    tail_k: float | None = None
     quality: dict | None = None  # calibration: r2, median_rel_err, points, samples
 
     def to_dict(self) -> dict:
@@ -48,11 +55,16 @@ class Tier:
     k_hi: float
     slack_s: float
     ops: dict  # op | "default" -> {group size | "default" -> OpFit}
+    band_lo: float = 1 / 3  # median transfer / model: the widest band a check may use …
+    band_hi: float = 3.0
+    tail_q: float = 0.9  # … and the tail: this quantile of transfer / model stays under tail_k
+    tail_k: float = 5.0
 
     def to_dict(self) -> dict:
         return {
             "link": self.link, "peak_Bps": self.peak_Bps, "alpha_min_s": self.alpha_min_s, "k_hi": self.k_hi,
-            "slack_s": self.slack_s,
+            "slack_s": self.slack_s, "band_lo": self.band_lo, "band_hi": self.band_hi, "tail_q": self.tail_q,
+            "tail_k": self.tail_k,
             "ops": {op: {g: f.to_dict() for g, f in by_group.items()} for op, by_group in self.ops.items()},
         }
 
@@ -124,6 +136,9 @@ class HardwareProfile:
                         raise ValueError(f"{where}: base + alpha below alpha_min_s {tier.alpha_min_s:.3g} s")
                     if fit.k_hi is not None and fit.k_hi < 1.0:
                         raise ValueError(f"{where}: k_hi must be >= 1")
+                    lo, hi = fit.band_lo or tier.band_lo, fit.band_hi or tier.band_hi
+                    if not 0 < lo <= 1 <= hi:
+                        raise ValueError(f"{where}: the transfer band [{lo:g}, {hi:g}] must hold 1 (the model)")
 
     def to_dict(self) -> dict:
         return {
@@ -144,7 +159,7 @@ class HardwareProfile:
 
 
 def _fit_from(data: dict) -> OpFit:
-    known = {"alpha_s", "beta_Bps", "base_s", "k_hi", "slack_s", "quality"}
+    known = {"alpha_s", "beta_Bps", "base_s", "k_hi", "slack_s", "band_lo", "band_hi", "tail_k", "quality"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown op-fit field(s): {', '.join(sorted(unknown))}")
@@ -152,8 +167,13 @@ def _fit_from(data: dict) -> OpFit:
         alpha_s=float(data["alpha_s"]), beta_Bps=float(data["beta_Bps"]), base_s=float(data.get("base_s", 0.0)),
         k_hi=None if data.get("k_hi") is None else float(data["k_hi"]),
         slack_s=None if data.get("slack_s") is None else float(data["slack_s"]),
+        band_lo=_optional(data, "band_lo"), band_hi=_optional(data, "band_hi"), tail_k=_optional(data, "tail_k"),
         quality=data.get("quality"),
     )
+
+
+def _optional(data: dict, key: str) -> float | None:
+    return None if data.get(key) is None else float(data[key])
 
 
 def _group_key(key) -> "int | str":
@@ -171,7 +191,9 @@ def _tier_from(data: dict) -> Tier:
         ops[op] = {_group_key(g): _fit_from(f) for g, f in by_group.items()}
     return Tier(link=str(data.get("link", "")), peak_Bps=float(data["peak_Bps"]),
                 alpha_min_s=float(data["alpha_min_s"]), k_hi=float(data.get("k_hi", 2.0)),
-                slack_s=float(data.get("slack_s", 0.0)), ops=ops)
+                slack_s=float(data.get("slack_s", 0.0)), ops=ops, band_lo=float(data.get("band_lo", 1 / 3)),
+                band_hi=float(data.get("band_hi", 3.0)), tail_q=float(data.get("tail_q", 0.9)),
+                tail_k=float(data.get("tail_k", 5.0)))
 
 
 def profile_from_dict(data: dict) -> HardwareProfile:

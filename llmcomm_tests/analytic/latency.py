@@ -120,3 +120,16 @@ def bounds(profile: "HardwareProfile", op: str, group_size: int, nbytes: float, 
     k_hi = fit.k_hi if fit.k_hi is not None else tier_params.k_hi
     slack = fit.slack_s if fit.slack_s is not None else tier_params.slack_s
     return lower, estimate * k_hi + slack
+
+
+def transfer_band(profile: "HardwareProfile", op: str, group_size: int, nbytes: float, tier: str = "intra",
+                  algorithm: str | None = None) -> tuple[float, float, float, float, float]:
+    """``(model_s, low_s, high_s, tail_q, tail_s)`` of one op's *transfer* (after the last peer
+    arrived): the band its median may sit in, and the time its ``tail_q`` quantile stays under."""
+    tier_params = profile.tier(tier)
+    fit = profile.fit(op, group_size, tier)
+    model = op_time(profile, op, group_size, nbytes, tier, algorithm)
+    lo = fit.band_lo if fit.band_lo is not None else tier_params.band_lo
+    hi = fit.band_hi if fit.band_hi is not None else tier_params.band_hi
+    k = fit.tail_k if fit.tail_k is not None else tier_params.tail_k
+    return model, model * lo, model * hi, tier_params.tail_q, model * k

@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
                         help="every call in the run document (default: a bounded summary per op class)")
     parser.add_argument("--inject", action="append", default=[], help="planted fault, e.g. all_reduce:delay=10%%")
     parser.add_argument("--json", dest="json_path", default=None, help="write the run document here")
+    parser.add_argument("--trace", dest="trace_path", default=None,
+                        help="write the calls as a Chrome trace here (opens in Perfetto)")
 
 
 def config_from_args(args):
@@ -37,7 +39,8 @@ def config_from_args(args):
 
     return RunConfig(resolve_engine(args.engine), Layout(args.tp, args.pp), batch=args.batch,
                      prompt_len=args.prompt_len, gen_len=args.gen_len, dtype=args.dtype, repeats=args.repeats,
-                     warmup=args.warmup, seed=args.seed, cross_check=args.cross_check, keep_records=args.keep_records,
+                     warmup=args.warmup, seed=args.seed, cross_check=args.cross_check,
+                     keep_records=args.keep_records or bool(args.trace_path),
                      inject=tuple(parse_faults(args.inject)))
 
 
@@ -61,6 +64,13 @@ def main(args) -> int:
         print(f"llmcomm run: {exc}", file=sys.stderr)
         return 1
     print(summary(doc))
+    if args.trace_path:
+        from ..report.trace import write_trace
+
+        write_trace(doc, args.trace_path)
+        print(f"wrote {args.trace_path}")
+        if not args.keep_records:
+            doc.records = None
     if args.json_path:
         write_document(doc, args.json_path)
         print(f"wrote {args.json_path}")
@@ -80,10 +90,16 @@ def summary(doc) -> str:
         f"layout tp={c.tp} pp={c.pp} ({c.world_size} ranks, {c.backend})  engine={c.engine['name']}  "
         f"batch={c.batch} prompt={c.prompt_len} gen={c.gen_len} {c.dtype}",
         f"  TTFT {m.ttft.p50 * 1e3:.2f} ms   TPOT {m.tpot.p50 * 1e3:.2f} ms   E2E {m.e2e.p50 * 1e3:.2f} ms   "
-        f"{m.tokens_per_s:.1f} tok/s   (p50 of {m.repeats} repetitions)",
+        f"{m.tokens_per_s:.1f} tok/s   (p50 of {m.repeats} repetitions, recorder off)",
         f"  comm {comm.time_per_token.p50 * 1e3:.2f} ms/token   share of TTFT {comm.share_ttft.p50:.0%}  "
         f"of TPOT {(comm.share_tpot.p50 or 0):.0%}   {comm.bytes_per_token / 1024:.1f} KiB on the wire per token",
     ]
+    if doc.recorded_metrics is not None and doc.recorded_metrics.repeats:
+        r = doc.recorded_metrics
+        lines.append(f"  recorded repetitions: TTFT {r.ttft.p50 * 1e3:.2f} ms   TPOT {r.tpot.p50 * 1e3:.2f} ms   "
+                     f"(interleaved with the clean ones; the per-op figures come from these)")
+    if comm.wait_per_token.n:
+        lines.append(f"  waiting for late peers {comm.wait_per_token.p50 * 1e3:.2f} ms/token (slowest rank)")
     for row in doc.volume:
         lines.append(f"    {row.op:>10} {row.phase:>7} {row.site:>16}  x{row.count:<5} "
                      f"{row.bytes:>12} B  wire {row.wire_bytes:>12} B")

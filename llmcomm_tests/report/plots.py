@@ -251,6 +251,58 @@ def accuracy_plot(items: list[CaseResult]) -> Plot | None:
                 "model's two-sided bound: a dot inside it is within the model.")
 
 
+# -- wait versus transfer ----------------------------------------------------------------------
+
+MAX_WAIT_PANELS = 4
+
+
+def wait_plot(items: list[CaseResult]) -> Plot | None:
+    """Per layout (its first case), per (op, phase, site class): the mean wait for the last peer
+    and the mean transfer after it, stacked: stragglers and the pipeline bubble against the link."""
+    chosen: dict[str, CaseResult] = {}
+    for it in _ran(items):
+        if any(s.wait is not None for s in it.run.ops):
+            chosen.setdefault(f"{it.spec}:{layout_of(it)}", it)
+    panels = list(chosen.values())[:MAX_WAIT_PANELS]
+    if not panels:
+        return None
+    fig = Figure(figsize=(11, 1.2 + sum(0.28 * _wait_rows(it) + 0.8 for it in panels)))
+    grid = fig.add_gridspec(len(panels), 1, height_ratios=[_wait_rows(it) + 2 for it in panels])
+    for i, it in enumerate(panels):
+        ax = fig.add_subplot(grid[i])
+        per_site: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # name -> wait, transfer, calls
+        for s in it.run.ops:
+            if s.wait is None or s.transfer is None:
+                continue
+            acc = per_site[f"{s.op} {s.phase} {s.site}" + (f" ({s.role})" if s.role else "")]
+            acc[0] += s.wait.total_s
+            acc[1] += s.transfer.total_s
+            acc[2] += s.wait.count
+        names = sorted(per_site)
+        wait = [per_site[n][0] / per_site[n][2] * 1e3 for n in names]
+        transfer = [per_site[n][1] / per_site[n][2] * 1e3 for n in names]
+        y = range(len(names))
+        ax.barh(y, wait, color="#ff7f0e", label="wait for the last peer")
+        ax.barh(y, transfer, left=wait, color="#1f77b4", label="transfer after it")
+        ax.set_yticks(list(y), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{short_label(it)}: mean per call", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8, loc="lower right")
+        if i == len(panels) - 1:
+            ax.set_xlabel("ms per call")
+    fig.tight_layout()
+    return Plot("wait", "Wait versus transfer per site", _png(fig),
+                "Each call's time split at the last peer's arrival (ranks share the host's monotonic clock): the "
+                "wait is the schedule — stragglers, the pipeline bubble — and the transfer is what the α-β model "
+                "describes and the latency check judges.")
+
+
+def _wait_rows(item: CaseResult) -> int:
+    return len({(s.op, s.phase, s.site, s.role) for s in item.run.ops if s.wait is not None})
+
+
 # -- timeline ----------------------------------------------------------------------------------
 
 MAX_TIMELINES = 6
@@ -369,7 +421,7 @@ def all_plots(items: list[CaseResult]) -> list[Plot]:
     """Every figure the data supports, in report order.  A figure that fails to build is left out
     (the report must still be written), with its error as the caption of an empty placeholder."""
     out = []
-    for build in (volume_plot, latency_plot, accuracy_plot, timeline_plot, baseline_plot):
+    for build in (volume_plot, latency_plot, accuracy_plot, wait_plot, timeline_plot, baseline_plot):
         try:
             plot = build(items)
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the whole report

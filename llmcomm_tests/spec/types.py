@@ -26,7 +26,7 @@ DEFAULT_SLACK = 0.0
 # Op classes a per-op budget or tolerance may name (torch.distributed call names).
 OP_CLASSES = BUDGET_OPS
 # Budgets on a time distribution (seconds), in document order of the schema.
-DURATION_METRICS = ("ttft", "tpot", "itl", "e2e", "comm_time_per_token")
+DURATION_METRICS = ("ttft", "tpot", "itl", "e2e", "comm_time_per_token", "wait_per_token")
 BUDGET_METRICS = DURATION_METRICS + ("comm_share", "bytes_per_token", "op_latency")
 
 # MLPerf Inference LoadGen SLOs, p99 in seconds (DOMAIN.md §7).
