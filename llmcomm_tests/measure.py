@@ -50,10 +50,14 @@ def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
     return assemble(cfg, backend, per_rank)
 
 
-def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> RunDocument:
+def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],
+             offsets: dict[int, tuple[int, int]] | None = None) -> RunDocument:
+    """The run document of the ranks' results; ``offsets`` (``clocks.estimate_offsets``) put ranks
+    on other hosts onto rank 0's clock (one host: None, the clock is shared)."""
     driver = per_rank[0]
     rank_ops = [r["ops"] for r in per_rank]
-    splits = arrival.split(rank_ops)
+    splits = arrival.split(rank_ops, {r: o for r, (o, _) in (offsets or {}).items()},
+                           max((e for _, e in (offsets or {}).values()), default=0))
     generations, recorded = driver["generations"], driver["recorded_generations"]
     sampler = next((r for r in per_rank if r.get("logits") is not None), None)
     return RunDocument(

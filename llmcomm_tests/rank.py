@@ -17,6 +17,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from .commands.run import add_arguments, config_from_args, summary, write_document
     from .measure import assemble, rank_run
+    from .clocks import estimate_offsets
     from .launch import init_rank, resolve_backend, teardown_rank
 
     parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.rank")
@@ -34,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ctx = init_rank(rank, world, int(os.environ.get("LOCAL_RANK", rank)), backend, None, args.timeout)
     try:
+        # Hosts do not share a clock: measure the offsets before the run (rank 0 gets them).
+        offsets = estimate_offsets() if int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world else None
         result = rank_run(ctx, cfg)
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(result, gathered, dst=0)
         if rank == 0:
-            doc = assemble(cfg, backend, gathered)
+            doc = assemble(cfg, backend, gathered, offsets)
             print(summary(doc))
             if args.json_path:
                 write_document(doc, args.json_path)

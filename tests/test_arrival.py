@@ -109,3 +109,22 @@ def test_budgets_suggest_is_a_stated_margin_over_the_measured_p99():
     assert "  bytes_per_token: {max: 2048}" in text and "--margin 2" in text
     with pytest.raises(ValueError, match="at most 3"):
         parse_margin(5.0)
+
+
+def skewed_clock_offsets(ctx, skew_ns: int):
+    """Rank 1's clock reads ``skew_ns`` ahead: the estimate must find it, within its stated error."""
+    import time
+
+    from llmcomm_tests.clocks import estimate_offsets
+
+    clock = (lambda: time.perf_counter_ns() + skew_ns) if ctx.rank == 1 else time.perf_counter_ns
+    return estimate_offsets(clock=clock)
+
+
+def test_clock_offsets_are_estimated_with_their_error():
+    from llmcomm_tests.launch import launch
+
+    offsets = launch(skewed_clock_offsets, (5_000_000,), world_size=2, timeout_s=120)[0]
+    offset, error = offsets[1]
+    assert offsets[0] == (0, 0) and 0 < error < 5_000_000
+    assert abs(offset - 5_000_000) <= error + 50_000  # within the half round trip (+ scheduling slop)
