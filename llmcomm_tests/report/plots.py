@@ -195,9 +195,9 @@ def latency_plot(items: list[CaseResult]) -> Plot | None:
 def op_class_points(item: CaseResult) -> list[dict]:
     """One point per op class of a case: measured per-op median, model, bound interval (or None).
 
-    From the case's latency verdict rows when the latency check ran (what was gated), else from the
-    prediction's per-op-class latency and the run's op summaries."""
-    rows = [r for r in item.verdict.rows if r.check == "latency" and r.model and r.measured]
+    From the case's latency verdict rows with a band (the transfer centres) when the latency check ran
+    (what was gated), else from the prediction's per-op-class latency and the run's op summaries."""
+    rows = [r for r in item.verdict.rows if r.check == "latency" and r.model and r.measured and r.low is not None]
     if rows:
         return [{"op": r.name.split()[0], "name": r.name, "measured": r.measured, "model": r.model,
                  "bound": (r.low, r.high) if r.low is not None else None} for r in rows]
