@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 
 from . import launch, metrics
-from .envinfo import comm_variables, nvidia_driver
+from .envinfo import comm_variables, nccl_config_files, nvidia_driver
 from .engine.config import EngineShape
 from .engine.layout import Layout
 
@@ -134,6 +134,7 @@ def environment(ctx) -> dict:
         "devices": [],
         "cpu_count": os.cpu_count(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
     if torch.cuda.is_available():
         env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))

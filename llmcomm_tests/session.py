@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from .envinfo import comm_variables, gpu_models, nvidia_driver
+from .envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
 
 CPU_HARDWARE = "cpu-loopback"
@@ -44,6 +44,7 @@ def fingerprint() -> dict:
         "gpu_models": gpu_models(),
         "driver": nvidia_driver(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
 
 

@@ -201,6 +201,7 @@ def test_loading_the_plugin_does_not_import_torch(specs):
 def test_bad_option_value_is_a_usage_error(specs):
     result = run(specs, "--gpus", "many", "--collect-only")
     result.stderr.fnmatch_lines(["*llmcomm: --gpus='many': invalid literal for int()*"])
+    run(specs, "--gpus", "0", "--collect-only").stderr.fnmatch_lines(["*llmcomm: --gpus='0': must be >= 1*"])
     env_result = specs.run(sys.executable, "-m", "pytest", "--collect-only", "-q")
     assert env_result.ret == 0
     os.environ["LLMCOMM_BACKEND"] = "mpi"
