@@ -15,6 +15,7 @@ from importlib import metadata
 
 from .envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
+from .spec import SpecNames
 
 CPU_HARDWARE = "cpu-loopback"
 
@@ -55,6 +56,7 @@ class LLMCommSession:
     ranks_reason: str = ""
     results: list[dict] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
 
     def __post_init__(self):
         self.ranks, self.ranks_reason = available_ranks(self.options)

@@ -124,6 +124,23 @@ def test_malformed_spec_is_one_located_error_and_others_still_run(pytester, kind
     result.stdout.fnmatch_lines(["*slo_specs/good.yaml::tp1-pp1-b1-s8-g3*", "8 tests collected, 1 error*"])
 
 
+def test_two_files_with_one_spec_name_are_a_collection_error_naming_both(pytester):
+    """A spec name prefixes test ids and keys baselines: a second file may not reuse it."""
+    pytester.makefile(".yaml", **{"slo_specs/a": SPEC, "slo_specs/sub/b": "# the same spec, copied\n" + SPEC})
+    result = pytester.runpytest_inprocess(*QUIET, "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["slo_specs/sub/b.yaml:2: name: duplicate spec name 'mini' (also in slo_specs/a.yaml:1)",
+                                 "8 tests collected, 1 error*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_a_spec_named_on_the_command_line_is_collected_wherever_it_lives(pytester):
+    pytester.makefile(".yaml", **{"elsewhere/mine": SPEC, "elsewhere/not-named": SPEC.replace("mini", "other")})
+    result = pytester.runpytest_inprocess(*QUIET, "--collect-only", "-q", "elsewhere/mine.yaml")
+    result.stdout.fnmatch_lines(["elsewhere/mine.yaml::tp1-pp1-b1-s8-g3", "8 tests collected*"])
+    # a folder outside the spec folders is still not searched for YAML (other tools' files live there)
+    pytester.runpytest_inprocess(*QUIET, "--collect-only", "-q", "elsewhere").stdout.fnmatch_lines(["*no tests*"])
+
+
 def test_xdist_runs_cases_and_the_controller_writes_reports(specs):
     result = run(specs, "-n", "2", "-k", "b1")
     result.assert_outcomes(passed=4)
