@@ -44,12 +44,25 @@ def cuda_device_count() -> int:
 
     Not in this process: the plugin must not import torch while pytest collects, and the count's
     fallback (``cudaGetDeviceCount`` where NVML cannot answer) would initialise CUDA in the pytest
-    parent.  A host without an NVIDIA driver has none, without asking.  Cached per value of
-    ``CUDA_VISIBLE_DEVICES``."""
+    parent.  A process that has imported torch already asks torch's NVML count here, and a child
+    only where NVML cannot answer.  A host without an NVIDIA driver has none, without asking.
+    Cached per value of ``CUDA_VISIBLE_DEVICES``."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible not in _counted:
-        _counted[visible] = _count_in_child() if _driver_present() else 0
+        _counted[visible] = _count() if _driver_present() else 0
     return _counted[visible]
+
+
+def _count() -> int:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if not torch.cuda._is_compiled():
+            return 0
+        nvml = getattr(torch.cuda, "_device_count_nvml", None)  # CUDA_VISIBLE_DEVICES applied, no CUDA init
+        count = nvml() if nvml is not None else -1
+        if count >= 0:
+            return count
+    return _count_in_child()
 
 
 def _driver_present() -> bool:

@@ -80,7 +80,7 @@ print(envinfo.cuda_device_count(), "torch" in sys.modules)
 def test_device_count_is_zero_without_a_driver_and_cached_per_visible_devices(monkeypatch):
     calls = []
     monkeypatch.setattr(envinfo, "_counted", {})
-    monkeypatch.setattr(envinfo, "_count_in_child", lambda: calls.append(1) or 2)
+    monkeypatch.setattr(envinfo, "_count", lambda: calls.append(1) or 2)
     monkeypatch.setattr(envinfo, "_driver_present", lambda: False)
     assert envinfo.cuda_device_count() == 0 and not calls  # no driver: torch is not asked
     monkeypatch.setattr(envinfo, "_driver_present", lambda: True)
