@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 
 def _note_pid(ctx, pid_dir):
@@ -73,8 +74,9 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
 
 def allgather_base(ctx, faults=(), numel: int = 6):
     """An all-gather into one tensor the way torch 2.6–2.12 issue ``all_gather_into_tensor``
-    (``ProcessGroup._allgather_base``), then the way torch >= 2.13 does (``all_gather_single``),
-    recorded, under the planted ``faults``.  Returns the records and what was gathered."""
+    (``ProcessGroup._allgather_base``), then through ``all_gather_into_tensor`` itself, however this
+    torch routes it (2.13: ``all_gather_single``), recorded, under the planted ``faults``.  Returns
+    the records and what was gathered."""
     import torch
     import torch.distributed as dist
 
@@ -92,7 +94,9 @@ def allgather_base(ctx, faults=(), numel: int = 6):
     new = torch.empty(numel * ctx.world_size)
     with position.at_site("pp.boundary1"):
         pg._allgather_base(old, inp).wait()
-        pg.all_gather_single(new, inp).wait()
+        with warnings.catch_warnings():  # deprecated in 2.13 for all_gather_single, same route
+            warnings.simplefilter("ignore", FutureWarning)
+            dist.all_gather_into_tensor(new, inp)
     position.set_phase("none", -1)
     recorder.active = False
     records = recorder.finalize(ctx.rank)

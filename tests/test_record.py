@@ -157,8 +157,8 @@ print("OK")
 @pytest.mark.parametrize("faults", [(), ("all_gather:delay=200ms",)], ids=["clean", "delay"])
 def test_allgather_base_is_recorded_and_faulted_as_all_gather(faults):
     """torch 2.6–2.12 route ``all_gather_into_tensor`` to ``ProcessGroup._allgather_base`` (2.13:
-    ``all_gather_single``): both are the op all_gather, recorded with their bytes, and a fault on
-    all_gather reaches both."""
+    ``all_gather_single``): the old route, called directly, and this torch's route are both the op
+    all_gather, recorded with their bytes, and a fault on all_gather reaches both."""
     numel, t = 6, 2
     results = launch(rank_entries.allgather_base, (faults, numel), world_size=t, timeout_s=120)
     for result in results:
