@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 CLI = [sys.executable, "-m", "llmcomm_tests.commands"]
+SCHEMA = Path(__file__).parent.parent / "llmcomm_tests" / "spec" / "schema" / "slo-spec.schema.json"  # JSON, not rows
 
 
 def test_run_prints_a_summary_and_writes_the_document(tmp_path):
@@ -101,6 +103,8 @@ BAD_INPUT = [
     (["calibrate", "--ops", "all_reduce,bogus"], "--ops: unknown op(s) bogus"),
     (["calibrate", "--base", "nope"], "--base: unknown hardware profile 'nope'"),
     (["calibrate", "--rows", "missing.json"], "cannot read missing.json"),
+    (["calibrate", "--rows", "/dev/null"], "/dev/null: not JSON"),
+    (["calibrate", "--rows", str(SCHEMA)], "not `llmcomm bench-comm --json` rows"),
     (["calibrate", "--spread-quantile", "2"], "--spread-quantile: must be between 0 and 1"),
     (["calibrate", "--out", "missing-folder/p.yaml"], "folder 'missing-folder' does not exist"),
     (["bench-comm", "--sizes", "1Q"], "--sizes: bad size '1Q': a byte count such as 4096, 64K or 16M"),

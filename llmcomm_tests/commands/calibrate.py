@@ -197,6 +197,19 @@ def _read_json(path: str):
         raise ValueError(f"{path}: not JSON: {exc}") from None
 
 
+ROW_FIELDS = {"op", "world_size", "bytes", "times_s"}
+
+
+def _read_rows(path: str) -> list[dict]:
+    """The sweep rows of a ``llmcomm bench-comm --json`` file (or a bare list of rows)."""
+    data = _read_json(path)
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and ROW_FIELDS <= r.keys() for r in rows):
+        raise ValueError(f"--rows {path}: not `llmcomm bench-comm --json` rows (each with "
+                         f"{', '.join(sorted(ROW_FIELDS))})")
+    return rows
+
+
 def _run_paths(items: list[str]) -> list[str]:
     """Run-document paths from comma-separated items; a directory stands for its *.json files."""
     from pathlib import Path
@@ -256,8 +269,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         if args.rows:
             rows = []
             for path in args.rows.split(","):
-                data = _read_json(path.strip())
-                rows.extend(data["rows"] if isinstance(data, dict) else data)
+                rows.extend(_read_rows(path.strip()))
             worlds = sorted({int(r["world_size"]) for r in rows}) or worlds
             source = f"llmcomm calibrate --rows {args.rows}"
         else:
@@ -265,7 +277,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
 
             for world in worlds:  # nccl without a GPU per rank
                 resolve_backend(args.backend, world)
-    except (ValueError, OSError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         print(f"llmcomm calibrate: {exc}", file=sys.stderr)
         return 2
     if not args.rows:
