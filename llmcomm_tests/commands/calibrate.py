@@ -37,7 +37,8 @@ import sys
 from collections import defaultdict
 from dataclasses import replace
 
-from ..metrics import percentile
+from ..stats import percentile
+from ..text import text_table
 from ..analytic import latency
 from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 from .args import OneLineParser, byte_sizes, fraction, output_file, positive_float, positive_int, world_sizes
@@ -173,18 +174,18 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
 def quality_table(profile: HardwareProfile) -> str:
     """Per measured (op, group): points, α, β, R² and median relative error of the medians, k_hi
     (and, after ``--spread-from``, the sweep's k_hi and the engine records it rests on)."""
-    lines = [f"{'op':>15} {'group':>5} {'points':>6} {'samples':>7} {'alpha(us)':>10} {'beta(GB/s)':>11} {'R2':>7} "
-             f"{'med.rel.err':>11} {'k_hi':>6} {'k_hi_sweep':>10} {'records':>7}"]
+    rows = []
     for op, by_group in sorted(profile.tier("intra").ops.items()):
         for group, fit in by_group.items():
             if group == "default" or not fit.quality or "points" not in fit.quality:
                 continue
             q = fit.quality
             sweep = q.get("k_hi_sweep")
-            lines.append(f"{op:>15} {group:>5} {q['points']:>6} {q.get('samples', 0):>7} {fit.alpha_s * 1e6:>10.1f} "
-                         f"{fit.beta_Bps / 1e9:>11.3f} {q['r2']:>7.3f} {q['median_rel_err']:>11.3f} {fit.k_hi:>6.2f} "
-                         f"{'-' if sweep is None else f'{sweep:.2f}':>10} {q.get('k_hi_records', '-'):>7}")
-    return "\n".join(lines)
+            rows.append((op, group, q["points"], q.get("samples", 0), f"{fit.alpha_s * 1e6:.1f}",
+                         f"{fit.beta_Bps / 1e9:.3f}", f"{q['r2']:.3f}", f"{q['median_rel_err']:.3f}", f"{fit.k_hi:.2f}",
+                         "-" if sweep is None else f"{sweep:.2f}", q.get("k_hi_records", "-")))
+    return text_table(("op", "group", "points", "samples", "alpha(us)", "beta(GB/s)", "R2", "med.rel.err", "k_hi",
+                       "k_hi_sweep", "records"), rows, left=1)
 
 
 def _read_json(path: str):
@@ -195,6 +196,16 @@ def _read_json(path: str):
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON: {exc}") from None
+
+
+def _read_run_document(path: str):
+    from ..documents import RunDocument, from_json
+
+    data = _read_json(path)
+    try:
+        return from_json(RunDocument, data)
+    except (TypeError, AttributeError, KeyError) as exc:  # not the fields of a run document
+        raise ValueError(f"--spread-from {path}: not an `llmcomm run --json` document ({exc})") from None
 
 
 ROW_FIELDS = {"op", "world_size", "bytes", "times_s"}
@@ -265,7 +276,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         if unknown or not ops:
             raise ValueError(f"--ops: unknown op(s) {', '.join(unknown) or '(none given)'}; known: "
                              f"{', '.join(latency.OPS)}")
-        docs = [_read_json(path) for path in _run_paths(args.spread_from)]
+        docs = [_read_run_document(path) for path in _run_paths(args.spread_from)]
         if args.rows:
             rows = []
             for path in args.rows.split(","):
