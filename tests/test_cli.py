@@ -109,6 +109,7 @@ BAD_INPUT = [
     (["calibrate", "--rows", "missing.json"], "cannot read missing.json"),
     (["calibrate", "--rows", "/dev/null"], "/dev/null: not JSON"),
     (["calibrate", "--rows", str(SCHEMA)], "not `llmcomm bench-comm --json` rows"),
+    (["calibrate", "--spread-from", str(SCHEMA)], "not an `llmcomm run --json` document"),
     (["calibrate", "--spread-quantile", "2"], "--spread-quantile: must be between 0 and 1"),
     (["calibrate", "--out", "missing-folder/p.yaml"], "folder 'missing-folder' does not exist"),
     (["bench-comm", "--sizes", "1Q"], "--sizes: bad size '1Q': a byte count such as 4096, 64K or 16M"),
