@@ -34,9 +34,11 @@ def run_and_check(case, state) -> dict:
     from .measure import run_case
     from .launch import LaunchError
 
-    profile = state.profile()
+    hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
+    profile = hw.profile
     predicted = prediction(case, profile)
-    result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": state.hardware,
+    result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": hw.name,
+              "hardware_how": hw.how,
               "backend": state.backend, "env": state.env, "prediction": predicted, "run": None, "error": None}
     try:
         doc = run_case(run_config(case, state), backend=state.backend, timeout_s=state.options.timeout,
@@ -45,7 +47,7 @@ def run_and_check(case, state) -> dict:
         verdict = Verdict(case.id, [row("run", "launch", "fail", detail=str(exc).splitlines()[0])])
         result.update(error=str(exc), verdict=verdict.to_dict(), properties=[("llmcomm.error", str(exc)[:2000])])
         return result
-    verdict = evaluate(case, doc, predicted["volume"], profile, state.hardware)
+    verdict = evaluate(case, doc, predicted["volume"], profile, hw.name)
     if state.options.baseline_compare or state.options.baseline_save:
         from . import baseline
 
