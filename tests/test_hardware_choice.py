@@ -129,3 +129,20 @@ def test_a_calibrated_profile_is_found_by_its_name(tmp_path, monkeypatch):
 
     (tmp_path / ".llmcomm" / "profiles" / "my-box.yaml").write_text(yaml.safe_dump(data))
     assert load_profile("my-box").name == "my-box"
+
+
+def test_calibrate_names_the_profile_as_asked(tmp_path, capsys):
+    from llmcomm_tests.analytic import latency
+    from llmcomm_tests.commands.calibrate import main as calibrate_main
+    from test_analytic_latency import synthetic_rows
+
+    rows = synthetic_rows(0.2e-3, 2e9, 2, list(latency.OPS))
+    (tmp_path / "bench.json").write_text(json.dumps({"schema": "llmcomm.bench-comm/1", "rows": rows}))
+    bench = str(tmp_path / "bench.json")
+    assert calibrate_main(["--rows", bench, "--out", str(tmp_path / "a.yaml"), "--name", "lab3-h200x8"]) == 0
+    assert load_profile(tmp_path / "a.yaml").name == "lab3-h200x8"
+    assert "budgets written with `hardware: lab3-h200x8` apply on it" in capsys.readouterr().out
+    assert calibrate_main(["--rows", bench, "--out", str(tmp_path / "my-box.yaml")]) == 0  # the file's stem
+    assert load_profile(tmp_path / "my-box.yaml").name == "my-box"
+    assert calibrate_main(["--rows", bench, "--out", str(tmp_path / "b.yaml"), "--name", "My Box"]) == 2
+    assert "--name 'My Box': a profile name is lower-case" in capsys.readouterr().err

@@ -32,8 +32,10 @@ import argparse
 import datetime as _dt
 import json
 import math
+import re
 import statistics
 import sys
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import replace
 
@@ -41,6 +43,7 @@ from ..metrics import percentile
 from ..analytic import latency
 from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 
+PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # as the spec schema's hardware names
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB, ×4 (as bench-comm)
 
 
@@ -220,7 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", default="2", help="ranks in the sweep; several comma-separated, e.g. 2,4 "
                         "(one sweep each, fitted together; default 2)")
     parser.add_argument("--out", default="calibrated-profile.yaml", help="profile YAML to write")
-    parser.add_argument("--name", default=None, help="profile name (default: calibrated-w<N>)")
+    parser.add_argument("--name", default=None,
+                        help="profile name, what a spec's `hardware:` and budgets' `hardware:` match "
+                             "(lower-case letters, digits, '.', '_', '-'; default: the --out file's stem)")
     parser.add_argument("--base", default="cpu-loopback",
                         help="profile to start from: compute peaks, inter tier, other group sizes")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes, K/M suffixes allowed (default 1K…16M ×4)")
@@ -244,6 +249,11 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         add_arguments(parser)
         args = parser.parse_args(args)
     worlds = _world_sizes(args.world_size)
+    name = args.name or Path(args.out).stem
+    if not PROFILE_NAME.match(name):
+        print(f"llmcomm calibrate: --name {name!r}: a profile name is lower-case letters, digits, '.', '_' "
+              "and '-' (budgets and specs match it), such as 'h200-x8-lab3'", file=sys.stderr)
+        return 2
     if args.rows:
         rows = []
         for path in args.rows.split(","):
@@ -265,9 +275,9 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         source = (f"llmcomm calibrate --world-size {','.join(map(str, worlds))} --repeats {args.repeats} "
                   f"--sizes {','.join(map(str, sizes))} --backend {args.backend}")
     try:
-        profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", args.base, source)
+        profile = fit_profile(rows, name, args.base, source)
         if args.spread_from:
-            from .accuracy import fit_spread
+            from ..analytic.accuracy import fit_spread
 
             paths = _run_paths(args.spread_from)
             docs = []
@@ -285,5 +295,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     for note in profile.notes[1:]:
         print(f"note: {note}")
     profile.dump(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (profile {profile.name!r}): judge runs on it with --llmcomm-hardware {args.out}, or copy "
+          f"it to .llmcomm/profiles/{profile.name}.yaml so specs naming `hardware: {profile.name}` find it; "
+          f"budgets written with `hardware: {profile.name}` apply on it")
     return 0
