@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PRELOAD = ["llmcomm_tests._preload"]
-STACK_GRACE_S = 1.0  # how long hung ranks get to write their stacks
+STACK_GRACE_S = 5.0  # at most this long for hung ranks to write their stacks (read as soon as they have)
 FAILURE_GRACE_S = 1.0  # after one rank fails, how long to wait for the others' own errors
 
 
@@ -201,14 +201,46 @@ def _timeout(procs, results, errors, workdir: Path, timeout_s: float) -> RankTim
             os.kill(procs[rank].pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-    time.sleep(STACK_GRACE_S)
-    stacks = {r: _read(workdir / f"stacks{r}.txt") for r in hung}
+    stacks = _await_stacks(workdir, hung)
     waiting = [r for r in hung if _in_communication(stacks[r])]
     stuck = [r for r in hung if r not in waiting]
-    verdict = (f"rank(s) {stuck} stuck outside communication, {waiting} waiting in a collective for them"
-               if stuck and waiting else f"ranks still running: {hung}")
+    if stuck and waiting:
+        verdict = f"rank(s) {stuck} stuck outside communication, {waiting} waiting in a collective for them"
+    elif waiting:
+        verdict = (f"ranks {waiting} all wait in communication: a deadlock, or ops that do not match across "
+                   f"ranks (order, peer, group)")
+    else:
+        verdict = f"ranks {hung} still running outside communication"
     text = "\n".join(f"--- rank {r} stacks ---\n{stacks[r]}" for r in hung)
     return RankTimeout(f"timed out after {timeout_s:g} s; {verdict}\n{text}", stuck or hung)
+
+
+def _await_stacks(workdir: Path, ranks: list[int]) -> dict[int, str]:
+    """Each hung rank's faulthandler dump, read once it is written: the ranks may be descheduled
+    (2 busy cores), so poll until every file has stopped growing, up to STACK_GRACE_S."""
+    deadline = time.monotonic() + STACK_GRACE_S
+    sizes: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = {r: _size(workdir / f"stacks{r}.txt") for r in ranks}
+        if all(now[r] > 0 and now[r] == sizes.get(r) for r in ranks):
+            break
+        sizes = now
+    out = {}
+    for r in ranks:
+        text = _read(workdir / f"stacks{r}.txt")
+        if not text or text == "(no stacks written)":
+            text = (f"(no Python stacks within {STACK_GRACE_S:g} s of SIGUSR1: the rank was still starting, or "
+                    f"is stuck where signals wait)" + _log_tail(workdir, r))
+        out[r] = text
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _in_communication(stacks: str) -> bool:
@@ -220,7 +252,8 @@ def _in_communication(stacks: str) -> bool:
     if not frames:
         return False
     innermost = frames[0]
-    in_recorder_wait = "llmcomm_tests/record.py" in innermost and innermost.endswith(" in wait")
+    in_recorder_wait = (("llmcomm_tests/record.py" in innermost or "llmcomm_tests/inject.py" in innermost)
+                        and innermost.endswith(" in wait"))
     return "torch/distributed" in innermost or in_recorder_wait
 
 
@@ -253,6 +286,9 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     import threading
     import traceback
 
+    # First of all: a SIGUSR1 that arrives before the handler would kill the rank without a word.
+    stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     import torch
 
     torch.set_num_threads(threads)  # before any torch op: a forked rank can hang otherwise
@@ -260,8 +296,6 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     log = open(os.path.join(workdir, f"rank{rank}.log"), "w")
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
-    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     os.environ.update(env)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     threading.Thread(target=_watch_launcher, args=(launcher_pid,), daemon=True).start()

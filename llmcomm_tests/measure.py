@@ -64,6 +64,8 @@ def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> dict:
         "volume": metrics.volume(ops, rep=0),
         "volume_stable": metrics.volume_stable(ops, cfg.repeats),
         "comm": metrics.comm_metrics(ops, driver["generations"], cfg.batch, cfg.gen_len, cfg.layout.world_size),
+        "faults_fired": [r.get("faults_fired", {}) for r in per_rank],  # per rank: inject.never_fired reads it
+        "no_completion": [r.get("no_completion", {}) for r in per_rank],  # per rank: calls with no duration
     }
     sampler = next((r for r in per_rank if r.get("logits") is not None), None)
     if sampler is not None:
@@ -100,6 +102,8 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     for rep in range(cfg.repeats):
         if distributed:
             dist.barrier()  # start every repetition together; not recorded
+        if ctx.backend == "nccl":
+            torch.cuda.synchronize()  # ... on the device too: NCCL's barrier need not block the host
         recorder.rep, recorder.active = rep, True
         gen = engine.generate(prompt, cfg.gen_len, keep_logits=cfg.keep_logits and rep == 0)
         recorder.active = False
@@ -108,14 +112,16 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
             if gen.logits is not None:
                 logits = gen.logits.numpy()
     result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": generations, "logits": logits,
-              "env": environment(ctx) if ctx.rank == 0 else None}
+              "env": environment(ctx) if ctx.rank == 0 else None,
+              "faults_fired": {k: sum(i.fired.get(k, 0) for i in faults) for k in map(str, cfg.inject)},
+              "no_completion": recorder.no_completion()}
     if cfg.cross_check:
         from .crosscheck import profile_ops
 
         result["cross_check"] = profile_ops(engine, prompt, cfg.gen_len, recorder, ctx.rank)
-    for installed in reversed(faults):
-        installed.uninstall()
+    faults[1].uninstall()  # in the reverse order of installation: each puts back what it found
     recorder.uninstall()
+    faults[0].uninstall()
     return result
 
 

@@ -69,3 +69,13 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
     records = recorder.finalize(ctx.rank)
     recorder.uninstall()
     return {"records": records, "out_sum": total}
+
+
+def deadlock(ctx):
+    """Both ranks receive from each other first: neither sends, both wait in communication."""
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.empty(4)
+    dist.recv(buf, 1 - ctx.rank)
+    return ctx.rank
