@@ -164,14 +164,21 @@ class InstalledFaults:
         return self._durations[key]
 
 
-def install_faults(faults, recorder=None) -> InstalledFaults:
+def install_faults(faults, recorder=None, cuda: bool | None = None) -> InstalledFaults:
     """Patch the ProcessGroup methods of the faulty ops.  Call before ``Recorder.install`` so the
     recorder wraps (and measures) the faulty call.  Faults act only while the engine is in a phase,
-    and only while the recorder (if given) is active, so warm-up stays clean."""
+    and only while the recorder (if given) is active, so warm-up stays clean.  ``cuda`` (default:
+    the recorder's ``cuda_events``): fit the GPU delay's clock now, not inside a timed op."""
     import torch
     import torch.distributed as dist
 
     installed = InstalledFaults(faults)
+    if cuda is None:
+        cuda = bool(getattr(recorder, "cuda_events", False))
+    if cuda and any(f.kind == "delay" for f in faults):
+        from .gpu_delay import GpuDelay
+
+        installed.gpu_delay = GpuDelay(torch)
     by_method: dict[str, list[Fault]] = {}
     for fault in faults:
         for method in methods_of(fault.op):

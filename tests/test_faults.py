@@ -1,15 +1,12 @@
 """Planted faults must fire: delays on every op class (point-to-point included), a count of what
 each fault matched that comes back from the ranks, and hang reports that show every rank's frames."""
 
-import statistics
-import time
-
 import pytest
 
 import rank_entries
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.gpu_delay import ClockFit, fit_clock
+from llmcomm_tests.gpu_delay import fit_clock
 from llmcomm_tests.inject import never_fired, parse_faults
 from llmcomm_tests.launch import RankTimeout, launch
 from llmcomm_tests.measure import RunConfig, run_case
@@ -65,3 +62,48 @@ def test_gpu_clock_fit_recovers_the_clock_and_plants_the_asked_delay():
     assert clock.cycles(1e-6) == 0  # under the launch overhead: nothing to spin
     with pytest.raises(RuntimeError, match="did not take longer"):
         fit_clock(lambda n: 1e-3)
+
+
+def test_cuda_delays_go_to_the_gpu_stream_sized_by_the_op_class_latest_duration(monkeypatch):
+    """The NCCL path without a GPU: fake CUDA events whose op took 300 µs (the first read
+    synchronises once, later ones only query), and a fake GPU delay that records what it was
+    asked: delay=50% plants 150 µs on the stream, delay=2ms plants 2 ms, the host never sleeps."""
+    import torch
+
+    from llmcomm_tests import inject
+
+    class Event:
+        made = []
+
+        def __init__(self, enable_timing=False):
+            self.done, self.synced = False, 0
+            Event.made.append(self)
+
+        def record(self):
+            pass
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.synced += 1
+            self.done = True
+
+        def elapsed_time(self, end):
+            return 0.3  # ms
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(inject, "_wait", lambda s: pytest.fail("host wait on a CUDA op"))
+    installed = inject.InstalledFaults(parse_faults(["all_reduce:delay=50%", "all_reduce:delay=2ms"]))
+    installed.gpu_delay = asked.append
+    key = ("allreduce", 1024)
+    for _ in range(3):
+        installed._delay_at_wait(object(), installed.faults, key, cuda=True)
+        (entry,) = installed._delayed.values()
+        installed._delayed.clear()
+        installed._plant(*entry[1:])
+        for e in Event.made:
+            e.done = True  # the stream caught up
+    assert asked == pytest.approx([150e-6, 2e-3] * 3)
+    assert sum(e.synced for e in Event.made) == 1  # only the class's first call waits for its events
