@@ -38,7 +38,10 @@ def test_a_deadlock_report_shows_every_ranks_frames():
     with pytest.raises(RankTimeout) as err:
         launch(rank_entries.deadlock, world_size=2, timeout_s=4)
     message = str(err.value)
-    assert "ranks [0, 1] all wait in communication: a deadlock" in message, message
+    first = message.splitlines()[0]  # what a verdict row or a JUnit message shows
+    assert "ranks [0, 1] all wait in communication: a deadlock" in first, message
+    assert "rank 0 in recv from deadlock (tests/rank_entries.py:" in first, first
+    assert "rank 1 in recv from deadlock (tests/rank_entries.py:" in first, first
     for rank in (0, 1):
         block = message.split(f"--- rank {rank} stacks ---", 1)[1].split("--- rank", 1)[0]
         assert "Current thread" in block and "in deadlock" in block and "in recv" in block, block
