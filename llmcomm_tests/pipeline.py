@@ -40,14 +40,17 @@ def run_and_check(case, state) -> dict:
     result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": hw.name,
               "hardware_how": hw.how,
               "backend": state.backend, "env": state.env, "prediction": predicted, "run": None, "error": None}
+    cfg = run_config(case, state)
     try:
-        doc = run_case(run_config(case, state), backend=state.backend, timeout_s=state.options.timeout,
-                       available_ranks=state.ranks)
+        doc = run_case(cfg, backend=state.backend, timeout_s=state.options.timeout, available_ranks=state.ranks)
     except LaunchError as exc:
         verdict = Verdict(case.id, [row("run", "launch", "fail", detail=str(exc).splitlines()[0])])
         result.update(error=str(exc), verdict=verdict.to_dict(), properties=[("llmcomm.error", str(exc)[:2000])])
         return result
     verdict = evaluate(case, doc, predicted["volume"], profile, hw.name)
+    from .inject import never_fired  # a planted fault that matched no op proves nothing: fail the case
+
+    verdict.rows += [row("run", "inject", "fail", detail=m) for m in never_fired(cfg.inject, doc["faults_fired"], case.id)]
     if state.options.baseline_compare or state.options.baseline_save:
         from . import baseline
 

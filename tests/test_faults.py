@@ -110,3 +110,21 @@ def test_cuda_delays_go_to_the_gpu_stream_sized_by_the_op_class_latest_duration(
             e.done = True  # the stream caught up
     assert asked == pytest.approx([150e-6, 2e-3] * 3)
     assert sum(e.synced for e in Event.made) == 1  # only the class's first call waits for its events
+
+
+def test_a_fault_that_never_fires_fails_the_case(pytester):
+    """all_reduce faults on a PP-only layout match no op: the case fails and says which fault."""
+    pytester.makefile(".yaml", **{"slo_specs/pp": """\
+name: pp
+engine: {preset: tiny, n_layers: 2}
+workload: {batch: 1, prompt_len: 4, gen_len: 2}
+layouts: ["1x2"]
+repeats: 1
+warmup: 0
+"""})
+    pytester.makeini("[pytest]\nllmcomm_report_dir = reports\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--llmcomm-inject", "all_reduce:delay=1ms",
+                                           "--llmcomm-inject", "send:delay=1ms")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*run*inject*FAIL (fault all_reduce:delay=1ms never fired in tp1-pp2-b1-s4-g2)*"])
+    assert "fault send:delay=1ms never fired" not in result.stdout.str()
