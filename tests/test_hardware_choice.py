@@ -146,3 +146,14 @@ def test_calibrate_names_the_profile_as_asked(tmp_path, capsys):
     assert load_profile(tmp_path / "my-box.yaml").name == "my-box"
     assert calibrate_main(["--rows", bench, "--out", str(tmp_path / "b.yaml"), "--name", "My Box"]) == 2
     assert "--name 'My Box': a profile name is lower-case" in capsys.readouterr().err
+
+
+def test_a_calibrated_profile_naming_the_device_is_picked_first(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".llmcomm" / "profiles").mkdir(parents=True)
+    data = load_profile("h100-nvlink4").to_dict()
+    data.update(name="lab-h100", devices=["H100 80GB HBM3"])
+    (tmp_path / ".llmcomm" / "profiles" / "lab-h100.yaml").write_text(yaml.safe_dump(data))
+    assert match_preset("NVIDIA H100 80GB HBM3", 8).name == "lab-h100"

@@ -227,11 +227,13 @@ def load_profile(name_or_path: "str | Path", search: tuple = (USER_PROFILE_DIR,)
     return profile_from_dict(yaml.safe_load(path.read_text()))
 
 
-def match_preset(device: str, devices_per_node: int) -> "HardwareProfile | None":
-    """The shipped preset for ``devices_per_node`` GPUs of model ``device`` (its ``devices``
-    names the model, its ``ranks_per_node`` the node size), or None."""
-    for name in list_profiles():
-        profile = load_profile(name, search=())
+def match_preset(device: str, devices_per_node: int, search: tuple = (USER_PROFILE_DIR,)) -> "HardwareProfile | None":
+    """The profile for ``devices_per_node`` GPUs of model ``device`` (its ``devices`` names the
+    model, its ``ranks_per_node`` the node size), or None.  Profiles in ``search`` (calibrated on
+    this machine) come before the shipped presets."""
+    paths = [p for d in map(Path, search) for p in sorted(d.glob("*.yaml"))] + sorted(PROFILE_DIR.glob("*.yaml"))
+    for path in paths:
+        profile = load_profile(path)
         if profile.describes(device) and profile.ranks_per_node == devices_per_node:
             return profile
     return None
