@@ -126,7 +126,10 @@ class InstalledFaults:
 
     def _plant(self, t0_ns: int, faults, key, start) -> None:
         """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
-        delay runs here, after the caller's own wait, inside the time the recorder measures."""
+        delay runs here, after the caller's own wait, inside the time the recorder measures.
+        A caller that never waits (or waits through a future) gets no delay, and it is not counted."""
+        for fault in faults:
+            self.fired[str(fault)] += 1
         if start is None:  # host op: it has completed
             elapsed = (time.perf_counter_ns() - t0_ns) / 1e9
             for fault in faults:
@@ -199,7 +202,8 @@ def install_faults(faults, recorder=None, cuda: bool | None = None) -> Installed
             if not active:
                 return _original(pg, *args, **kwargs)
             for fault in active:
-                installed.fired[str(fault)] += 1
+                if fault.kind != "delay":  # a delay counts when it is planted (at the caller's wait)
+                    installed.fired[str(fault)] += 1
                 if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
                     if fault.kind == "crash":
                         raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
