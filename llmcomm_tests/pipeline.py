@@ -34,12 +34,18 @@ def run_and_check(case, state) -> dict:
     from .measure import run_case
     from .launch import LaunchError
 
-    hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
+    result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": case.hardware,
+              "backend": state.backend, "env": state.env, "prediction": None, "run": None, "error": None}
+    try:
+        hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
+    except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows
+        verdict = Verdict(case.id, [row("run", "hardware", "fail", detail=str(exc))])
+        result.update(prediction=prediction(case, None), error=str(exc), verdict=verdict.to_dict(),
+                      properties=[("llmcomm.error", str(exc))])
+        return result
     profile = hw.profile
     predicted = prediction(case, profile)
-    result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": hw.name,
-              "hardware_how": hw.how,
-              "backend": state.backend, "env": state.env, "prediction": predicted, "run": None, "error": None}
+    result.update(hardware=hw.name, hardware_how=hw.how, prediction=predicted)
     cfg = run_config(case, state)
     try:
         doc = run_case(cfg, backend=state.backend, timeout_s=state.options.timeout, available_ranks=state.ranks)

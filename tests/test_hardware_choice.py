@@ -157,3 +157,12 @@ def test_a_calibrated_profile_naming_the_device_is_picked_first(tmp_path, monkey
     data.update(name="lab-h100", devices=["H100 80GB HBM3"])
     (tmp_path / ".llmcomm" / "profiles" / "lab-h100.yaml").write_text(yaml.safe_dump(data))
     assert match_preset("NVIDIA H100 80GB HBM3", 8).name == "lab-h100"
+
+
+def test_an_unknown_spec_hardware_fails_its_case_in_one_line(pytester):
+    pytester.makeini("[pytest]\nllmcomm_report_dir = reports\n")
+    pytester.makefile(".yaml", **{"slo_specs/hw": SPEC.format(hardware="hardware: h100-nvlink4x8")})
+    result = pytester.runpytest_inprocess(*QUIET)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["hw?tp1-pp1-b1-s4-g2?: *hw.yaml: hardware: unknown hardware profile 'h100-nvlink4x8'*"])
+    assert "Traceback" not in result.stdout.str()
