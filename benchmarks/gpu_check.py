@@ -190,7 +190,12 @@ def planted_delays(torch, dist) -> None:
 
 
 def main() -> int:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: torch is not installed here: this check needs a CUDA build of torch and one GPU",
+              file=sys.stderr)
+        return 2
 
     if not torch.cuda.is_available():
         print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False): "
