@@ -42,7 +42,9 @@ def machine_profile(option: str | None, backend: str) -> ProfileChoice:
     if backend != "nccl":
         return ProfileChoice(load_profile(CPU_HARDWARE), CPU_HARDWARE, "gloo ranks on CPU")
     models = envinfo.gpu_models()
-    count = options.cuda_device_count()
+    # The node's size is its GPUs, not the ones CUDA_VISIBLE_DEVICES leaves this run: a preset
+    # describes a whole node (which ranks share NVLink).
+    count = len(models) or options.cuda_device_count()
     kinds = Counter(models)
     if len(kinds) != 1:  # no model readable, or a node of mixed GPUs: no preset describes it
         device = " + ".join(kinds) if kinds else "an unnamed CUDA device"
