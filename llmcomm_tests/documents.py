@@ -365,6 +365,8 @@ class RunDocument:
     records: Optional[list[OpRecord]] = None  # every call, only on request
     logits: Optional[list] = None
     cross_check: Optional[list[dict[str, Any]]] = None
+    faults_fired: list[dict[str, int]] = field(default_factory=list)  # per rank: ops each planted fault matched
+    no_completion: list[dict[str, int]] = field(default_factory=list)  # per rank: calls never completed, per class
     schema: str = RUN_SCHEMA
 
 
@@ -467,6 +469,7 @@ class CaseResult:
     error: Optional[str] = None
     properties: list[tuple[str, str]] = field(default_factory=list)
     nodeid: str = ""
+    hardware_how: str = ""  # how the profile was chosen: --llmcomm-hardware, the spec's hardware:, detected
 
     @property
     def passed(self) -> bool:

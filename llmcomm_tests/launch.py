@@ -32,7 +32,7 @@ from typing import Any, Callable
 from .envinfo import cuda_device_count
 
 PRELOAD = ["llmcomm_tests._preload"]
-STACK_GRACE_S = 1.0  # how long hung ranks get to write their stacks
+STACK_GRACE_S = 5.0  # at most this long for hung ranks to write their stacks (read as soon as they have)
 FAILURE_GRACE_S = 1.0  # after one rank fails, how long to wait for the others' own errors
 
 
@@ -192,14 +192,76 @@ def _timeout(procs, results, errors, workdir: Path, timeout_s: float) -> RankTim
             os.kill(procs[rank].pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-    time.sleep(STACK_GRACE_S)
-    stacks = {r: _read(workdir / f"stacks{r}.txt") for r in hung}
+    stacks = _await_stacks(workdir, hung)
     waiting = [r for r in hung if _in_communication(stacks[r])]
     stuck = [r for r in hung if r not in waiting]
-    verdict = (f"rank(s) {stuck} stuck outside communication, {waiting} waiting in a collective for them"
-               if stuck and waiting else f"ranks still running: {hung}")
+    if stuck and waiting:
+        verdict = f"rank(s) {stuck} stuck outside communication, {waiting} waiting in a collective for them"
+    elif waiting:
+        verdict = (f"ranks {waiting} all wait in communication: a deadlock, or ops that do not match across "
+                   f"ranks (order, peer, group)")
+    else:
+        verdict = f"ranks {hung} still running outside communication"
+    where = "; ".join(f"rank {r} {_where(stacks[r])}" for r in hung)
     text = "\n".join(f"--- rank {r} stacks ---\n{stacks[r]}" for r in hung)
-    return RankTimeout(f"timed out after {timeout_s:g} s; {verdict}\n{text}", stuck or hung)
+    # The first line alone (a verdict row, a JUnit message) still says where each rank is.
+    return RankTimeout(f"timed out after {timeout_s:g} s; {verdict}; {where}\n{text}", stuck or hung)
+
+
+_HARNESS = ("/torch/", "/multiprocessing/", "/threading.py", "llmcomm_tests/record.py", "llmcomm_tests/inject.py",
+            "llmcomm_tests/launch.py", "<string>")
+
+
+def _where(stacks: str) -> str:
+    """``in recv from _recv_boundary (engine/parallel.py:141)``: the innermost torch.distributed
+    call of the main thread, and the innermost frame of the code that made it."""
+    frames = [ln.strip() for ln in stacks.split("Current thread", 1)[-1].splitlines()
+              if ln.strip().startswith("File ")]
+    if not frames:
+        return "(no stacks)"
+    parsed = []
+    for ln in frames:  # File "/path/x.py", line 12 in func
+        try:
+            path, rest = ln[len('File "'):].split('", line ', 1)
+            lineno, func = rest.split(" in ", 1)
+        except ValueError:
+            continue
+        parsed.append((path, lineno, func))
+    op = next((f for p, _, f in parsed if "torch/distributed" in p and f not in ("wrapper",)), None)
+    mine = next(((p, n, f) for p, n, f in parsed if not any(h in p for h in _HARNESS)), None)
+    if mine is None:
+        return f"in {op}" if op else f"in {parsed[0][2]}" if parsed else "(no stacks)"
+    path, lineno, func = mine
+    short = "/".join(path.split("/")[-2:])
+    return (f"in {op} from {func} ({short}:{lineno})" if op else f"in {func} ({short}:{lineno})")
+
+
+def _await_stacks(workdir: Path, ranks: list[int]) -> dict[int, str]:
+    """Each hung rank's faulthandler dump, read once it is written: the ranks may be descheduled
+    (2 busy cores), so poll until every file has stopped growing, up to STACK_GRACE_S."""
+    deadline = time.monotonic() + STACK_GRACE_S
+    sizes: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = {r: _size(workdir / f"stacks{r}.txt") for r in ranks}
+        if all(now[r] > 0 and now[r] == sizes.get(r) for r in ranks):
+            break
+        sizes = now
+    out = {}
+    for r in ranks:
+        text = _read(workdir / f"stacks{r}.txt")
+        if not text or text == "(no stacks written)":
+            text = (f"(no Python stacks within {STACK_GRACE_S:g} s of SIGUSR1: the rank was still starting, or "
+                    f"is stuck where signals wait)" + _log_tail(workdir, r))
+        out[r] = text
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _in_communication(stacks: str) -> bool:
@@ -211,7 +273,8 @@ def _in_communication(stacks: str) -> bool:
     if not frames:
         return False
     innermost = frames[0]
-    in_recorder_wait = "llmcomm_tests/record.py" in innermost and innermost.endswith(" in wait")
+    in_recorder_wait = (("llmcomm_tests/record.py" in innermost or "llmcomm_tests/inject.py" in innermost)
+                        and innermost.endswith(" in wait"))
     return "torch/distributed" in innermost or in_recorder_wait
 
 
@@ -244,6 +307,9 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     import threading
     import traceback
 
+    # First of all: a SIGUSR1 that arrives before the handler would kill the rank without a word.
+    stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     import torch
 
     torch.set_num_threads(threads)  # before any torch op: a forked rank can hang otherwise
@@ -251,8 +317,6 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     log = open(os.path.join(workdir, f"rank{rank}.log"), "w")
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
-    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     os.environ.update(env)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     threading.Thread(target=_watch_launcher, args=(launcher_pid,), daemon=True).start()

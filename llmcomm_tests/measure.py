@@ -69,7 +69,9 @@ def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],
         ops=metrics.op_summaries(rank_ops, splits, cfg.seed), timeline=metrics.timeline(rank_ops, splits),
         records=metrics.records(rank_ops, splits=splits) if cfg.keep_records else None,
         logits=sampler["logits"].tolist() if sampler is not None else None,
-        cross_check=[r["cross_check"] for r in per_rank] if cfg.cross_check else None)
+        cross_check=[r["cross_check"] for r in per_rank] if cfg.cross_check else None,
+        faults_fired=[r.get("faults_fired", {}) for r in per_rank],  # inject.never_fired reads it
+        no_completion=[r.get("no_completion", {}) for r in per_rank])
 
 
 def rank_run(ctx, cfg: RunConfig) -> dict:
@@ -121,14 +123,16 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
                     logits = gen.logits.numpy()
     result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": runs["clean"],
               "recorded_generations": runs["recorded"], "logits": logits,
-              "env": environment(ctx) if ctx.rank == 0 else None}
+              "env": environment(ctx) if ctx.rank == 0 else None,
+              "faults_fired": {k: sum(i.fired.get(k, 0) for i in faults) for k in map(str, cfg.inject)},
+              "no_completion": recorder.no_completion()}
     if cfg.cross_check:
         from .crosscheck import profile_ops
 
         result["cross_check"] = profile_ops(engine, prompt, cfg.gen_len, recorder, ctx.rank)
-    for installed in reversed(faults):
-        installed.uninstall()
+    faults[1].uninstall()  # in the reverse order of installation: each puts back what it found
     recorder.uninstall()
+    faults[0].uninstall()
     return result
 
 

@@ -37,16 +37,25 @@ def prediction(case, profile) -> Prediction:
 
 
 def run_and_check(case, state) -> CaseResult:
+    from .inject import never_fired
     from .launch import LaunchError
     from .measure import run_case
 
-    profile = state.profile()
-    predicted = prediction(case, profile)
-    result = CaseResult(case.spec_name, str(case.path), case.id, state.hardware, state.backend, state.env, predicted,
-                        Verdict(case.id))
     try:
-        doc = run_case(run_config(case, state), backend=state.backend, timeout_s=state.options.timeout,
-                       available_ranks=state.ranks)
+        hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
+    except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows
+        result = CaseResult(case.spec_name, str(case.path), case.id, case.hardware, state.backend, state.env,
+                            prediction(case, None), Verdict(case.id, [VerdictRow("run", "hardware", FAIL,
+                                                                                 detail=str(exc))]))
+        result.error, result.properties = str(exc), [("llmcomm.error", str(exc))]
+        return result
+    profile = hw.profile
+    predicted = prediction(case, profile)
+    result = CaseResult(case.spec_name, str(case.path), case.id, hw.name, state.backend, state.env, predicted,
+                        Verdict(case.id), hardware_how=hw.how)
+    cfg = run_config(case, state)
+    try:
+        doc = run_case(cfg, backend=state.backend, timeout_s=state.options.timeout, available_ranks=state.ranks)
     except LaunchError as exc:
         result.verdict.rows.append(VerdictRow("run", "launch", FAIL, detail=str(exc).splitlines()[0]))
         result.error = str(exc)
@@ -58,12 +67,20 @@ def run_and_check(case, state) -> CaseResult:
         write_trace(doc, Path(state.options.report_dir) / "traces" / f"{case.spec_name}-{case.id}.json", str(case))
         if not state.options.keep_records:
             doc.records = None
-    verdict = evaluate(case, doc, predicted.volume, profile, state.hardware)
+    verdict = evaluate(case, doc, predicted.volume, profile, hw.name)
+    # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
+    verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
+    # A backend that completed no Work for a call leaves it untimed: say so, never drop its row.
+    for rank, missing in enumerate(doc.no_completion):
+        verdict.rows += [VerdictRow("latency", f"{name} (rank {rank})", FAIL, n=count,
+                                    detail="the backend returned no completion for these calls: they were not timed")
+                         for name, count in sorted(missing.items())]
     if state.options.baseline_compare or state.options.baseline_save:
         from . import baseline
 
         verdict.rows += baseline.handle(case, doc, state)
-    result.run, result.verdict, result.properties = doc, verdict, properties(doc, predicted, verdict)
+    result.run, result.verdict = doc, verdict
+    result.properties = [("llmcomm.hardware", f"{hw.name} ({hw.how})")] + properties(doc, predicted, verdict)
     return result
 
 

@@ -42,10 +42,11 @@ def pytest_configure(config):
     except ValueError as exc:
         raise pytest.UsageError(f"llmcomm: {exc}") from None
     state = LLMCommSession(resolved)
-    try:
-        state.profile()
-    except ValueError as exc:
-        raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
+    if resolved.hardware:
+        try:
+            state.machine_profile()
+        except ValueError as exc:
+            raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
     config.stash[SESSION_KEY] = state
     if not _is_worker(config):
         if not config.option.xmlpath and _runs_specs(config):
@@ -70,6 +71,18 @@ def pytest_collect_file(file_path: Path, parent):
 
         return SpecFile.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    """Fail the session, before any case runs, when a case would need this machine's own profile
+    and none describes it (a CUDA node no preset names): never judge against a guess."""
+    state = config.stash[SESSION_KEY]
+    if any(not getattr(getattr(item, "case", None), "hardware_given", True) for item in items):
+        try:
+            state.machine_profile()
+        except ValueError as exc:
+            raise pytest.UsageError(f"llmcomm: {exc}") from None
 
 
 def pytest_report_header(config):

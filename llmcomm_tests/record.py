@@ -76,8 +76,8 @@ class _Call:
     step: int
     site: str
     rep: int
-    start_ns: int
-    end_ns: int = 0
+    start_ns: int  # host issue time (perf_counter_ns); on CUDA the duration comes from the events
+    end_ns: int = 0  # host time the caller's wait returned; 0: no completion seen
     start_event: object = None
     end_event: object = None
 
@@ -142,7 +142,8 @@ class Recorder:
             dtype = tensors[0].dtype if tensors else torch.uint8
             rec = recorder._issue(op, pg, numel, dtype, _root(method, args))
             work = original(pg, *args, **kwargs)
-            recorder._pending[id(work)] = (work, rec)
+            if work is not None:  # else no completion to time: the call counts in no_completion()
+                recorder._pending[id(work)] = (work, rec)
             return work
 
         recorded.__name__ = method
@@ -198,6 +199,19 @@ class Recorder:
         return kernel
 
     # -- results ---------------------------------------------------------------------------------
+
+    def no_completion(self) -> dict[str, int]:
+        """Calls whose completion was never seen (the backend returned no Work, or nobody waited),
+        per "op phase site class": they have no duration, and a latency row built without them
+        must say so instead of vanishing."""
+        from .contract import site_class
+
+        out: dict[str, int] = {}
+        for rec in self.records:
+            if not rec.end_ns:
+                key = f"{rec.op} {rec.phase} {site_class(rec.site)}"
+                out[key] = out.get(key, 0) + 1
+        return out
 
     def finalize(self, rank: int) -> RankOps:
         """Every call of this rank as columns over a table of call classes (op, group, dtype, size,

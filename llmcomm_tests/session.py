@@ -11,17 +11,18 @@ import platform
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 import pytest
 
 from .documents import CaseResult
 from .envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
+from .hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
 from .options import LLMCommOptions, available_ranks, cuda_device_count
 from .spec import SpecNames
 
-CPU_HARDWARE = "cpu-loopback"
+__all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice", "fingerprint"]
 SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
 
 
@@ -81,38 +82,65 @@ class LLMCommSession:
         # One GPU per rank, as the launcher does: fewer devices than ranks means CPU ranks on gloo.
         return "nccl" if 0 < self.ranks <= cuda_device_count() else "gloo"
 
-    @property
-    def hardware_option(self) -> str:
-        """The profile (preset name or YAML path) this machine is measured against."""
-        if self.options.hardware:
-            return self.options.hardware
-        return CPU_HARDWARE if self.backend == "gloo" else "unknown-gpu"
+    # -- hardware profiles: the machine's own, and each case's --------------------------------------
 
-    @property
-    def hardware(self) -> str:
-        """The name budgets are matched against: the profile's own name (a YAML path's ``name``)."""
-        profile = self.profile()
-        return profile.name if profile is not None else self.hardware_option
+    def machine_profile(self) -> "ProfileChoice":
+        """This machine's profile, as a case without its own ``hardware:`` gets it: the
+        --llmcomm-hardware option, else cpu-loopback on gloo, else the preset for the detected
+        device model × devices per node.  Raises ValueError (a bad option) or NoHardwareProfile."""
+        if not hasattr(self, "_machine"):
+            self._machine = machine_profile(self.options.hardware, self.backend)
+        return self._machine
 
-    def profile(self):
-        """The hardware profile, or None (latency bounds are then reported as not applicable)."""
-        if not hasattr(self, "_profile"):
+    def profile_for(self, case) -> "ProfileChoice":
+        """The profile a case is judged against, its name (what budgets match) and how it was
+        chosen: --llmcomm-hardware overrides everything (and says so), else the spec's
+        ``hardware:``, else the machine's own.  Raises ValueError naming the spec for an unknown
+        name, NoHardwareProfile where the machine has none."""
+        given = getattr(case, "hardware_given", False)
+        if self.options.hardware or not given:
+            choice = self.machine_profile()
+            if given and case.hardware != choice.name:
+                choice = replace(choice, how=f"{choice.how}, overriding the spec's hardware: {case.hardware}")
+            return choice
+        cache = self.__dict__.setdefault("_spec_profiles", {})
+        if case.hardware not in cache:
             from .analytic.hardware import load_profile
 
             try:
-                self._profile = load_profile(self.hardware_option)
-            except ValueError:
-                if self.options.hardware:  # asked for by name: a typo must not skip checks quietly
-                    raise
-                self._profile = None
-        return self._profile
+                profile = load_profile(case.hardware)
+            except ValueError as exc:
+                raise ValueError(f"{case.path}: hardware: {exc}") from None
+            cache[case.hardware] = ProfileChoice(profile, profile.name, f"hardware: of {case.path.name}")
+        return cache[case.hardware]
+
+    @property
+    def hardware_option(self) -> str:
+        """How the machine's profile was chosen (for the header and the report)."""
+        try:
+            return self.machine_profile().how
+        except ValueError as exc:
+            return str(exc)
+
+    @property
+    def hardware(self) -> str:
+        """The machine profile's name (what budgets are matched against when a spec names none)."""
+        try:
+            return self.machine_profile().name
+        except ValueError:
+            return "none"
+
+    def profile(self):
+        """The machine's hardware profile (the per-case one is ``profile_for(case).profile``)."""
+        return self.machine_profile().profile
 
     def header(self) -> list[str]:
         e = self.env
         devices = ", ".join(f"{n}x {m}" for m, n in Counter(e["gpu_models"]).items()) or "no CUDA devices"
         lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
                  f"NCCL {e['nccl'] or '-'}, devices: {devices}, hardware profile {self.hardware} "
-                 f"({self.hardware_option})",
+                 f"({self.hardware_option})" + (", overriding every spec's hardware:" if self.options.hardware else
+                                                "; a spec's hardware: applies to its cases"),
                  f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
         if self.options.inject:
             lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")

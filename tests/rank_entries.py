@@ -108,3 +108,13 @@ def allgather_base(ctx, faults=(), numel: int = 6):
     if installed is not None:
         installed.uninstall()
     return {"records": records, "old": old.tolist(), "new": new.tolist()}
+
+
+def deadlock(ctx):
+    """Both ranks receive from each other first: neither sends, both wait in communication."""
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.empty(4)
+    dist.recv(buf, 1 - ctx.rank)
+    return ctx.rank

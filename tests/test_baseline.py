@@ -53,20 +53,22 @@ def test_unchanged_run_passes(gate):
 
 def test_planted_delay_fails_the_right_item(gate):
     result = compare(gate, "--llmcomm-inject", "all_reduce:delay=30ms")
-    result.assert_outcomes(failed=1, passed=1)  # only the TP case has all-reduces
+    result.assert_outcomes(failed=2)  # only the TP case has all-reduces: the PP case planted nothing
     result.stdout.fnmatch_lines(["mini[[]tp2-pp1-b1-s8-g3]: * check(s) failed",
                                  "baseline*op all_reduce decode /2*FAIL (slower +*% [[]*CI*; detects >= *"])
+    result.stdout.fnmatch_lines(["mini[[]tp1-pp2-b1-s8-g3]: 1 check(s) failed",
+                                 "run*inject*FAIL (fault all_reduce:delay=30ms never fired in tp1-pp2-b1-s8-g3)"])
 
 
 def test_extra_collective_fails_on_volume(gate):
     result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:extra=1")
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=2)  # the PP case: the fault never fired
     result.stdout.fnmatch_lines(["baseline*volume all_reduce decode mlp*x16 *x8 *FAIL (bytes or count changed*"])
 
 
 def test_larger_message_fails_on_volume(gate):
     result = compare(gate, "--llmcomm-inject", "all_reduce@mlp:size=2")
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=2)  # the PP case: the fault never fired
     result.stdout.fnmatch_lines(["mini[[]tp2-pp1-b1-s8-g3]*",
                                  "baseline*volume all_reduce decode mlp*x8 16,384B*x8 8,192B*FAIL*"])
 

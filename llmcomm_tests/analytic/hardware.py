@@ -88,6 +88,13 @@ class HardwareProfile:
     algorithm: str = "ring"
     source: str = ""  # provenance: datasheets, or the calibration run
     notes: list = field(default_factory=list)
+    # Device model names this preset describes, as the driver and torch spell them, without the
+    # "NVIDIA " prefix: how a CUDA run without --llmcomm-hardware finds its preset (match_preset).
+    # Whole names, not substrings: "H200 NVL" (PCIe cards) must not pass for "H200" (SXM).
+    devices: tuple = ()
+
+    def describes(self, device: str) -> bool:
+        return _model(device) in {_model(d) for d in self.devices}
 
     def tier(self, name: str) -> Tier:
         if name not in self.tiers:
@@ -147,6 +154,7 @@ class HardwareProfile:
             "compute": asdict(self.compute),
             "tiers": {name: tier.to_dict() for name, tier in self.tiers.items()},
             "notes": list(self.notes),
+            **({"devices": list(self.devices)} if self.devices else {}),
         }
 
     def dump(self, path: "str | Path") -> None:
@@ -156,6 +164,11 @@ class HardwareProfile:
 
     def with_tier(self, name: str, tier: Tier) -> "HardwareProfile":
         return replace(self, tiers={**self.tiers, name: tier})
+
+
+def _model(device: str) -> str:
+    name = " ".join(device.split()).lower()
+    return name[len("nvidia "):] if name.startswith("nvidia ") else name
 
 
 def _fit_from(data: dict) -> OpFit:
@@ -207,6 +220,7 @@ def profile_from_dict(data: dict) -> HardwareProfile:
         tiers={name: _tier_from(t) for name, t in data["tiers"].items()},
         algorithm=str(data.get("algorithm", "ring")), source=str(data.get("source", "")).strip(),
         notes=list(data.get("notes") or []),
+        devices=tuple(str(d) for d in data.get("devices") or ()),
     )
     profile.validate()
     return profile
@@ -216,14 +230,32 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def load_profile(name_or_path: "str | Path") -> HardwareProfile:
-    """A shipped preset by name (``h100-nvlink4``) or a YAML file path."""
+USER_PROFILE_DIR = Path(".llmcomm") / "profiles"  # calibrated profiles a spec's `hardware: NAME` finds
+
+
+def load_profile(name_or_path: "str | Path", search: tuple = (USER_PROFILE_DIR,)) -> HardwareProfile:
+    """A YAML file path, a shipped preset by name (``h100-nvlink4``), or ``NAME.yaml`` in one of
+    the ``search`` folders (where ``llmcomm calibrate --name NAME`` profiles can be kept)."""
     import yaml
 
     path = Path(name_or_path)
     if not path.is_file():
-        if str(name_or_path) not in list_profiles():
+        found = [d / f"{name_or_path}.yaml" for d in (PROFILE_DIR, *map(Path, search))
+                 if (Path(d) / f"{name_or_path}.yaml").is_file()]
+        if "/" in str(name_or_path) or not found:
             raise ValueError(f"unknown hardware profile {str(name_or_path)!r}; presets: {', '.join(list_profiles())}"
-                             " (or give a YAML path)")
-        path = PROFILE_DIR / f"{name_or_path}.yaml"
+                             f" (or give a YAML path, or put NAME.yaml in {USER_PROFILE_DIR}/)")
+        path = found[0]
     return profile_from_dict(yaml.safe_load(path.read_text()))
+
+
+def match_preset(device: str, devices_per_node: int, search: tuple = (USER_PROFILE_DIR,)) -> "HardwareProfile | None":
+    """The profile for ``devices_per_node`` GPUs of model ``device`` (its ``devices`` names the
+    model, its ``ranks_per_node`` the node size), or None.  Profiles in ``search`` (calibrated on
+    this machine) come before the shipped presets."""
+    paths = [p for d in map(Path, search) for p in sorted(d.glob("*.yaml"))] + sorted(PROFILE_DIR.glob("*.yaml"))
+    for path in paths:
+        profile = load_profile(path)
+        if profile.describes(device) and profile.ranks_per_node == devices_per_node:
+            return profile
+    return None

@@ -32,8 +32,10 @@ import argparse
 import datetime as _dt
 import json
 import math
+import re
 import statistics
 import sys
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import replace
 
@@ -43,6 +45,7 @@ from ..analytic import latency
 from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 from .args import OneLineParser, byte_sizes, fraction, output_file, positive_float, positive_int, world_sizes
 
+PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # as the spec schema's hardware names
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB, ×4 (as bench-comm)
 
 
@@ -241,7 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ranks in the sweep, >= 2; several comma-separated, e.g. 2,4 "
                         "(one sweep each, fitted together; default 2)")
     parser.add_argument("--out", type=output_file, default="calibrated-profile.yaml", help="profile YAML to write")
-    parser.add_argument("--name", default=None, help="profile name (default: calibrated-w<N>)")
+    parser.add_argument("--name", default=None,
+                        help="profile name, what a spec's `hardware:` and budgets' `hardware:` match "
+                             "(lower-case letters, digits, '.', '_', '-'; default: the --out file's stem)")
     parser.add_argument("--base", default="cpu-loopback",
                         help="profile to start from: compute peaks, inter tier, other group sizes")
     parser.add_argument("--sizes", type=byte_sizes, default=None,
@@ -266,7 +271,11 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         add_arguments(parser)
         args = parser.parse_args(args)
     worlds = args.world_size
+    name = args.name or Path(args.out).stem
     try:  # everything that can be refused is, before a sweep launches anything
+        if not PROFILE_NAME.match(name):
+            raise ValueError(f"--name {name!r}: a profile name is lower-case letters, digits, '.', '_' and '-' "
+                             "(budgets and specs match it), such as 'h200-x8-lab3'")
         try:
             base = load_profile(args.base)
         except ValueError as exc:
@@ -301,7 +310,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         source = (f"llmcomm calibrate --world-size {','.join(map(str, worlds))} --repeats {args.repeats} "
                   f"--sizes {','.join(map(str, sizes))} --backend {args.backend}")
     try:
-        profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", base, source)
+        profile = fit_profile(rows, name, base, source)
         if docs:
             from ..analytic.accuracy import fit_spread
 
@@ -316,5 +325,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     for note in profile.notes[1:]:
         print(f"note: {note}")
     profile.dump(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (profile {profile.name!r}): judge runs on it with --llmcomm-hardware {args.out}, or copy "
+          f"it to .llmcomm/profiles/{profile.name}.yaml so specs naming `hardware: {profile.name}` find it; "
+          f"budgets written with `hardware: {profile.name}` apply on it")
     return 0

@@ -197,6 +197,8 @@ def details_section(items: list[CaseResult]) -> str:
         out.append(f'<details id="{anchor(i)}"{opened}><summary>{badge(status)} {esc(it.spec)} '
                    f'[{esc(it.case_id)}] <span class="muted">{len(rows)} checks, {len(it.verdict.failed)} failed'
                    f'{" — " + esc(it.nodeid) if it.nodeid else ""}</span></summary>')
+        if it.hardware_how:
+            out.append(f'<p class="muted">hardware profile {esc(it.hardware)}: {esc(it.hardware_how)}</p>')
         if it.error:
             out.append(f"<pre>{esc(it.error)}</pre>")
         if rows:

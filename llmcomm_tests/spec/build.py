@@ -84,6 +84,7 @@ class _Builder:
             repeats=d.get("repeats", DEFAULT_REPEATS),
             warmup=d.get("warmup", DEFAULT_WARMUP),
             hardware=hardware,
+            hardware_given="hardware" in d,
             tolerances=self._tolerances(d.get("tolerances", {})),
             budgets=budgets,
             baseline=baseline,

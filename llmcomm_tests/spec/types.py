@@ -210,6 +210,7 @@ class Case:
     repeats: int = DEFAULT_REPEATS
     warmup: int = DEFAULT_WARMUP
     hardware: str = DEFAULT_HARDWARE
+    hardware_given: bool = False  # the spec names it (else the machine's own profile is used)
     budgets: Budgets = Budgets()
     tolerances: Tolerances = Tolerances()
     baseline: Baseline | None = None
@@ -248,6 +249,7 @@ class Spec:
     repeats: int = DEFAULT_REPEATS
     warmup: int = DEFAULT_WARMUP
     hardware: str = DEFAULT_HARDWARE
+    hardware_given: bool = False  # `hardware:` written in the spec, not the default
     tolerances: Tolerances = Tolerances()
     budgets: Budgets = Budgets()
     baseline: Baseline | None = None
@@ -281,6 +283,7 @@ class Spec:
                     spec_name=self.name, path=self.path, engine=self.engine, dtype=self.dtype,
                     layout=layout, batch=w.batch, prompt_len=w.prompt_len, gen_len=w.gen_len,
                     repeats=self.repeats, warmup=self.warmup, hardware=self.hardware,
+                    hardware_given=self.hardware_given,
                     budgets=self.budgets, tolerances=self.tolerances, baseline=self.baseline,
                     requires=self.requires, marks=self.marks, line=line,
                 )

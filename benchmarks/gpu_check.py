@@ -1,0 +1,230 @@
+"""What one GPU can show about NCCL timing, as one table (run by benchmarks/gpu_check.sh).
+
+1. A one-rank NCCL case end to end: ``llmcomm run --backend nccl`` (tiny engine, 1x1), tokens
+   against the same case on gloo/CPU.
+2. CUDA-event vs host timing of an all_reduce on a one-rank NCCL group, three sizes: the events
+   time the op on the stream; a host clock around the call times the launch; host + synchronize
+   times launch + op + sync.
+3. The recorder on CUDA: events per op, synchronisations during the timed loop (must be 0), added
+   host cost per op (recorded vs plain, interleaved rounds), and its durations vs direct events.
+4. Planted GPU delays: ``torch.cuda._sleep`` on the fitted clock, asked vs measured by events;
+   ``all_reduce:delay=2ms`` and ``delay=100%`` through inject + recorder, extra time over clean.
+
+Every figure is measured here; the "expect" column says what a healthy result looks like and the
+verdict is computed from the numbers, so the table can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROWS: list[tuple[str, str, str, str]] = []  # check, measured, expect, verdict
+
+
+def row(check: str, measured: str, expect: str, ok: bool | None) -> None:
+    ROWS.append((check, measured, expect, "-" if ok is None else ("ok" if ok else "FAIL")))
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def p50(xs) -> float:
+    return statistics.median(xs)
+
+
+def one_rank_case(tmp: str) -> None:
+    out = {}
+    for backend in ("nccl", "gloo"):
+        path = os.path.join(tmp, f"run-{backend}.json")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "llmcomm_tests.commands", "run", "--engine", "tiny",
+                               "--backend", backend, "--repeats", "5", "--timeout", "120", "--json", path],
+                              capture_output=True, text=True, timeout=240)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            row(f"llmcomm run --backend {backend} (tiny 1x1)", f"exit {proc.returncode}",
+                "exit 0", False)
+            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+            continue
+        with open(path) as f:
+            out[backend] = json.load(f)
+        m = out[backend]["metrics"]
+        row(f"llmcomm run --backend {backend} (tiny 1x1)",
+            f"TTFT {m['ttft']['p50'] * 1e3:.2f} ms, TPOT {m['tpot']['p50'] * 1e3:.2f} ms, {wall:.0f} s wall",
+            "runs", True)
+    if len(out) == 2:
+        env = out["nccl"]["env"]
+        same = out["nccl"]["tokens"] == out["gloo"]["tokens"]
+        row("  tokens NCCL/CUDA == gloo/CPU", f"{'same' if same else 'differ'} ({', '.join(env.get('devices', []))})",
+            "same (greedy, fp32)", same)
+
+
+def event_vs_host(torch, dist) -> None:
+    for nbytes in (4096, 1 << 20, 64 << 20):
+        x = torch.ones(nbytes // 4, device="cuda")
+        for _ in range(10):
+            dist.all_reduce(x)
+        torch.cuda.synchronize()
+        ev, launch, synced = [], [], []
+        for _ in range(50):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            s.record()
+            dist.all_reduce(x)
+            e.record()
+            t1 = time.perf_counter()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            ev.append(s.elapsed_time(e) / 1e3)
+            launch.append(t1 - t0)
+            synced.append(t2 - t0)
+        row(f"all_reduce {nbytes} B, 1 rank: events | host call | host+sync",
+            f"{us(p50(ev))} | {us(p50(launch))} | {us(p50(synced))}",
+            "events <= host+sync", p50(ev) <= p50(synced) * 1.05)
+
+
+def recorder_cost(torch, dist) -> None:
+    from llmcomm_tests.record import Recorder
+
+    x = torch.ones(1024, device="cuda")
+    n, rounds = 2000, 5
+    recorder = Recorder(cuda_events=True).install()
+    syncs = {"n": 0}
+    saved = (torch.cuda.synchronize, torch.cuda.Event.synchronize, torch.cuda.Event.elapsed_time)
+
+    def counting(fn):
+        def wrapped(*a, **k):
+            syncs["n"] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    def timed(active: bool) -> float:
+        recorder.active = active
+        torch.cuda.synchronize()
+        torch.cuda.synchronize, torch.cuda.Event.synchronize, torch.cuda.Event.elapsed_time = map(counting, saved)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                dist.all_reduce(x)
+            t1 = time.perf_counter()
+        finally:
+            torch.cuda.synchronize, torch.cuda.Event.synchronize, torch.cuda.Event.elapsed_time = saved
+        recorder.active = False
+        torch.cuda.synchronize()
+        return (t1 - t0) / n
+
+    plain, recorded = [], []
+    for _ in range(rounds):
+        plain.append(timed(False))
+        recorded.append(timed(True))
+    records = recorder.records
+    events = sum((r.start_event is not None) + (r.end_event is not None) for r in records) / len(records)
+    ops = recorder.finalize(0)
+    recorder.uninstall()
+    row("recorder on CUDA: events per op", f"{events:g}", "2", events == 2)
+    row("recorder on CUDA: syncs in the timed loop", f"{syncs['n']}", "0", syncs["n"] == 0)
+    added = p50(recorded) - p50(plain)
+    row("recorder on CUDA: added host cost per op", f"{us(added)} (plain {us(p50(plain))})", "< 20 µs",
+        added < 20e-6)
+    durations = [float(d) for d in ops.duration_s]  # RankOps: NaN where no completion was seen
+    present = [d for d in durations if d == d]
+    row("recorder durations (events), 4 KiB all_reduce", f"p50 {us(p50(present))}, {len(present)}/{len(durations)} ops",
+        "all present", len(present) == len(durations))
+
+
+def planted_delays(torch, dist) -> None:
+    from llmcomm_tests import position
+    from llmcomm_tests.gpu_delay import GpuDelay
+    from llmcomm_tests.inject import install_faults, parse_faults
+    from llmcomm_tests.record import Recorder
+
+    delay = GpuDelay(torch)
+    row("torch.cuda._sleep clock (fitted)", f"{delay.clock.hz / 1e9:.3f} GHz, launch {us(delay.clock.overhead_s)}",
+        "~1-2 GHz", 0.5e9 < delay.clock.hz < 3e9)
+    for asked in (50e-6, 500e-6, 2e-3, 10e-3):
+        got = []
+        for _ in range(10):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            delay(asked)
+            e.record()
+            e.synchronize()
+            got.append(s.elapsed_time(e) / 1e3)
+        err = p50(got) / asked - 1
+        row(f"GPU delay asked {asked * 1e3:g} ms", f"{p50(got) * 1e3:.4f} ms ({err:+.1%})", "within ±5 %",
+            abs(err) <= 0.05)
+
+    x = torch.ones(1 << 18, device="cuda")  # 1 MiB
+
+    def recorded(faults: list[str]) -> list[float]:
+        installed = install_faults(parse_faults(faults), cuda=True)
+        recorder = Recorder(cuda_events=True).install()
+        position.set_phase("decode", 1)
+        recorder.active = True
+        for _ in range(100):
+            dist.all_reduce(x)
+        recorder.active = False
+        position.set_phase("none", -1)
+        ops = recorder.finalize(0)
+        recorder.uninstall()
+        installed.uninstall()
+        fired = sum(installed.fired.values())
+        if faults and fired != 100:
+            row(f"  {faults[0]} fired", f"{fired}", "100", False)
+        return [float(d) for d in ops.duration_s]
+
+    clean = p50(recorded([]))
+    fixed = p50(recorded(["all_reduce:delay=2ms"]))
+    double = p50(recorded(["all_reduce:delay=100%"]))
+    err = (fixed - clean) / 2e-3 - 1
+    row("all_reduce:delay=2ms (1 MiB, recorded)", f"clean {us(clean)}, faulty {us(fixed)}: +{(fixed - clean) * 1e3:.3f} ms"
+        f" ({err:+.1%})", "+2 ms ±5 %", abs(err) <= 0.05)
+    ratio = double / clean
+    row("all_reduce:delay=100% (1 MiB, recorded)", f"faulty/clean {ratio:.2f}x", "2x ±15 %", abs(ratio - 2) <= 0.3)
+
+
+def main() -> int:
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: torch is not installed here: this check needs a CUDA build of torch and one GPU",
+              file=sys.stderr)
+        return 2
+
+    if not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False): "
+              "this check needs one NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmcomm-gpu-check-") as tmp:
+        one_rank_case(tmp)
+        torch.cuda.set_device(0)
+        dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=0, world_size=1)
+        try:
+            for part in (event_vs_host, recorder_cost, planted_delays):
+                try:
+                    part(torch, dist)
+                except Exception as exc:  # one broken part must not hide the others' rows
+                    row(part.__name__, f"{type(exc).__name__}: {exc}"[:100], "no error", False)
+        finally:
+            dist.destroy_process_group()
+    name = torch.cuda.get_device_name(0)
+    widths = [max(len(r[i]) for r in ROWS + [("check", "measured", "expect", "verdict")]) for i in range(4)]
+    print(f"gpu_check on {name}, torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
+          f"{time.perf_counter() - t_start:.0f} s")
+    for r in [("check", "measured", "expect", "verdict"), tuple("-" * w for w in widths)] + ROWS:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return 0 if all(r[3] != "FAIL" for r in ROWS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
