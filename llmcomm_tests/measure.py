@@ -93,9 +93,10 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     # extra ops sit under the recorder (it times them); a larger message over it (it sees the
     # larger tensor).
     armed = SimpleNamespace(active=False)
-    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], armed)]
+    cuda = ctx.backend == "nccl"
+    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], armed, cuda)]
     recorder.install()
-    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], armed))
+    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], armed, cuda))
     distributed = ctx.world_size > 1
 
     def repetition(rep: int, recorded: bool, keep_logits: bool = False):
