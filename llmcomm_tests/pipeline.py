@@ -34,6 +34,10 @@ def run_and_check(case, state) -> dict:
     from .measure import run_case
     from .launch import LaunchError
 
+    if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
+        from .ab.legacy import ab_case_result
+
+        return ab_case_result(case, state)
     profile = state.profile()
     predicted = prediction(case, profile)
     result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": state.hardware,

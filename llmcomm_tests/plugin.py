@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,12 @@ def pytest_collect_file(file_path: Path, parent):
 
         return SpecFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_unconfigure(config):
+    gate = sys.modules.get("llmcomm_tests.ab.gate")  # A/B arm servers, if this session started any
+    if gate is not None:
+        gate.close_arms()
 
 
 def pytest_report_header(config):

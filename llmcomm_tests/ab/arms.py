@@ -209,6 +209,8 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         serve(sys.stdin.buffer, out)
+    except BrokenPipeError:  # the client went away mid-run: nothing left to tell it
+        pass
     finally:
         from .. import launch
 

@@ -1,4 +1,4 @@
-"""llmcomm command line: run | predict | calibrate | bench-comm | report.
+"""llmcomm command line: run | predict | calibrate | bench-comm | report | ab.
 
 Every subcommand is a module of this package with ``add_arguments(parser)`` and ``main(args)``;
 this module only wires them together and keeps torch out of ``--help``.
@@ -17,6 +17,7 @@ COMMANDS = {
     "calibrate": ("llmcomm_tests.commands.calibrate", "fit a hardware profile from a comm sweep"),
     "bench-comm": ("llmcomm_tests.commands.bench_comm", "nccl-tests-style size sweep over torch.distributed"),
     "report": ("llmcomm_tests.commands.report", "build the HTML report from a report directory"),
+    "ab": ("llmcomm_tests.commands.ab", "A/B gate: pytest with every case run in two Python environments"),
 }
 
 
