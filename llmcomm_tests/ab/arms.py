@@ -28,7 +28,7 @@ from pathlib import Path
 
 PACKAGES = ("torch", "numpy", "scipy", "transformers", "accelerate", "vllm", "nvidia-nccl-cu12",
             "nvidia-nccl-cu13")
-START_TIMEOUT_S = 120.0
+QUIT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -110,14 +110,22 @@ class Arm:
             raise ArmError(payload)
         return payload
 
-    def close(self) -> None:
+    def request_quit(self) -> None:
         if self.proc.poll() is None:
             try:
                 _write(self.proc.stdin, ("quit",))
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(5)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Quit and wait: the server stops its fork server first, which on a loaded host takes
+        seconds (the fork server tears down torch)."""
+        self.request_quit()
+        try:
+            self.proc.wait(QUIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()

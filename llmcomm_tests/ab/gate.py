@@ -64,8 +64,11 @@ def arm(name: str, python: str) -> Arm:
 
 def close_arms() -> None:
     """Stop every arm server (and so its fork server and ranks)."""
-    while _arms:
-        _, server = _arms.popitem()
+    servers = list(_arms.values())
+    _arms.clear()
+    for server in servers:  # all quit at once, then each is waited for
+        server.request_quit()
+    for server in servers:
         server.close()
 
 
