@@ -27,7 +27,7 @@ class ScriptedArm:
         self.calls += 1
         if self.calls in self.fail_on:
             raise ArmError("rank 1 failed: planted")
-        noise = lambda: self.rng.gauss(0, 0.03)  # noqa: E731
+        noise = lambda: self.rng.gauss(0, 0.03)
         volume = [VolumeRow("all_reduce", "decode", "attn", 112, 114688, 114688)] if self.extra else VOLUME
         return ArmRun(volume, True, {"tpot": math.log(0.012) + noise(),
                                      "op all_reduce decode /2 transfer": math.log(4e-4 * (1 + self.slowdown)) + noise()})

@@ -90,8 +90,8 @@ class Arm:
         self.env = ArmEnv(**self._call(("env",)))
 
     def run(self, cfg, backend: str, timeout_s: float, available_ranks: int | None):
-        from .observe import ArmRun
         from ..documents import from_json
+        from .observe import ArmRun
 
         return from_json(ArmRun, self._call(("run", cfg, backend, timeout_s, available_ranks)))
 
@@ -165,7 +165,8 @@ def _environment(python: str) -> dict:
     from importlib import metadata
 
     from .. import launch
-    from .arms import rank_probe as probe_entry  # this module by its name: __main__ is not importable by ranks
+    # This module by its name: as __main__ its functions are not importable by the ranks.
+    from .arms import rank_probe as probe_entry
 
     packages = {}
     for name in PACKAGES:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from ..documents import FAIL, PASS, VerdictRow
 from .arms import Arm, ArmEnv, ArmError, env_difference
 from .observe import ArmRun
-from .paired import DEFAULT_THRESHOLD, MIN_PAIRS, PairedChange, paired_change, should_stop
+from .paired import (
+    DEFAULT_THRESHOLD,
+    MIN_PAIRS,
+    PairedChange,
+    paired_change,
+    should_stop,
+)
 from .schedule import Schedule
 
 DEFAULT_MAX_PAIRS = 40

@@ -6,7 +6,7 @@ pipeline puts ``ABResult.rows`` into its ``Verdict`` directly and this module go
 
 from __future__ import annotations
 
-from ..documents import FAIL, NA, PASS, to_json
+from ..documents import FAIL, to_json
 
 
 def row_dict(r) -> dict:
@@ -18,18 +18,13 @@ def row_dict(r) -> dict:
 
 def ab_case_result(case, state) -> dict:
     from ..pipeline import prediction
-    from .arms import env_difference
     from .gate import run_case_ab
+    from .result import properties
 
     result = run_case_ab(case, state)
     rows = [row_dict(r) for r in result.rows]
     failed = [r for r in rows if r["verdict"] == FAIL]
-    props = [("llmcomm.ab.difference", env_difference(result.env_a, result.env_b)),
-             ("llmcomm.ab.seed", str(result.schedule.get("seed"))), ("llmcomm.ab.pairs", str(result.pairs)),
-             ("llmcomm.ab.stopped", result.stopped)]
-    props += [(f"llmcomm.ab.{c.metric.replace(' ', '_')}.change", f"{c.change:.6g}") for c in result.changes]
-    props.append(("llmcomm.checks", f"{sum(r['verdict'] == PASS for r in rows)} pass, {len(failed)} fail, "
-                                    f"{sum(r['verdict'] == NA for r in rows)} n/a"))
+    props = properties(result)
     return {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": state.hardware,
             "backend": state.backend, "env": state.env, "prediction": prediction(case, state.profile()),
             "run": None, "error": None,
