@@ -165,8 +165,7 @@ def _environment(python: str) -> dict:
     from importlib import metadata
 
     from .. import launch
-    # This module by its name: as __main__ its functions are not importable by the ranks.
-    from .arms import rank_probe as probe_entry
+    from .arms import rank_probe as probe_entry  # by name: __main__'s functions don't reach ranks
 
     packages = {}
     for name in PACKAGES:
