@@ -165,7 +165,7 @@ def _environment(python: str) -> dict:
     from importlib import metadata
 
     from .. import launch
-    from .arms import rank_probe as probe_entry  # by name: __main__'s functions don't reach ranks
+    from .arms import rank_probe as probe_entry  # by name: ranks can't import __main__
 
     packages = {}
     for name in PACKAGES:
