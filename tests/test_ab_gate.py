@@ -2,6 +2,7 @@
 
 Slow-ish (each comparison is 10+ interleaved pairs of a tiny TP2 case): one test per behaviour."""
 
+import json
 import subprocess
 import sys
 
@@ -69,6 +70,12 @@ def test_planted_delay_in_arm_b_fails_the_op_row_with_change_and_interval(abspec
     assert "FAIL (slower in B: +" in line and "CI " in line and "pairs" in line
     assert "ab environment" in out and "A/A: both arms" in out  # the environment heads the failure
     assert "ab volume" not in "".join(ln for ln in out.splitlines() if "FAIL" in ln)  # bytes unchanged
+    # the schedule and its seed are in the session report
+    report = json.loads((abspec.path / "reports" / "llmcomm-report.json").read_text())
+    (item,) = report["items"]
+    schedule = item["ab"]["schedule"]
+    assert schedule["seed"] == 0 and schedule["kept"] == item["ab"]["pairs"] >= 10
+    assert {p["order"] for p in schedule["pairs"]} == {"AB", "BA"}
 
 
 def test_extra_collective_in_arm_b_fails_the_volume_row_exactly(abspec):
