@@ -8,7 +8,7 @@ Each trial runs one A/A comparison (both arms this interpreter, two separate arm
 one A/B comparison per fault (arm B: ``--python-b``, default this interpreter, with the fault),
 of the tiny engine under TP 2 (``--layout``), seed = trial number.  A/A counts a false alarm when
 any row fails; a delay counts as detected when a row of the faulted op fails as slower, an extra
-collective when a volume row fails.
+collective when a volume row fails ("case failed" counts a failure of any row).
 """
 
 import argparse
@@ -59,7 +59,7 @@ def main() -> None:
     print(f"arm A {arm_a.env.executable}; A/A second arm {arm_a2.env.executable}; arm B {arm_b.env.executable}")
     print(f"A→B: {gate.env_difference(arm_a.env, arm_b.env)}")
     modes = [("A/A", None)] + [(str(f), f) for f in faults]
-    tally = {m: {"hits": 0, "pairs": [], "wall": [], "change": []} for m, _ in modes}
+    tally = {m: {"hits": 0, "case": 0, "pairs": [], "wall": [], "change": []} for m, _ in modes}
     t0 = time.perf_counter()
     try:
         for trial in range(args.trials):
@@ -71,6 +71,7 @@ def main() -> None:
                 hit = detected(res, fault)
                 t = tally[mode]
                 t["hits"] += hit
+                t["case"] += bool([r for r in res.failed if r.name != "ab environment"])
                 t["pairs"].append(res.pairs)
                 t["wall"].append(res.wall_s)
                 c = faulted_change(res, fault)
@@ -86,14 +87,14 @@ def main() -> None:
     n = args.trials
     print(f"\ntiny {args.layout}, repeats {args.repeats}, threshold {args.threshold:.0%}, max pairs "
           f"{args.max_pairs}, {n} trials, {time.perf_counter() - t0:.0f} s in all")
-    print(f"{'comparison':26s} {'rate':>12s} {'pairs p50':>9s} {'max':>4s} {'wall p50 s':>10s} {'max s':>6s} "
-          f"{'change p50':>10s}")
+    print(f"{'comparison':26s} {'rate':>12s} {'case failed':>11s} {'pairs p50':>9s} {'max':>4s} {'wall p50 s':>10s} "
+          f"{'max s':>6s} {'change p50':>10s}")
     for mode, fault in modes:
         t = tally[mode]
         pairs, wall, ch = sorted(t["pairs"]), sorted(t["wall"]), sorted(t["change"])
         label = "false alarms" if fault is None else "detected"
         rate = f"{t['hits']}/{n} {label[:5]}"
-        print(f"{mode:26s} {rate:>12s} {pairs[len(pairs) // 2]:9d} {pairs[-1]:4d} {wall[len(wall) // 2]:10.0f} "
+        print(f"{mode:26s} {rate:>12s} {t['case']:>7d}/{n:<3d} {pairs[len(pairs) // 2]:9d} {pairs[-1]:4d} {wall[len(wall) // 2]:10.0f} "
               f"{wall[-1]:6.0f} {ch[len(ch) // 2] if ch else float('nan'):+10.1%}")
 
 
