@@ -100,15 +100,6 @@ def _main_module_hidden():
         main.__spec__ = spec
 
 
-def shutdown() -> None:
-    """Stop the fork server (it would otherwise live until this process exits)."""
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        stop()
-
-
 def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, backend: str = "auto",
            timeout_s: float = 300.0, threads_per_rank: int = 1, env: dict[str, str] | None = None) -> list[Any]:
     """Run ``entry(RankContext, *args)`` on ``world_size`` ranks; return their results in rank order.

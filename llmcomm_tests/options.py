@@ -40,6 +40,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _flag(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _baseline_name(text: str) -> str | None:
+    from .baseline import check_name
+
+    return check_name(text) if text else None
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
@@ -70,11 +85,13 @@ OPTIONS = (
     Option("timeout", "--llmcomm-timeout", "LLMCOMM_TIMEOUT", "llmcomm_timeout", 300.0, _positive_float,
            "seconds before a case's hung ranks are killed"),
     Option("baseline_save", "--llmcomm-baseline-save", "LLMCOMM_BASELINE_SAVE", "llmcomm_baseline_save", None,
-           _optional_str, "store each case's results as baseline NAME"),
+           _baseline_name, "store each case's results as baseline NAME"),
     Option("baseline_compare", "--llmcomm-baseline-compare", "LLMCOMM_BASELINE_COMPARE",
-           "llmcomm_baseline_compare", None, _optional_str, "compare each case against baseline NAME"),
+           "llmcomm_baseline_compare", None, _baseline_name, "compare each case against baseline NAME"),
     Option("baseline_dir", "--llmcomm-baseline-dir", "LLMCOMM_BASELINE_DIR", "llmcomm_baseline_dir", ".llmcomm/baselines",
            str, "where baselines live (one folder per hardware key)"),
+    Option("keep_records", "--llmcomm-keep-records", "LLMCOMM_KEEP_RECORDS", "llmcomm_keep_records", False, _flag,
+           "keep every communication call in the reports (default: a bounded summary per op class)"),
     Option("ab", "--llmcomm-ab", "LLMCOMM_AB", "llmcomm_ab", None, _python,
            "A/B gate: run every case in this session's Python (A) and in PYTHON (B), interleaved in "
            "seeded AB/BA pairs; the same Python twice is an A/A calibration"),
@@ -96,6 +113,7 @@ class LLMCommOptions:
     baseline_save: str | None
     baseline_compare: str | None
     baseline_dir: str
+    keep_records: bool = False
     ab: str | None = None
     ab_pairs: int = 40
     ab_seed: int = 0
@@ -105,7 +123,11 @@ class LLMCommOptions:
 def add_options(parser) -> None:
     group = parser.getgroup("llmcomm", "llmcomm-tests: communication SLO specs")
     for opt in OPTIONS:
-        group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", default=None, help=opt.help)
+        if opt.parse is _flag:  # a switch on the command line, true/false in env and ini
+            group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", action="store_const", const="true", default=None,
+                            help=opt.help)
+        else:
+            group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", default=None, help=opt.help)
         parser.addini(opt.ini, opt.help, default=None)
     group.addoption("--llmcomm-inject", dest="llmcomm_inject", action="append", default=[],
                     help="plant a fault in every case, e.g. all_reduce:delay=10%% (gate self-test)")

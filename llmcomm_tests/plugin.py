@@ -6,7 +6,6 @@ must not import torch: torch is imported when a case runs.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from . import options as llmcomm_options
-from .session import LLMCommSession
+from .session import SESSION_KEY, LLMCommSession
 
-SESSION_KEY = pytest.StashKey[LLMCommSession]()
 SPEC_DIRS_INI = "llmcomm_spec_dirs"
 MARKERS = (
     "llmcomm: an llmcomm-tests SLO case (one layout x workload of a spec)",
@@ -88,9 +86,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     result = getattr(item, "llmcomm_result", None)
     if call.when == "call" and result is not None:
-        result["nodeid"] = item.nodeid
+        from .documents import to_json
+
+        result.nodeid = item.nodeid
         # Plain JSON types only: the report travels to the xdist controller through execnet.
-        outcome.get_result().llmcomm = json.loads(json.dumps(result, default=str))
+        outcome.get_result().llmcomm = to_json(result)
 
 
 class ReportWriter:
@@ -102,10 +102,12 @@ class ReportWriter:
         self.state = config.stash[SESSION_KEY]
 
     def pytest_runtest_logreport(self, report):
-        result = getattr(report, "llmcomm", None)
-        if result is not None:
+        data = getattr(report, "llmcomm", None)
+        if data is not None:
+            from .documents import CaseResult, from_json
             from .report import json_report
 
+            result = from_json(CaseResult, data)
             if not self.state.results:
                 json_report.start(self.state)
             self.state.results.append(result)

@@ -10,13 +10,12 @@ the process group and writes the run document.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .commands.run import add_arguments, config_from_args, summary
+    from .commands.run import add_arguments, config_from_args, summary, write_document
     from .measure import assemble, rank_run
     from .launch import init_rank, resolve_backend, teardown_rank
 
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = assemble(cfg, backend, gathered)
             print(summary(doc))
             if args.json_path:
-                with open(args.json_path, "w") as f:
-                    json.dump(doc, f, indent=1)
+                write_document(doc, args.json_path)
     finally:
         teardown_rank()
     return 0

@@ -66,6 +66,8 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
         total = float(out.sum())  # first use of the output: DTensor waits for the collective here
     position.set_phase("none", -1)
     recorder.active = False
-    records = recorder.finalize(ctx.rank)
+    from llmcomm_tests.metrics import records as as_records
+
+    records = as_records([recorder.finalize(ctx.rank)])
     recorder.uninstall()
     return {"records": records, "out_sum": total}

@@ -18,7 +18,7 @@ def test_run_prints_a_summary_and_writes_the_document(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "layout tp=2 pp=2 (4 ranks, gloo)" in proc.stdout and "TTFT" in proc.stdout and "TPOT" in proc.stdout
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "llmcomm.run/1"
+    assert doc["schema"] == "llmcomm.run/2"
     assert {k: doc["case"][k] for k in ("tp", "pp", "batch", "prompt_len", "gen_len", "dtype", "backend",
                                         "world_size")} == {"tp": 2, "pp": 2, "batch": 2, "prompt_len": 16,
                                                            "gen_len": 4, "dtype": "fp32", "backend": "gloo",
@@ -27,9 +27,12 @@ def test_run_prints_a_summary_and_writes_the_document(tmp_path):
     assert doc["env"]["torch"].startswith("2.") and doc["env"]["variables"]["GLOO_SOCKET_IFNAME"] == "lo"
     assert len(doc["tokens"]) == 2 and all(len(t) == 4 for t in doc["tokens"])
     m = doc["metrics"]
-    assert 0 < m["ttft_s"] <= m["e2e_s"] and len(m["itl_s"]) == 2 * 3
-    assert m["tpot_s"] == pytest.approx((m["e2e_s"] - m["ttft_s"]) / 3, rel=0.5)
+    assert len(m["ttft"]["samples"]) == 2 and len(m["itl"]["samples"]) == 2 * 3
+    for ttft, tpot, e2e in zip(m["ttft"]["samples"], m["tpot"]["samples"], m["e2e"]["samples"]):
+        assert 0 < ttft <= e2e and tpot == pytest.approx((e2e - ttft) / 3)
     assert doc["ops"] and doc["volume"] and doc["comm"]["bytes_per_token"] > 0
+    assert doc["records"] is None  # only with --keep-records
+    assert sum(s["count"] for s in doc["ops"]) == 2 * sum(r["count"] for r in doc["volume"])  # 2 repetitions
 
 
 @pytest.mark.parametrize("args, reason", [
@@ -52,10 +55,11 @@ def test_rank_entry_point_runs_under_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "llmcomm_tests.rank", "--tp", "2", "--prompt-len", "8", "--gen-len", "3",
-                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
+                           "--repeats", "1", "--keep-records", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert doc["case"]["world_size"] == 2 and {o["rank"] for o in doc["ops"]} == {0, 1}
+    assert doc["case"]["world_size"] == 2 and {o["rank"] for o in doc["records"]} == {0, 1}
     single = subprocess.run(CLI + ["run", "--prompt-len", "8", "--gen-len", "3", "--repeats", "1", "--json",
                                    str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0

@@ -12,14 +12,10 @@ the lower quartile, 0.29 with the median, 0.34 with the trimmed mean.  Op classe
 (op, phase, group size) and split into *transfer* and *wait*: calls whose time includes waiting
 for a peer's compute (the token broadcast waiting for sampling, the LM-head gather waiting for the
 slowest slice) time the schedule, not the link, and get their own row (DOMAIN.md §11).
-
-Reads both the typed :class:`~llmcomm_tests.documents.RunDocument` and the older plain-dict run
-document (``llmcomm.run/1``), so it does not care which one ``measure.run_case`` returns.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .. import stats
@@ -40,10 +36,8 @@ def op_metric(op: str, phase: str, group_size: int, waiting: bool) -> str:
     return f"op {op} {phase} /{group_size} {'wait' if waiting else 'transfer'}"
 
 
-def observe(doc) -> ArmRun:
-    if isinstance(doc, RunDocument):
-        return _observe_typed(doc)
-    return _observe_dict(doc)
+def observe(doc: RunDocument) -> ArmRun:
+    return _observe_typed(doc)
 
 
 OP_QUANTILE = 25  # percentile of an op class's call times taken as its centre
@@ -62,27 +56,12 @@ def _centres(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str,
 
 def _observe_typed(doc: RunDocument) -> ArmRun:
     times: dict[str, list[float]] = {m: list(getattr(doc.metrics, m).samples) for m in LATENCY_METRICS}
-    for summary in doc.ops:
+    merged = {}
+    for summary in doc.ops:  # merged per metric: each class's kept samples in proportion to its calls
         if summary.latency is not None and summary.latency.samples:
             key = op_metric(summary.op, summary.phase, summary.group_size, summary.waiting is not None)
-            times.setdefault(key, []).extend(summary.latency.samples)
+            merged[key] = merged[key].merge(summary.latency) if key in merged else summary.latency
+    times.update((key, latency.samples) for key, latency in sorted(merged.items()))
     centres, counts = _centres(times)
     return ArmRun([VolumeRow(r.op, r.phase, r.site, r.count, r.bytes, r.wire_bytes) for r in doc.volume],
                   bool(doc.volume_stable), centres, counts)
-
-
-def _observe_dict(doc: dict) -> ArmRun:
-    from ..analytic.accuracy import waiting_reason
-
-    samples = doc["metrics"]["samples"]
-    times: dict[str, list[float]] = {m: list(samples[f"{m}_s"]) for m in LATENCY_METRICS}
-    ops = defaultdict(list)
-    for op in doc["ops"]:
-        if op["duration_s"] is not None:
-            ops[op_metric(op["op"], op["phase"], len(op["group"]), waiting_reason(op) is not None)].append(
-                op["duration_s"])
-    times.update(sorted(ops.items()))
-    centres, counts = _centres(times)
-    volume = [VolumeRow(r["op"], r["phase"], r["site"],
-                        r["count"], r["bytes"], r["wire_bytes"]) for r in doc["volume"]]
-    return ArmRun(volume, bool(doc["volume_stable"]), centres, counts)

@@ -18,6 +18,7 @@ import sys
 
 from .. import launch
 from ..contract import LATENCY_OPS, bus_factor
+from ..text import text_table
 
 OPS = LATENCY_OPS
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
@@ -132,10 +133,10 @@ def main(args) -> int:
     rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup, args.dtype)
     summary = table(rows)
     print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}")
-    print(f"{'op':>15} {'size(B)':>10} {'min(us)':>10} {'median(us)':>11} {'max(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}")
-    for r in summary:
-        print(f"{r['op']:>15} {r['bytes']:>10} {r['time_min_s'] * 1e6:>10.1f} {r['time_median_s'] * 1e6:>11.1f} "
-              f"{r['time_max_s'] * 1e6:>10.1f} {r['algbw_GBps']:>12.3f} {r['busbw_GBps']:>12.3f}")
+    print(text_table(("op", "size(B)", "min(us)", "median(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)"),
+                     [(r["op"], r["bytes"], f"{r['time_min_s'] * 1e6:.1f}", f"{r['time_median_s'] * 1e6:.1f}",
+                       f"{r['time_max_s'] * 1e6:.1f}", f"{r['algbw_GBps']:.3f}", f"{r['busbw_GBps']:.3f}")
+                      for r in summary], left=1))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"schema": "llmcomm.bench-comm/1", "world_size": args.world_size, "dtype": args.dtype,

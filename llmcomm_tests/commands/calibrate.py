@@ -37,7 +37,8 @@ import sys
 from collections import defaultdict
 from dataclasses import replace
 
-from ..metrics import percentile
+from ..stats import percentile
+from ..text import text_table
 from ..analytic import latency
 from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 
@@ -172,18 +173,18 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
 def quality_table(profile: HardwareProfile) -> str:
     """Per measured (op, group): points, α, β, R² and median relative error of the medians, k_hi
     (and, after ``--spread-from``, the sweep's k_hi and the engine records it rests on)."""
-    lines = [f"{'op':>15} {'group':>5} {'points':>6} {'samples':>7} {'alpha(us)':>10} {'beta(GB/s)':>11} {'R2':>7} "
-             f"{'med.rel.err':>11} {'k_hi':>6} {'k_hi_sweep':>10} {'records':>7}"]
+    rows = []
     for op, by_group in sorted(profile.tier("intra").ops.items()):
         for group, fit in by_group.items():
             if group == "default" or not fit.quality or "points" not in fit.quality:
                 continue
             q = fit.quality
             sweep = q.get("k_hi_sweep")
-            lines.append(f"{op:>15} {group:>5} {q['points']:>6} {q.get('samples', 0):>7} {fit.alpha_s * 1e6:>10.1f} "
-                         f"{fit.beta_Bps / 1e9:>11.3f} {q['r2']:>7.3f} {q['median_rel_err']:>11.3f} {fit.k_hi:>6.2f} "
-                         f"{'-' if sweep is None else f'{sweep:.2f}':>10} {q.get('k_hi_records', '-'):>7}")
-    return "\n".join(lines)
+            rows.append((op, group, q["points"], q.get("samples", 0), f"{fit.alpha_s * 1e6:.1f}",
+                         f"{fit.beta_Bps / 1e9:.3f}", f"{q['r2']:.3f}", f"{q['median_rel_err']:.3f}", f"{fit.k_hi:.2f}",
+                         "-" if sweep is None else f"{sweep:.2f}", q.get("k_hi_records", "-")))
+    return text_table(("op", "group", "points", "samples", "alpha(us)", "beta(GB/s)", "R2", "med.rel.err", "k_hi",
+                       "k_hi_sweep", "records"), rows, left=1)
 
 
 def _sizes(text: str) -> list[int]:
@@ -267,13 +268,14 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     try:
         profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", args.base, source)
         if args.spread_from:
-            from .accuracy import fit_spread
+            from ..analytic.accuracy import fit_spread
+            from ..documents import RunDocument, from_json
 
             paths = _run_paths(args.spread_from)
             docs = []
             for path in paths:
                 with open(path) as fh:
-                    docs.append(json.load(fh))
+                    docs.append(from_json(RunDocument, json.load(fh)))
             profile, _ = fit_spread(profile, docs, args.spread_quantile)
             profile = replace(profile, source=f"{source}; k_hi from {len(docs)} run document(s) "
                                               f"(--spread-from, q{args.spread_quantile:g})")

@@ -15,12 +15,13 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from ..documents import SessionReport
     from ..report import json_report
     from ..report.html import FILENAME, write_html
 
     source = args.dir / json_report.FILENAME
     try:
-        doc = json.loads(source.read_text(encoding="utf-8"))
+        data = json.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         print(f"llmcomm report: {source} not found (run pytest with --llmcomm-report-dir {args.dir} first)",
               file=sys.stderr)
@@ -28,10 +29,11 @@ def main(args) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"llmcomm report: cannot read {source}: {exc}", file=sys.stderr)
         return 2
-    if doc.get("schema") != json_report.SCHEMA:
-        print(f"llmcomm report: {source} has schema {doc.get('schema')!r}, expected {json_report.SCHEMA!r}",
-              file=sys.stderr)
+    schema = SessionReport.schema
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        print(f"llmcomm report: {source} has schema {found!r}, expected {schema!r}", file=sys.stderr)
         return 2
-    out = write_html(doc, args.out or args.dir / FILENAME)
+    out = write_html(json_report.load(source), args.out or args.dir / FILENAME)
     print(out)
     return 0
