@@ -220,9 +220,16 @@ def main() -> None:
     except BrokenPipeError:  # the client went away mid-run: nothing left to tell it
         pass
     finally:
-        from .. import launch
+        _stop_fork_server()
 
-        launch.shutdown()
+
+def _stop_fork_server() -> None:
+    """Stop this server's fork server before exiting, so no process outlives the arm."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 if __name__ == "__main__":
