@@ -73,8 +73,9 @@ def test_planted_delay_in_arm_b_fails_the_op_row_with_change_and_interval(abspec
     # the schedule and its seed are in the session report
     report = json.loads((abspec.path / "reports" / "llmcomm-report.json").read_text())
     (item,) = report["items"]
-    schedule = item["ab"]["schedule"]
-    assert schedule["seed"] == 0 and schedule["kept"] == item["ab"]["pairs"] >= 10
+    ab = item["env"]["ab"]
+    schedule = ab["schedule"]
+    assert schedule["seed"] == 0 and schedule["kept"] == ab["pairs"] >= 10
     assert {p["order"] for p in schedule["pairs"]} == {"AB", "BA"}
 
 
