@@ -40,7 +40,7 @@ def run_and_check(case, state) -> CaseResult:
     if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
         from .ab.result import case_result
 
-        return case_result(case, state, prediction(case, state.profile()))
+        return case_result(case, state, prediction(case, state.profile()), run_config(case, state))
     profile = state.profile()
     predicted = prediction(case, profile)
     result = CaseResult(case.spec_name, str(case.path), case.id, state.hardware, state.backend, state.env, predicted,

@@ -198,12 +198,11 @@ def verdict_rows(result: ABResult, volume_rows: list[VerdictRow], runs, threshol
 # -- the pytest pipeline's entry ------------------------------------------------------------------
 
 
-def run_case_ab(case, state) -> ABResult:
-    """The A/B comparison of one spec case: arm A this interpreter, arm B ``--llmcomm-ab``."""
-    from ..pipeline import run_config
-
+def run_case_ab(case, state, cfg) -> ABResult:
+    """The A/B comparison of one spec case (``cfg``: its run config, as the pipeline builds it):
+    arm A this interpreter, arm B ``--llmcomm-ab``."""
     opts = state.options
-    cfg_b = run_config(case, state)
+    cfg_b = cfg
     cfg_a = dataclasses.replace(cfg_b, inject=())  # planted faults: arm B only
     settings = getattr(case, "baseline", None)
     threshold = settings.threshold if settings is not None and settings.threshold else DEFAULT_THRESHOLD

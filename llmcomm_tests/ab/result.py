@@ -25,9 +25,10 @@ def properties(result: ABResult) -> list[tuple[str, str]]:
     return props
 
 
-def case_result(case, state, prediction) -> CaseResult:
-    """Run ``case`` through both arms; ``prediction`` is the pipeline's own for the case."""
-    result = run_case_ab(case, state)
+def case_result(case, state, prediction, cfg) -> CaseResult:
+    """Run ``case`` through both arms; ``prediction`` and ``cfg`` (the run config) are the
+    pipeline's own for the case."""
+    result = run_case_ab(case, state, cfg)
     return CaseResult(spec=case.spec_name, path=str(case.path), case_id=case.id, hardware=state.hardware,
                       backend=state.backend, env={**state.env, "ab": to_json(result.report())},
                       prediction=prediction, verdict=Verdict(case.id, result.rows), run=None,
