@@ -50,7 +50,7 @@ TIME_METRICS = ("ttft", "tpot", "e2e")
 OP_METRICS = "op_latency"  # the baseline.metrics entry that stands for every op class row
 # Environment keys whose change is worth naming in a failure.
 ENV_KEYS = ("torch", "nccl", "cuda", "driver", "python", "llmcomm_tests", "devices", "host", "backend", "world_size",
-            "variables")
+            "variables", "nccl_config")
 BOOTSTRAP = 2000
 FAMILY_CONFIDENCE = 0.95
 POWER = 0.95

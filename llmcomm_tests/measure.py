@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import launch, metrics
 from .documents import CaseInfo, RunDocument
-from .envinfo import comm_variables, nvidia_driver
+from .envinfo import comm_variables, nccl_config_files, nvidia_driver
 from .engine.config import EngineShape
 from .engine.layout import Layout
 
@@ -126,6 +126,7 @@ def environment(ctx) -> dict:
         "devices": [],
         "cpu_count": os.cpu_count(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
     if torch.cuda.is_available():
         env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))

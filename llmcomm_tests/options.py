@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .envinfo import cuda_device_count
+
 
 @dataclass(frozen=True)
 class Option:
@@ -22,8 +24,8 @@ class Option:
 
 def _positive_int(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
+    if value < 1:
+        raise ValueError("must be >= 1")
     return value
 
 
@@ -73,7 +75,7 @@ def _python(text: str) -> str | None:
 
 OPTIONS = (
     Option("gpus", "--gpus", "LLMCOMM_GPUS", "llmcomm_gpus", None, _positive_int,
-           "ranks available to a case (default: CUDA devices, else 4 CPU ranks on gloo)"),
+           "ranks available to a case, >= 1 (default: the CUDA devices torch sees, else 4 CPU ranks on gloo)"),
     Option("backend", "--llmcomm-backend", "LLMCOMM_BACKEND", "llmcomm_backend", "auto", _backend,
            "auto (NCCL with one GPU per rank when there are enough devices, else gloo), gloo or nccl"),
     Option("hardware", "--llmcomm-hardware", "LLMCOMM_HARDWARE", "llmcomm_hardware", None, _optional_str,
@@ -154,19 +156,11 @@ def resolve(config) -> LLMCommOptions:
 CPU_RANKS_DEFAULT = 4  # gloo ranks a CPU host offers when --gpus is not given
 
 
-def cuda_device_count() -> int:
-    """Counted without importing torch (the plugin must load without it)."""
-    try:
-        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
-    except OSError:
-        return 0
-
-
 def available_ranks(options: LLMCommOptions) -> tuple[int, str]:
     """(ranks, why): --gpus wins; else CUDA devices; else CPU processes on gloo."""
     if options.gpus is not None:
         devices = cuda_device_count()
-        if devices >= options.gpus and options.gpus > 0:
+        if devices >= options.gpus:
             return options.gpus, f"--gpus {options.gpus} (CUDA devices: {devices})"
         return options.gpus, f"--gpus {options.gpus}: no {options.gpus} CUDA devices here, ranks are CPU processes on gloo"
     devices = cuda_device_count()

@@ -63,8 +63,10 @@ def _runs_specs(config) -> bool:
 
 
 def pytest_collect_file(file_path: Path, parent):
-    if file_path.suffix in (".yaml", ".yml") and any(
-            d in file_path.parent.parts for d in parent.config.getini(SPEC_DIRS_INI)):
+    """A YAML file under a spec folder, or one named on the command line wherever it lives."""
+    if file_path.suffix in (".yaml", ".yml") and (
+            any(d in file_path.parent.parts for d in parent.config.getini(SPEC_DIRS_INI))
+            or parent.session.isinitpath(file_path)):
         from .pytest_items import SpecFile
 
         return SpecFile.from_parent(parent, path=file_path)

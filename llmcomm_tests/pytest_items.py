@@ -9,10 +9,12 @@ from .report.table import format_table
 
 class SpecFile(pytest.File):
     def collect(self):
+        from .session import SESSION_KEY
         from .spec import SpecError, load_spec
 
         try:
             spec = load_spec(self.path)
+            self.config.stash[SESSION_KEY].spec_names.claim(spec)
         except SpecError as exc:
             raise SpecCollectError(str(exc)) from None
         for case in spec.cases():

@@ -9,20 +9,24 @@ the process group and writes the run document.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands.args import OneLineParser
     from .commands.run import add_arguments, config_from_args, summary, write_document
     from .measure import assemble, rank_run
     from .launch import init_rank, resolve_backend, teardown_rank
 
-    parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.rank")
+    parser = OneLineParser(prog="python -m llmcomm_tests.rank")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != cfg.layout.world_size:
         print(f"WORLD_SIZE={world} but tp*pp={cfg.layout.world_size}", file=sys.stderr)

@@ -17,8 +17,9 @@ from importlib import metadata
 import pytest
 
 from .documents import CaseResult
-from .envinfo import comm_variables, gpu_models, nvidia_driver
+from .envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
+from .spec import SpecNames
 
 CPU_HARDWARE = "cpu-loopback"
 SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
@@ -49,6 +50,7 @@ def fingerprint() -> dict:
         "gpu_models": gpu_models(),
         "driver": nvidia_driver(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
 
 
@@ -62,6 +64,7 @@ class LLMCommSession:
     results: list[CaseResult] = field(default_factory=list)
     env: dict = field(default_factory=dict)
     session_id: str = ""  # tells baseline runs of one session from runs of another
+    spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
 
     def __post_init__(self):
         self.ranks, self.ranks_reason = available_ranks(self.options)

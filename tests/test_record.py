@@ -166,3 +166,19 @@ assert objs == [{"ok": 1}] and len(rec.records) == 1
 print("OK")
 """
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "OK"
+
+
+@pytest.mark.parametrize("faults", [(), ("all_gather:delay=200ms",)], ids=["clean", "delay"])
+def test_allgather_base_is_recorded_and_faulted_as_all_gather(faults):
+    """torch 2.6–2.12 route ``all_gather_into_tensor`` to ``ProcessGroup._allgather_base`` (2.13:
+    ``all_gather_single``): the old route, called directly, and this torch's route are both the op
+    all_gather, recorded with their bytes, and a fault on all_gather reaches both."""
+    numel, t = 6, 2
+    results = launch(rank_entries.allgather_base, (faults, numel), world_size=t, timeout_s=120)
+    for result in results:
+        assert result["old"] == result["new"] == [0.0] * numel + [1.0] * numel  # the gather really ran
+        records = result["records"]
+        assert [(r.op, r.numel, r.bytes, r.wire_bytes, r.group, r.site) for r in records] == \
+            [("all_gather", numel, numel * 4, (t - 1) * numel * 4, [0, 1], "pp.boundary1")] * 2
+        for r in records:
+            assert (r.duration_s >= 0.2) == bool(faults), r  # the delay lands on both entry points

@@ -16,35 +16,31 @@ import json
 import sys
 from collections import defaultdict
 
-from ..engine.config import resolve_engine
 from ..engine.layout import Layout, LayoutError
 from ..analytic.e2e import predict_case
 from ..analytic.hardware import list_profiles, load_profile
 from ..text import nbytes, text_table
+from .args import OneLineParser, engine_shape, output_file, positive_int
 
 SCHEMA = "llmcomm.predict/1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default="llama-3.1-8b",
-                        help="engine preset name or a JSON shape mapping (default: llama-3.1-8b)")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (default 1)")
+    parser.add_argument("--engine", default="llama-3.1-8b", type=engine_shape,
+                        help="engine preset name, a shape mapping as in specs ('{preset: tiny, n_layers: 2}'), "
+                             "or a YAML/JSON file holding one (default: llama-3.1-8b)")
+    parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default 1)")
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel degree (default 1)")
     parser.add_argument("--layouts", help="comma-separated TxP layouts, e.g. 4x1,2x2,1x4 (overrides --tp/--pp)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--prompt-len", type=positive_int, default=128)
+    parser.add_argument("--gen-len", type=positive_int, default=128)
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
                         help="engine dtype (default: bf16 for public shapes, fp32 for tiny)")
     parser.add_argument("--hardware", default="h100-nvlink4",
                         help=f"hardware profile preset or YAML path (presets: {', '.join(list_profiles())})")
     parser.add_argument("--algorithm", choices=("ring", "tree"), help="collective algorithm (default: the profile's)")
-    parser.add_argument("--json", metavar="PATH", help="also write the prediction as JSON")
-
-
-def _engine(spec: str):
-    text = spec.strip()
-    return resolve_engine(json.loads(text) if text.startswith("{") else text)
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the prediction as JSON")
 
 
 def _ms(s: float) -> str:
@@ -132,18 +128,19 @@ def _json_prediction(pred: dict) -> dict:
 def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     """Run the command; ``args`` from the ``llmcomm`` parser, or an argv list (tests, scripts)."""
     if not isinstance(args, argparse.Namespace):
-        parser = argparse.ArgumentParser(prog="llmcomm predict", description=__doc__.splitlines()[0])
+        parser = OneLineParser(prog="llmcomm predict", description=__doc__.splitlines()[0])
         add_arguments(parser)
         args = parser.parse_args(args)
     try:
-        shape = _engine(args.engine)
+        shape = args.engine
+        shape.check_request(args.prompt_len, args.gen_len)
         layouts = ([Layout.parse(x) for x in args.layouts.split(",") if x.strip()] if args.layouts
                    else [Layout(args.tp, args.pp)])
         profile = load_profile(args.hardware)
         dtype = args.dtype or ("fp32" if shape.name == "tiny" else "bf16")
         preds = [predict_case(shape, layout, args.batch, args.prompt_len, args.gen_len, dtype, profile,
                               args.algorithm) for layout in layouts]
-    except (ValueError, LayoutError) as exc:  # LayoutError and JSONDecodeError are ValueErrors
+    except (ValueError, LayoutError) as exc:
         print(f"llmcomm predict: {exc}", file=sys.stderr)
         return 2
     print(format_single(preds[0]) if len(preds) == 1 else format_side_by_side(preds))

@@ -6,11 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+from .args import output_file
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", type=Path,
                         help="report directory holding llmcomm-report.json (the plugin's --llmcomm-report-dir)")
-    parser.add_argument("--out", metavar="FILE", type=Path, default=None,
+    parser.add_argument("--out", metavar="FILE", type=lambda text: Path(output_file(text)), default=None,
                         help="where to write the HTML (default: DIR/llmcomm-report.html)")
 
 

@@ -5,37 +5,41 @@ from __future__ import annotations
 import json
 import sys
 
-from ..engine.config import resolve_engine
 from ..engine.layout import Layout, LayoutError
+from .args import engine_shape, non_negative_int, output_file, positive_float, positive_int
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--engine", default="tiny", help="preset name (tiny, llama-3.1-8b, …)")
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--gen-len", type=int, default=8)
+    parser.add_argument("--engine", default="tiny", type=engine_shape,
+                        help="preset name (tiny, llama-3.1-8b, …), a shape mapping as in specs "
+                             "('{preset: tiny, n_layers: 2}'), or a YAML/JSON file holding one")
+    parser.add_argument("--tp", type=positive_int, default=1)
+    parser.add_argument("--pp", type=positive_int, default=1)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--prompt-len", type=positive_int, default=32)
+    parser.add_argument("--gen-len", type=positive_int, default=8)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions")
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
-    parser.add_argument("--ranks", type=int, default=None, help="ranks available (default: any)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before hung ranks are killed")
-    parser.add_argument("--threads-per-rank", type=int, default=1, help="intra-op threads of each rank")
+    parser.add_argument("--ranks", type=positive_int, default=None, help="ranks available (default: any)")
+    parser.add_argument("--timeout", type=positive_float, default=300.0, help="seconds before hung ranks are killed")
+    parser.add_argument("--threads-per-rank", type=positive_int, default=1, help="intra-op threads of each rank")
     parser.add_argument("--cross-check", action="store_true", help="count ops with torch.profiler too")
     parser.add_argument("--keep-records", action="store_true",
                         help="every call in the run document (default: a bounded summary per op class)")
     parser.add_argument("--inject", action="append", default=[], help="planted fault, e.g. all_reduce:delay=10%%")
-    parser.add_argument("--json", dest="json_path", default=None, help="write the run document here")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
+                        help="write the run document here (its folder must exist)")
 
 
 def config_from_args(args):
     from ..measure import RunConfig
     from ..inject import parse_faults
 
-    return RunConfig(resolve_engine(args.engine), Layout(args.tp, args.pp), batch=args.batch,
+    args.engine.check_request(args.prompt_len, args.gen_len)
+    return RunConfig(args.engine, Layout(args.tp, args.pp), batch=args.batch,
                      prompt_len=args.prompt_len, gen_len=args.gen_len, dtype=args.dtype, repeats=args.repeats,
                      warmup=args.warmup, seed=args.seed, cross_check=args.cross_check, keep_records=args.keep_records,
                      inject=tuple(parse_faults(args.inject)))

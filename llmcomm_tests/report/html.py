@@ -111,7 +111,9 @@ def header_section(doc: SessionReport) -> str:
         ("ranks available", doc.ranks), ("CUDA", env.get("cuda")), ("NCCL", env.get("nccl")),
         ("driver", env.get("driver")), ("python", env.get("python")), ("platform", env.get("platform")),
         ("llmcomm-tests", env.get("llmcomm_tests")),
-        ("NCCL_/GLOO_ variables", " ".join(f"{k}={v}" for k, v in (env.get("variables") or {}).items()) or None),
+        ("communication variables (NCCL_, GLOO_, CUDA_, UCX_, FI_)",
+         " ".join(f"{k}={v}" for k, v in (env.get("variables") or {}).items()) or None),
+        ("NCCL config files", " ".join(f"{k}: {v}" for k, v in (env.get("nccl_config") or {}).items()) or None),
     ]
     options = doc.options or {}
     chosen = {k: v for k, v in options.items() if v not in (None, "", [], ())}
