@@ -469,6 +469,7 @@ class CaseResult:
     error: Optional[str] = None
     properties: list[tuple[str, str]] = field(default_factory=list)
     nodeid: str = ""
+    ab: Optional[dict[str, Any]] = None  # the A/B gate's comparison (llmcomm_tests/ab): no single run then
     hardware_how: str = ""  # how the profile was chosen: --llmcomm-hardware, the spec's hardware:, detected
 
     @property

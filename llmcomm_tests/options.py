@@ -61,6 +61,18 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _python(text: str) -> str | None:
+    """An interpreter for the A/B gate's arm B: an executable file (a name is looked up on PATH)."""
+    import shutil
+
+    if not text:
+        return None
+    found = shutil.which(text)
+    if found is None:
+        raise ValueError("no executable Python interpreter there")
+    return os.path.abspath(found) if os.sep in text else found
+
+
 OPTIONS = (
     Option("gpus", "--gpus", "LLMCOMM_GPUS", "llmcomm_gpus", None, _positive_int,
            "ranks available to a case, >= 1 (default: the CUDA devices torch sees, else 4 CPU ranks on gloo)"),
@@ -84,6 +96,13 @@ OPTIONS = (
            "keep every communication call in the reports (default: a bounded summary per op class)"),
     Option("trace", "--llmcomm-trace", "LLMCOMM_TRACE", "llmcomm_trace", False, _flag,
            "write each case's calls as a Chrome trace (Perfetto): <report dir>/traces/<spec>-<case>.json"),
+    Option("ab", "--llmcomm-ab", "LLMCOMM_AB", "llmcomm_ab", None, _python,
+           "A/B gate: run every case in this session's Python (A) and in PYTHON (B), interleaved in "
+           "seeded AB/BA pairs; the same Python twice is an A/A calibration"),
+    Option("ab_pairs", "--llmcomm-ab-pairs", "LLMCOMM_AB_PAIRS", "llmcomm_ab_pairs", 40, _positive_int,
+           "A/B pair budget per case (sequential stopping may use fewer)"),
+    Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, _positive_int,
+           "seed of the A/B pair order"),
 )
 
 
@@ -100,6 +119,9 @@ class LLMCommOptions:
     baseline_dir: str
     keep_records: bool = False
     trace: bool = False
+    ab: str | None = None
+    ab_pairs: int = 40
+    ab_seed: int = 0
     inject: tuple[str, ...] = ()
 
 

@@ -41,6 +41,10 @@ def run_and_check(case, state) -> CaseResult:
     from .launch import LaunchError
     from .measure import run_case
 
+    if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
+        from .ab.result import case_result
+
+        return case_result(case, state, prediction(case, state.profile_for(case).profile), run_config(case, state))
     try:
         hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
     except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows

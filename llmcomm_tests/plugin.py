@@ -7,6 +7,7 @@ must not import torch: torch is imported when a case runs.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,12 @@ def pytest_collection_modifyitems(config, items):
             state.machine_profile()
         except ValueError as exc:
             raise pytest.UsageError(f"llmcomm: {exc}") from None
+
+
+def pytest_unconfigure(config):
+    gate = sys.modules.get("llmcomm_tests.ab.gate")  # A/B arm servers, if this session started any
+    if gate is not None:
+        gate.close_arms()
 
 
 def pytest_report_header(config):

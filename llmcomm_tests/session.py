@@ -142,8 +142,14 @@ class LLMCommSession:
                  f"({self.hardware_option})" + (", overriding every spec's hardware:" if self.options.hardware else
                                                 "; a spec's hardware: applies to its cases"),
                  f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
+        if self.options.ab:
+            import sys
+
+            lines.append(f"llmcomm A/B gate: arm A {sys.executable}, arm B {self.options.ab}; seeded AB/BA pairs "
+                         f"(seed {self.options.ab_seed}), up to {self.options.ab_pairs} per case")
         if self.options.inject:
-            lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")
+            where = "arm B only" if self.options.ab else "gate self-test"
+            lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} ({where})")
         return lines
 
 

@@ -82,3 +82,91 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     lo = max(0, min(lo, n - 1))
     return xs[lo], xs[max(lo, hi)]
 
+
+
+# -- paired comparisons (A/B gate) ----------------------------------------------------------------
+# Per-pair log ratios d_i = log(B_i / A_i): Wilcoxon's signed-rank test, the Hodges-Lehmann
+# estimate (median of the Walsh averages) and its distribution-free interval.  The interval's
+# order statistics come from the exact null distribution of W+ (no ties assumed: log ratios of
+# measured times are continuous), so a small n gets its true confidence, not a normal approximation.
+
+WILCOXON_ARE = 3 / 3.141592653589793  # asymptotic efficiency vs the t test under normality (0.955)
+
+
+def signed_rank_null(n: int):
+    """P(W+ = k), k = 0 .. n(n+1)/2, under the null (exact; float, so any n)."""
+    import numpy as np
+
+    probs = np.zeros(n * (n + 1) // 2 + 1)
+    probs[0] = 1.0
+    top = 0
+    for i in range(1, n + 1):
+        shifted = np.zeros_like(probs)
+        shifted[i:top + i + 1] = probs[:top + 1]
+        probs = (probs + shifted) / 2
+        top += i
+    return probs
+
+
+def wilcoxon_p(diffs: Sequence[float], alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p value (scipy: exact for n <= 50 without ties or zeros)."""
+    from scipy.stats import wilcoxon
+
+    if len(diffs) == 0 or not any(diffs):
+        return 1.0
+    return float(wilcoxon(diffs, alternative=alternative, method="auto").pvalue)
+
+
+def walsh_averages(diffs: Sequence[float]):
+    """(d_i + d_j) / 2 for i <= j, sorted."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    i, j = np.triu_indices(len(d))
+    return np.sort((d[i] + d[j]) / 2)
+
+
+def hodges_lehmann(diffs: Sequence[float]) -> float:
+    """The one-sample Hodges-Lehmann estimate: the median of the Walsh averages."""
+    import numpy as np
+
+    return float(np.median(walsh_averages(diffs)))
+
+
+def hodges_lehmann_ci(diffs: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, achieved confidence) of the shift, from the Walsh averages' order statistics
+    (Hollander & Wolfe): [w_(k), w_(M+1-k)] with k the largest such that P(W+ <= k-1) <= alpha/2.
+    When n is too small for ``confidence`` the interval is unbounded (-inf, inf)."""
+    n = len(diffs)
+    if n == 0:
+        return float("-inf"), float("inf"), 0.0
+    cdf = signed_rank_null(n).cumsum()
+    alpha = 1 - confidence
+    k = 0
+    while k < len(cdf) and cdf[k] <= alpha / 2:  # P(W+ <= k) <= alpha/2  ->  w_(k+1) is a bound
+        k += 1
+    if k == 0:
+        return float("-inf"), float("inf"), 0.0
+    w = walsh_averages(diffs)
+    achieved = 1 - 2 * float(cdf[k - 1])
+    return float(w[k - 1]), float(w[len(w) - k]), achieved
+
+
+def pairs_needed(sd_log: float, change: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Pairs for a signed-rank test to detect ``change`` (relative) with per-pair log-ratio s.d.
+    ``sd_log``: ((z_{1-alpha/2} + z_power) * sd / ln(1 + change))^2 / ARE (DOMAIN.md §11)."""
+    import math
+
+    z = normal_quantile(1 - alpha / 2) + normal_quantile(power)
+    return max(6, math.ceil((z * sd_log / math.log1p(change)) ** 2 / WILCOXON_ARE))
+
+
+def min_detectable_change(sd_log: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest relative change n pairs detect with ``power`` (t quantiles, df n-1, scaled by
+    the signed-rank test's efficiency)."""
+    import math
+
+    if n < 2:
+        return float("inf")
+    q = t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)
+    return math.expm1(q * sd_log / math.sqrt(n * WILCOXON_ARE))

@@ -52,10 +52,8 @@ def _load(path: Path) -> dict:
         return yaml.safe_load(f)
 
 
-def _github_job() -> dict:
-    doc = _load(GITHUB)
-    (job,) = doc["jobs"].values()
-    return job
+def _github_job(name: str = "slo") -> dict:
+    return _load(GITHUB)["jobs"][name]
 
 
 def _github_step(job: dict, *, uses: str | None = None, step_id: str | None = None) -> dict:
@@ -65,11 +63,10 @@ def _github_step(job: dict, *, uses: str | None = None, step_id: str | None = No
     raise AssertionError(f"no step {uses or step_id} in {GITHUB.name}")
 
 
-def _gitlab_job() -> dict:
+def _gitlab_job(name: str = "llmcomm-slo") -> dict:
     doc = _load(GITLAB)
-    jobs = {k: v for k, v in doc.items() if isinstance(v, dict) and "script" in v}
-    (job,) = jobs.values()
-    return job
+    assert {k for k, v in doc.items() if isinstance(v, dict) and "script" in v} == {"llmcomm-slo", "llmcomm-ab"}
+    return doc[name]
 
 
 # -- structure -------------------------------------------------------------------------------------
@@ -132,6 +129,29 @@ def test_both_templates_run_the_same_test_step():
     github = [line for line in _github_step(_github_job(), step_id="slo")["run"].splitlines() if line.strip()]
     gitlab = [line for entry in _gitlab_job()["script"] for line in entry.splitlines() if line.strip()]
     assert github == gitlab
+
+
+def test_ab_jobs_build_two_environments_and_run_the_gate():
+    github, gitlab = _github_job("ab"), _gitlab_job("llmcomm-ab")
+    install = _github_step(github, step_id="ab-install")["run"]
+    gate = _github_step(github, step_id="ab")["run"]
+    for text in (install, "\n".join(gitlab["before_script"])):
+        assert ".venv-$arm" in text and "AB_${arm^^}_INSTALL" in text and "pip install -e ." in text
+    for text in (gate, "\n".join(gitlab["script"])):
+        assert "llmcomm_tests.commands ab --pairs \"$AB_PAIRS\" .venv-old/bin/python .venv-new/bin/python --" in text
+        assert "junit.xml" in text and "llmcomm_tests.commands report" in text
+    assert [line for line in gate.splitlines() if line.strip()] == \
+        [line for entry in gitlab["script"] for line in entry.splitlines() if line.strip()]
+    assert _github_step(github, uses="mikepenz/action-junit-report")["if"] == "always()"
+    assert "*.html" in _github_step(github, uses="actions/upload-artifact")["with"]["path"]
+    assert gitlab["artifacts"]["reports"]["junit"] == "reports-ab/junit.xml"
+    # the command line the job runs parses to the gate's pytest call
+    from llmcomm_tests.commands import ab, build_parser
+
+    args = build_parser("ab").parse_args(["ab", "--pairs", "40", "python3", "python3", "--", "slo_specs", "--gpus", "8"])
+    cmd = ab.command(args)
+    assert cmd[1:5] == ["-m", "pytest", cmd[3], "--llmcomm-ab-pairs=40"] and cmd[3].startswith("--llmcomm-ab=")
+    assert cmd[-3:] == ["slo_specs", "--gpus", "8"]
 
 
 def test_readme_documents_every_variable():

@@ -1,4 +1,4 @@
-"""llmcomm command line: run | predict | calibrate | bench-comm | report | budgets.
+"""llmcomm command line: run | predict | calibrate | bench-comm | report | budgets | ab.
 
 Every subcommand is a module of this package with ``add_arguments(parser)`` and ``main(args)``;
 this module only wires them together and keeps torch out of ``--help``.
@@ -19,6 +19,7 @@ COMMANDS = {
     "bench-comm": ("llmcomm_tests.commands.bench_comm", "nccl-tests-style size sweep over torch.distributed"),
     "report": ("llmcomm_tests.commands.report", "build the HTML report from a report directory"),
     "budgets": ("llmcomm_tests.commands.budgets", "suggest SLO budgets from a measured session (a stated margin)"),
+    "ab": ("llmcomm_tests.commands.ab", "A/B gate: pytest with every case run in two Python environments"),
 }
 
 

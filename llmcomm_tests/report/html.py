@@ -47,7 +47,7 @@ def esc(value) -> str:
 
 def status_of(item: CaseResult) -> str:
     """pass | fail | error (the case could not run)."""
-    if item.error or item.run is None:
+    if item.error or (item.run is None and item.ab is None):
         return "error"
     return "pass" if item.verdict.passed else "fail"
 
