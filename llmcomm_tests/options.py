@@ -29,6 +29,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _backend(text: str) -> str:
     if text not in ("auto", "gloo", "nccl"):
         raise ValueError("must be auto, gloo or nccl")
@@ -101,7 +108,7 @@ OPTIONS = (
            "seeded AB/BA pairs; the same Python twice is an A/A calibration"),
     Option("ab_pairs", "--llmcomm-ab-pairs", "LLMCOMM_AB_PAIRS", "llmcomm_ab_pairs", 40, _positive_int,
            "A/B pair budget per case (sequential stopping may use fewer)"),
-    Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, _positive_int,
+    Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, _seed,
            "seed of the A/B pair order"),
 )
 
