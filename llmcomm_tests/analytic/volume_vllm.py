@@ -1,0 +1,83 @@
+"""vLLM's data-plane volume, derived from our engine's enumeration (``volume.forward_ops``).
+
+vLLM (V1 engine, offline ``LLM``, multiprocessing executor; ``vllm/distributed/parallel_state.py``,
+``model_executor/layers/logits_processor.py``, ``v1/worker/gpu_worker.py``) moves the same
+activations as our engine, with these differences, each applied to our logical ops below:
+
+1. Logits: ``LogitsProcessor._gather_logits`` all-gathers (``Platform.use_all_gather()`` is True on
+   every platform in V1) the last-position logits [b, v/t] over the last stage's TP group, so every
+   TP rank samples itself: an ``all_gather`` of b·(v/t) elements per rank (wire (t−1)·m on every
+   rank) where our engine gathers to one sampler (wire m off the root, 0 at the root).
+2. No next-input-id broadcast inside stage 0's TP group (our ``tokens.broadcast``): the scheduler
+   sends every step's input ids to every worker in its RPC message (control plane: vLLM's
+   shared-memory message queue, recorded apart as ``mq_read`` records, not in this model).
+3. No sampled ids back to global rank 0 under PP (our ``pp.tokens``): the last stage's worker
+   returns its output to the engine core over the response message queue (control plane).
+4. PP boundaries: ``isend_tensor_dict``/``irecv_tensor_dict`` of {hidden_states, residual}, each
+   [b·s, h], with the all-gather optimisation under TP (each TP rank sends its 1/t slice, the
+   receiving TP group all-gathers): the same bytes as ours.  The tensor dict's metadata is pickled
+   over the CPU group (or inside the shared-memory message on CPU): control plane.
+5. Activations are [b·s, h] (tokens flattened) instead of [b, s, h]: same element counts.
+
+Byte conventions are ours (docs/communication.md): ``bytes`` = the call's payload on this rank,
+``wire_bytes`` = what a ring algorithm would put on the wire.  vLLM's CPU shared-memory
+collectives are not rings; the convention keeps frameworks comparable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from ..engine.config import EngineShape
+from ..engine.layout import Layout
+from ..tags import site_class
+from .volume import Call, LogicalOp, _rows, forward_kinds
+
+DROPPED_SITES = ("tokens.broadcast", "pp.tokens")  # control plane in vLLM (differences 2, 3)
+
+
+def vllm_op(op: LogicalOp) -> LogicalOp | None:
+    """Our logical op → vLLM's (None where vLLM has no data-plane op)."""
+    if op.site in DROPPED_SITES:
+        return None
+    if op.op == "gather" and op.site == "lm_head":  # difference 1
+        t = op.group_size
+        calls = tuple(Call(c.rank, "all_gather", op.bytes, (t - 1) * op.bytes) for c in op.calls)
+        return replace(op, op="all_gather", calls=calls)
+    return op
+
+
+def vllm_forward_kinds(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
+                       dtype: str = "fp32"):
+    """``[(phase, forwards, vLLM's logical ops of one)]``, as ``volume.forward_kinds``."""
+    out = []
+    for phase, n, ops in forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
+        out.append((phase, n, [v for v in map(vllm_op, ops) if v is not None]))
+    return out
+
+
+def predict_volume_vllm(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
+                        dtype: str = "fp32") -> list[dict]:
+    """Rows ``{op, phase, site, count, bytes, wire_bytes}`` summed over ranks, as
+    ``volume.predict_volume``, for vLLM's data plane."""
+    table: dict = defaultdict(lambda: [0, 0, 0])
+    for phase, n, ops in vllm_forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
+        for op in ops:
+            for call in op.calls:
+                acc = table[(call.op, phase, site_class(op.site))]
+                acc[0] += n
+                acc[1] += n * call.bytes
+                acc[2] += n * call.wire_bytes
+    return _rows(table, ("op", "phase", "site"))
+
+
+def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
+                dtype: str = "fp32") -> list[dict]:
+    """The volume model of ``framework`` (ours and transformers share our engine's pattern for the
+    ops they record; see docs/communication.md)."""
+    if framework == "vllm":
+        return predict_volume_vllm(shape, layout, batch, prompt_len, gen_len, dtype)
+    from .volume import predict_volume
+
+    return predict_volume(shape, layout, batch, prompt_len, gen_len, dtype)
