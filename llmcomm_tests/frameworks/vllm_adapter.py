@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,12 +77,22 @@ def request_of(cfg, checkpoint: str | None) -> dict:
 
 
 def _error_line(log: str) -> str:
-    """The most telling line of a failed vLLM run: its last exception or assertion."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    for needle in ("AssertionError", "assert ", "Error:", "Error", "Exception"):
-        hits = [ln for ln in lines if needle in ln and "is ignored" not in ln]
-        if hits:
-            return hits[-1][:400]
+    """The most telling line of a failed vLLM run: its first worker/engine exception (what the
+    others then fail on), with the failing ``assert`` statement for a bare AssertionError."""
+    prefix = re.compile(r"^\(\S+ pid=\d+\) (ERROR|WARNING|INFO|DEBUG) \S+ \S+ \[[^]]*\] ?")
+    # vLLM logs harmless tracebacks as warnings (e.g. its chat-template warm-up without a
+    # tokenizer): only error lines and plain output count.
+    lines = [prefix.sub("", ln.strip()).strip() for ln in log.splitlines()
+             if ln.strip() and not re.match(r"^\(\S+ pid=\d+\) (WARNING|INFO|DEBUG) ", ln.strip())]
+    for i, ln in enumerate(lines):
+        m = re.match(r"^(\w+(Error|Exception))(: .*)?$", ln)
+        if not m:
+            continue
+        if m.group(1) == "AssertionError" and not m.group(3):
+            stmt = next((p for p in reversed(lines[max(0, i - 4):i]) if p.startswith("assert ")), None)
+            if stmt:
+                return f"AssertionError: {stmt}"[:400]
+        return ln[:400]
     return lines[-1][:400] if lines else "no output"
 
 
@@ -127,6 +138,8 @@ def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = Non
                                   f"{_error_line(log_path.read_text())}", list(range(world)))
             finally:
                 _kill_group(proc)  # workers vLLM left behind
+        if os.environ.get("LLMCOMM_VLLM_LOG_DIR"):  # keep vLLM's own log for a post-mortem
+            shutil.copy(log_path, Path(os.environ["LLMCOMM_VLLM_LOG_DIR"]) / f"vllm-{cfg.layout}-{os.getpid()}.log")
         if rc != 0 or not (work / "result.json").exists():
             raise RankFailed(f"vLLM {cfg.layout} failed (exit {rc}): {_error_line(log_path.read_text())}",
                              list(range(world)))
