@@ -61,7 +61,6 @@ def checkpoint_key(shape: EngineShape, seed: int, dtype: str) -> str:
 
 def write_checkpoint(shape: EngineShape, folder: Path, seed: int = 0, dtype: str = "fp32") -> Path:
     """Write the checkpoint into ``folder`` (created)."""
-    import torch
     from safetensors.torch import save_file
 
     from ..engine.parallel import TORCH_DTYPES
@@ -72,7 +71,6 @@ def write_checkpoint(shape: EngineShape, folder: Path, seed: int = 0, dtype: str
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config(shape, dtype), indent=1))
     (folder / "generation_config.json").write_text(json.dumps({"do_sample": False}))
-    del torch
     return folder
 
 

@@ -1,4 +1,8 @@
-"""vLLM's data-plane volume, derived from our engine's enumeration (``volume.forward_ops``).
+"""vLLM's and transformers' data-plane volume, derived from our engine's enumeration
+(``volume.forward_ops``): each framework's logical ops are ours, transformed.
+
+vLLM
+----
 
 vLLM (V1 engine, offline ``LLM``, multiprocessing executor; ``vllm/distributed/parallel_state.py``,
 ``model_executor/layers/logits_processor.py``, ``v1/worker/gpu_worker.py``) moves the same
@@ -19,6 +23,14 @@ activations as our engine, with these differences, each applied to our logical o
    over the CPU group (or inside the shared-memory message on CPU): control plane.
 5. Activations are [b·s, h] (tokens flattened) instead of [b, s, h]: same element counts.
 
+transformers (5.x, ``DistributedConfig(tp_size=t)``, Llama's ``base_model_tp_plan``)
+------------------------------------------------------------------------------------
+6. The embedding is replicated (no ``embed_tokens`` rule in the plan): no embedding all-reduce.
+7. ``lm_head`` is ``colwise_gather_output``: an all-gather of the last position's logits [b, 1, v/t]
+   (``logits_to_keep=1``), as vLLM's (difference 1); every rank takes the argmax itself, so there
+   is no token broadcast (difference 2).  o_proj / down_proj are ``rowwise``: one all-reduce each,
+   as ours.  Pipeline parallel is not run (the adapter refuses it).
+
 Byte conventions are ours (docs/communication.md): ``bytes`` = the call's payload on this rank,
 ``wire_bytes`` = what a ring algorithm would put on the wire.  vLLM's CPU shared-memory
 collectives are not rings; the convention keeps frameworks comparable.
@@ -34,12 +46,17 @@ from ..engine.layout import Layout
 from ..tags import site_class
 from .volume import Call, LogicalOp, _rows, forward_kinds
 
-DROPPED_SITES = ("tokens.broadcast", "pp.tokens")  # control plane in vLLM (differences 2, 3)
+FRAMEWORKS = ("ours", "vllm", "transformers")
+# Sites of ours with no data-plane op in the framework.
+DROPPED_SITES = {
+    "vllm": ("tokens.broadcast", "pp.tokens"),  # control plane in vLLM (differences 2, 3)
+    "transformers": ("tokens.broadcast", "pp.tokens", "embed"),  # differences 6, 7
+}
 
 
-def vllm_op(op: LogicalOp) -> LogicalOp | None:
-    """Our logical op → vLLM's (None where vLLM has no data-plane op)."""
-    if op.site in DROPPED_SITES:
+def framework_op(framework: str, op: LogicalOp) -> LogicalOp | None:
+    """Our logical op → the framework's (None where it has no data-plane op)."""
+    if op.site in DROPPED_SITES[framework]:
         return None
     if op.op == "gather" and op.site == "lm_head":  # difference 1
         t = op.group_size
@@ -48,21 +65,28 @@ def vllm_op(op: LogicalOp) -> LogicalOp | None:
     return op
 
 
-def vllm_forward_kinds(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
-                       dtype: str = "fp32"):
-    """``[(phase, forwards, vLLM's logical ops of one)]``, as ``volume.forward_kinds``."""
+def framework_forward_kinds(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int,
+                            gen_len: int, dtype: str = "fp32"):
+    """``[(phase, forwards, the framework's logical ops of one)]``, as ``volume.forward_kinds``."""
     out = []
     for phase, n, ops in forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
-        out.append((phase, n, [v for v in map(vllm_op, ops) if v is not None]))
+        mapped = [framework_op(framework, op) for op in ops]
+        out.append((phase, n, [op for op in mapped if op is not None]))
     return out
 
 
-def predict_volume_vllm(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
-                        dtype: str = "fp32") -> list[dict]:
-    """Rows ``{op, phase, site, count, bytes, wire_bytes}`` summed over ranks, as
-    ``volume.predict_volume``, for vLLM's data plane."""
+def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
+                dtype: str = "fp32") -> list[dict]:
+    """Rows ``{op, phase, site, count, bytes, wire_bytes}`` summed over ranks for ``framework``'s data
+    plane, as ``volume.predict_volume`` (which it equals for ``ours``)."""
+    if framework == "ours":
+        from .volume import predict_volume
+
+        return predict_volume(shape, layout, batch, prompt_len, gen_len, dtype)
+    if framework not in DROPPED_SITES:
+        raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
     table: dict = defaultdict(lambda: [0, 0, 0])
-    for phase, n, ops in vllm_forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
+    for phase, n, ops in framework_forward_kinds(framework, shape, layout, batch, prompt_len, gen_len, dtype):
         for op in ops:
             for call in op.calls:
                 acc = table[(call.op, phase, site_class(op.site))]
@@ -71,13 +95,3 @@ def predict_volume_vllm(shape: EngineShape, layout: Layout, batch: int, prompt_l
                 acc[2] += n * call.wire_bytes
     return _rows(table, ("op", "phase", "site"))
 
-
-def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
-                dtype: str = "fp32") -> list[dict]:
-    """The volume model of ``framework`` (ours and transformers share our engine's pattern for the
-    ops they record; see docs/communication.md)."""
-    if framework == "vllm":
-        return predict_volume_vllm(shape, layout, batch, prompt_len, gen_len, dtype)
-    from .volume import predict_volume
-
-    return predict_volume(shape, layout, batch, prompt_len, gen_len, dtype)
