@@ -21,17 +21,19 @@ def run_config(case, state):
 
 def prediction(case, profile) -> dict:
     from .analytic.e2e import predict_case
-    from .analytic.volume import predict_volume
+    from .analytic.volume_frameworks import predict_for
 
+    # Each framework has its own volume pattern (docs/communication.md); latency stays ours.
+    volume = predict_for(getattr(case, "framework", "ours"), case.engine, case.layout, case.batch, case.prompt_len,
+                         case.gen_len, case.dtype)
     if profile is None:
-        return {"volume": predict_volume(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len,
-                                         case.dtype)}
+        return {"volume": volume}
     doc = predict_case(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype, profile)
-    return {"volume": doc["volume"], "latency": doc["latency"], "metrics": doc["metrics"]}
+    return {"volume": volume, "latency": doc["latency"], "metrics": doc["metrics"]}
 
 
 def run_and_check(case, state) -> dict:
-    from .execute import run_case
+    from .frameworks.base import run_case
     from .launch import LaunchError
 
     profile = state.profile()
@@ -39,8 +41,8 @@ def run_and_check(case, state) -> dict:
     result = {"spec": case.spec_name, "path": str(case.path), "case_id": case.id, "hardware": state.hardware,
               "backend": state.backend, "env": state.env, "prediction": predicted, "run": None, "error": None}
     try:
-        doc = run_case(run_config(case, state), backend=state.backend, timeout_s=state.options.timeout,
-                       available_ranks=state.ranks)
+        doc = run_case(getattr(case, "framework", "ours"), run_config(case, state), backend=state.backend,
+                       timeout_s=state.options.timeout, available_ranks=state.ranks)
     except LaunchError as exc:
         verdict = Verdict(case.id, [row("run", "launch", "fail", detail=str(exc).splitlines()[0])])
         result.update(error=str(exc), verdict=verdict.to_dict(), properties=[("llmcomm.error", str(exc)[:2000])])
