@@ -27,7 +27,7 @@ TINY = PRESETS["tiny"]
 
 
 def _cfg(tp: int, pp: int = 1, inject=(), repeats: int = 2):
-    from llmcomm_tests.execute import RunConfig
+    from llmcomm_tests.measure import RunConfig
 
     return RunConfig(TINY, Layout(tp, pp), batch=1, prompt_len=32, gen_len=8, repeats=repeats, warmup=1,
                      inject=tuple(parse_faults(inject)))
@@ -40,7 +40,7 @@ def _failed(doc: dict, framework: str, layout: Layout) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ours_tp2():
-    from llmcomm_tests.execute import run_case
+    from llmcomm_tests.measure import run_case
 
     return run_case(_cfg(2), backend="gloo")
 

@@ -43,7 +43,7 @@ from dataclasses import replace
 
 from ..engine.config import EngineShape
 from ..engine.layout import Layout
-from ..tags import site_class
+from ..contract import site_class
 from .volume import Call, LogicalOp, _rows, forward_kinds
 
 FRAMEWORKS = ("ours", "vllm", "transformers")

@@ -1,6 +1,6 @@
 """One interface over the engines a case can run in: ``framework: ours | vllm | transformers``.
 
-Every adapter takes the same :class:`~llmcomm_tests.execute.RunConfig` and returns the same run
+Every adapter takes the same :class:`~llmcomm_tests.measure.RunConfig` and returns the same run
 document (``llmcomm.run/1``: tokens, per-token times, metrics, op records in our schema), so the
 volume model, timing checks and reports do not care which engine ran.  An adapter whose framework
 is not installed says so with the install command (:func:`missing`), and the case is skipped with
@@ -31,7 +31,7 @@ def run_case(framework: str, cfg, *, backend: str = "auto", timeout_s: float = 3
              available_ranks: int | None = None) -> dict:
     """Run ``cfg`` in ``framework`` and return its run document."""
     if framework == "ours":
-        from ..execute import run_case as ours
+        from ..measure import run_case as ours
 
         return ours(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
     if framework == "vllm":

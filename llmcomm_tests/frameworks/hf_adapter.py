@@ -39,7 +39,7 @@ class Unsupported(ValueError):
 def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_ranks: int | None = None,
              checkpoint: str | None = None) -> dict:
     from .. import launch
-    from ..execute import assemble
+    from ..measure import assemble
     from .checkpoint import ensure_checkpoint
 
     cfg.layout.validate(cfg.engine, available_ranks)
@@ -58,7 +58,7 @@ def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_
 
 
 def _hook_sites(model) -> None:
-    from .. import tags
+    from .. import position
     from .vllm_plugin import site_of
 
     for name, module in model.named_modules():
@@ -68,11 +68,11 @@ def _hook_sites(model) -> None:
         saved: list[str] = []
 
         def pre(_m, _inputs, _site=site, _saved=saved):
-            _saved.append(tags.site)
-            tags.site = _site
+            _saved.append(position.site)
+            position.site = _site
 
         def post(_m, _inputs, _output, _saved=saved):
-            tags.site = _saved.pop()
+            position.site = _saved.pop()
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
@@ -85,25 +85,25 @@ def _generate(model, prompt, gen_len: int) -> tuple[list[list[int]], list[float]
 
     from transformers import DynamicCache
 
-    from .. import tags
+    from .. import position
 
     cache = DynamicCache()
     tokens, times = [], []
     ids = prompt
     start = time.perf_counter()
     for step in range(gen_len):
-        tags.set_phase("prefill" if step == 0 else "decode", step)
+        position.set_phase("prefill" if step == 0 else "decode", step)
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         next_ids = out.logits[:, -1].argmax(dim=-1)
         tokens.append(next_ids.tolist())
         times.append(time.perf_counter() - start)
         ids = next_ids[:, None]
-    tags.set_phase("none", -1)
+    position.set_phase("none", -1)
     return [list(col) for col in zip(*tokens)], times
 
 
 def rank_run(ctx, cfg, folder: str) -> dict:
-    """Rank side: load the sharded model, record, warm up, time repetitions (as ``execute.rank_run``)."""
+    """Rank side: load the sharded model, record, warm up, time repetitions (as ``measure.rank_run``)."""
     import time
 
     import torch
@@ -112,7 +112,7 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ..engine.parallel import TORCH_DTYPES
-    from ..execute import environment
+    from ..measure import environment
     from ..inject import install_faults
     from ..record import Recorder
 

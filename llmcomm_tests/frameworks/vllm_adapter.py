@@ -108,7 +108,7 @@ def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = Non
              checkpoint: str | None = None) -> dict:
     """Run ``cfg`` (a ``RunConfig``) in vLLM; the run document has our schema plus ``framework``
     and ``control_ops`` (control-plane records, kept out of the volume check)."""
-    from ..execute import assemble
+    from ..measure import assemble
     from ..launch import LaunchError, RankFailed, RankTimeout
 
     python = vllm_python()

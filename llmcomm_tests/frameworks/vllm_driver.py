@@ -18,7 +18,7 @@ import time
 
 
 def _prompts(request: dict) -> list[list[int]]:
-    """The same prompts as our engine's run (``execute.rank_run``): seeded by ``seed + 1``."""
+    """The same prompts as our engine's run (``measure.rank_run``): seeded by ``seed + 1``."""
     import torch
 
     gen = torch.Generator().manual_seed(request["seed"] + 1)

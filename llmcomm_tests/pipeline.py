@@ -10,7 +10,7 @@ from .checks import Verdict, evaluate, row
 
 
 def run_config(case, state):
-    from .execute import RunConfig
+    from .measure import RunConfig
     from .inject import parse_faults
 
     repeats = state.options.repeats if state.options.repeats is not None else case.repeats
