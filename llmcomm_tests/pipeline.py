@@ -47,6 +47,11 @@ def run_and_check(case, state) -> dict:
         verdict = Verdict(case.id, [row("run", "launch", "fail", detail=str(exc).splitlines()[0])])
         result.update(error=str(exc), verdict=verdict.to_dict(), properties=[("llmcomm.error", str(exc)[:2000])])
         return result
+    if doc.get("framework", {}).get("tp_plan") is not None:  # transformers: its plan's embedding rule
+        from .analytic.volume_frameworks import predict_for
+
+        predicted["volume"] = predict_for("transformers", case.engine, case.layout, case.batch, case.prompt_len,
+                                          case.gen_len, case.dtype, tp_plan=doc["framework"]["tp_plan"])
     verdict = evaluate(case, doc, predicted["volume"], profile, state.hardware)
     if state.options.baseline_compare or state.options.baseline_save:
         from . import baseline

@@ -34,7 +34,7 @@ def _cfg(tp: int, pp: int = 1, inject=(), repeats: int = 2):
 
 
 def _failed(doc: dict, framework: str, layout: Layout) -> list[str]:
-    predicted = predict_for(framework, TINY, layout, 1, 32, 8)
+    predicted = predict_for(framework, TINY, layout, 1, 32, 8, tp_plan=doc.get("framework", {}).get("tp_plan"))
     return [f"{r['name']}: {r['detail']}" for r in volume_rows(doc["volume"], predicted) if r["verdict"] != "pass"]
 
 
@@ -67,9 +67,14 @@ def test_vllm_model_tp2_by_hand():
     assert rows[("all_gather", "decode", "lm_head")]["wire_bytes"] == 2 * 7 * 512 * 4  # (t-1)·m on each rank
 
 
-def test_transformers_model_has_no_embedding_all_reduce():
-    sites = {(r["op"], r["site"]) for r in predict_for("transformers", TINY, Layout(2, 1), 1, 32, 8)}
-    assert sites == {("all_reduce", "attn"), ("all_reduce", "mlp"), ("all_gather", "lm_head")}
+def test_transformers_model_follows_the_plans_embedding_rule():
+    plan = {"layers.*.self_attn.o_proj": "rowwise", "layers.*.mlp.down_proj": "rowwise"}
+    sites = {(r["op"], r["site"]) for r in predict_for("transformers", TINY, Layout(2, 1), 1, 32, 8, tp_plan=plan)}
+    assert sites == {("all_reduce", "attn"), ("all_reduce", "mlp"), ("all_gather", "lm_head")}  # 5.19
+    plan["embed_tokens"] = "embedding_rowwise"  # what later releases add
+    sharded = predict_for("transformers", TINY, Layout(2, 1), 1, 32, 8, tp_plan=plan)
+    assert [r for r in sharded if r["site"] == "embed"] == [
+        r for r in predict_for("vllm", TINY, Layout(2, 1), 1, 32, 8) if r["site"] == "embed"]
 
 
 def test_vllm_pp_boundary_is_ours_without_token_transfers():
@@ -150,6 +155,7 @@ def test_transformers_tp2_tokens_and_exact_volume(ours_tp2):
     assert doc["volume_stable"]
     assert _failed(doc, "transformers", Layout(2, 1)) == []
     assert doc["metrics"]["tpot"]["p50"] > 0 and doc["framework"]["name"] == "transformers"
+    assert any(k.endswith("layers.*.self_attn.o_proj") for k in doc["framework"]["tp_plan"])
 
 
 def test_transformers_planted_extra_all_reduce_fails_volume():

@@ -25,7 +25,11 @@ activations as our engine, with these differences, each applied to our logical o
 
 transformers (5.x, ``DistributedConfig(tp_size=t)``, Llama's ``base_model_tp_plan``)
 ------------------------------------------------------------------------------------
-6. The embedding is replicated (no ``embed_tokens`` rule in the plan): no embedding all-reduce.
+6. The embedding follows the model's effective TP plan, which changed between releases: 5.19
+   leaves ``embed_tokens`` replicated (no rule: no embedding all-reduce); later releases
+   (``distributed/mixin.py``, seen in 5.24) add ``embed_tokens: embedding_rowwise`` (vocab-parallel:
+   one all-reduce, as ours).  The adapter reports the plan it ran with (``framework.tp_plan``) and
+   the model takes the embedding rule from it; every other op is fixed here.
 7. ``lm_head`` is ``colwise_gather_output``: an all-gather of the last position's logits [b, 1, v/t]
    (``logits_to_keep=1``), as vLLM's (difference 1); every rank takes the argmax itself, so there
    is no token broadcast (difference 2).  o_proj / down_proj are ``rowwise``: one all-reduce each,
@@ -50,13 +54,20 @@ FRAMEWORKS = ("ours", "vllm", "transformers")
 # Sites of ours with no data-plane op in the framework.
 DROPPED_SITES = {
     "vllm": ("tokens.broadcast", "pp.tokens"),  # control plane in vLLM (differences 2, 3)
-    "transformers": ("tokens.broadcast", "pp.tokens", "embed"),  # differences 6, 7
+    "transformers": ("tokens.broadcast", "pp.tokens"),  # difference 7
 }
 
 
-def framework_op(framework: str, op: LogicalOp) -> LogicalOp | None:
+def embedding_sharded(tp_plan: dict | None) -> bool:
+    """Whether a transformers TP plan shards the input embedding (difference 6)."""
+    return any(key.split(".")[-1] == "embed_tokens" for key in (tp_plan or {}))
+
+
+def framework_op(framework: str, op: LogicalOp, tp_plan: dict | None = None) -> LogicalOp | None:
     """Our logical op → the framework's (None where it has no data-plane op)."""
     if op.site in DROPPED_SITES[framework]:
+        return None
+    if framework == "transformers" and op.site == "embed" and not embedding_sharded(tp_plan):
         return None
     if op.op == "gather" and op.site == "lm_head":  # difference 1
         t = op.group_size
@@ -66,19 +77,20 @@ def framework_op(framework: str, op: LogicalOp) -> LogicalOp | None:
 
 
 def framework_forward_kinds(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int,
-                            gen_len: int, dtype: str = "fp32"):
+                            gen_len: int, dtype: str = "fp32", tp_plan: dict | None = None):
     """``[(phase, forwards, the framework's logical ops of one)]``, as ``volume.forward_kinds``."""
     out = []
     for phase, n, ops in forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
-        mapped = [framework_op(framework, op) for op in ops]
+        mapped = [framework_op(framework, op, tp_plan) for op in ops]
         out.append((phase, n, [op for op in mapped if op is not None]))
     return out
 
 
 def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int,
-                dtype: str = "fp32") -> list[dict]:
+                dtype: str = "fp32", tp_plan: dict | None = None) -> list[dict]:
     """Rows ``{op, phase, site, count, bytes, wire_bytes}`` summed over ranks for ``framework``'s data
-    plane, as ``volume.predict_volume`` (which it equals for ``ours``)."""
+    plane, as ``volume.predict_volume`` (which it equals for ``ours``).  ``tp_plan``: the TP plan
+    transformers reported running with (its embedding rule; see difference 6)."""
     if framework == "ours":
         from .volume import predict_volume
 
@@ -86,7 +98,8 @@ def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, 
     if framework not in DROPPED_SITES:
         raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
     table: dict = defaultdict(lambda: [0, 0, 0])
-    for phase, n, ops in framework_forward_kinds(framework, shape, layout, batch, prompt_len, gen_len, dtype):
+    for phase, n, ops in framework_forward_kinds(framework, shape, layout, batch, prompt_len, gen_len, dtype,
+                                                 tp_plan):
         for op in ops:
             for call in op.calls:
                 acc = table[(call.op, phase, site_class(op.site))]

@@ -52,7 +52,7 @@ def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_
                              timeout_s=timeout_s)
     doc = assemble(cfg, backend, per_rank)
     doc["framework"] = {"name": "transformers", "version": per_rank[0]["env"]["transformers"],
-                        "startup_s": per_rank[0]["startup_s"]}
+                        "startup_s": per_rank[0]["startup_s"], "tp_plan": per_rank[0]["tp_plan"]}
     doc["control_ops"] = []
     return doc
 
@@ -143,8 +143,11 @@ def rank_run(ctx, cfg, folder: str) -> dict:
             recorder.active = False
             if ctx.rank == 0:
                 generations.append({"tokens": tokens, "token_times_s": times})
+    # The plan transformers applied (it differs between releases): the volume model reads its
+    # embedding rule from it.
+    plan = getattr(model, "tp_plan", None) or getattr(model, "_tp_plan", None) or {}
     result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": generations, "logits": None,
-              "env": None, "startup_s": startup_s}
+              "env": None, "startup_s": startup_s, "tp_plan": {str(k): str(v) for k, v in dict(plan).items()}}
     if ctx.rank == 0:
         result["env"] = dict(environment(ctx), transformers=transformers.__version__)
     for installed in reversed(faults):

@@ -83,6 +83,7 @@ def register() -> None:
     _patch_group_coordinator()
     _patch_worker()
     _patch_message_queue()
+    _tune_spin_wait()
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def _rank() -> int:
 
 
 def _wire(op: str, nbytes: int, size: int, group_rank: int, root: int) -> int:
-    from ..contract import wire_bytes
+    from ..record import wire_bytes
 
     return wire_bytes(op, nbytes, size, group_rank, root)
 
@@ -145,7 +146,7 @@ def _at_site(name: str):
 def _faults_for(op: str) -> list:
     if not state.active or state.in_fault or not state.faults:
         return []
-    from ..contract import site_class
+    from ..tags import site_class
 
     return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
 
@@ -470,3 +471,21 @@ def _patch_message_queue() -> None:
                                  "nbytes": nbytes}
 
     MQ.acquire_read = read
+
+
+def _tune_spin_wait() -> None:
+    """``LLMCOMM_VLLM_MQ_BUSY_LOOP_S``: how long a message-queue reader spins (``sched_yield``)
+    after its last message before it blocks on the queue's zmq socket.  vLLM 0.32 hard-codes 1 s,
+    so during generation its workers and engine core never block; on an oversubscribed CPU host
+    the spinners take cores from the workers' compute.  Unset: vLLM's own value (nothing changes)."""
+    value = os.environ.get("LLMCOMM_VLLM_MQ_BUSY_LOOP_S")
+    if not value:
+        return
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    init = shm_broadcast.SpinCondition.__init__
+
+    def spin_init(self, is_reader, context, notify_address, busy_loop_s: float = 1):
+        init(self, is_reader, context, notify_address, busy_loop_s=float(value) if is_reader else busy_loop_s)
+
+    shm_broadcast.SpinCondition.__init__ = spin_init
