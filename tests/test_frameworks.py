@@ -244,3 +244,19 @@ def test_vllm_pp2_generates():
         assert "assert self.intermediate_tensors is not None" in str(exc)
         raise
     assert _failed(doc, "vllm", Layout(1, 2)) == []
+
+
+def test_plugin_records_become_rank_ops():
+    pytest.importorskip("numpy")
+    from llmcomm_tests.frameworks.records import to_rank_ops
+
+    base_rec = {"rank": 1, "op": "all_reduce", "group": [0, 1], "dtype": "float32", "numel": 256, "bytes": 1024,
+                "wire_bytes": 1024, "phase": "decode", "site": "layer0.attn.o_proj", "peer": None,
+                "duration_s": 1e-4}
+    records = [dict(base_rec, rep=0, step=s, start_ns=100 * s) for s in (1, 2)]
+    records.append(dict(base_rec, rep=0, step=1, start_ns=50, site="embed", duration_s=None))
+    records.append(dict(base_rec, rank=0, rep=0, step=1, start_ns=7))
+    ops = to_rank_ops(1, records)
+    assert len(ops) == 3 and len(ops.classes) == 2
+    assert [ops.classes[c].site for c in ops.cls] == ["layer0.attn.o_proj", "layer0.attn.o_proj", "embed"]
+    assert list(ops.step) == [1, 2, 1] and ops.duration_s[0] == 1e-4 and ops.duration_s[2] != ops.duration_s[2]

@@ -112,12 +112,16 @@ def _record(op: str, group, tensor_numel: int, dtype, start_ns: int, end_ns: int
     ranks = list(group.ranks) if group is not None else [_rank()]
     group_rank = group.rank_in_group if group is not None else 0
     wire = _wire(op, nbytes, len(ranks), group_rank, root) if plane == "data" else nbytes
+    # The other side of a send/recv, or a rooted op's root, as a global rank (as our recorder).
+    peer = getattr(group, "peer", None)
+    if peer is None and 0 <= root < len(ranks):
+        peer = ranks[root]
     state.records.append({
         "rank": _rank(), "rep": state.rep, "op": op, "group": ranks,
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "bytes",
         "numel": tensor_numel, "bytes": nbytes, "wire_bytes": wire, "phase": state.phase, "step": state.step,
         "site": state.site if site is None else site, "start_ns": start_ns,
-        "duration_s": (end_ns - start_ns) / 1e9, "plane": plane,
+        "duration_s": (end_ns - start_ns) / 1e9, "plane": plane, "peer": peer,
     })
 
 
@@ -316,12 +320,12 @@ def _patch_tensor_dicts(GC) -> None:
 
 
 class _P2P:
-    """A two-rank 'group' (this rank and its peer) for p2p records."""
+    """The pipeline group of a p2p record, with the peer (global rank) on the other side."""
 
     def __init__(self, group, peer: int):
-        me = group.ranks[group.rank_in_group]
-        self.ranks = [me, peer]
-        self.rank_in_group = 0
+        self.ranks = list(group.ranks)
+        self.rank_in_group = group.rank_in_group
+        self.peer = peer
 
 
 def _patch_objects(GC) -> None:
