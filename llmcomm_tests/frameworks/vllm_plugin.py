@@ -96,7 +96,7 @@ def _rank() -> int:
 
 
 def _wire(op: str, nbytes: int, size: int, group_rank: int, root: int) -> int:
-    from ..record import wire_bytes
+    from ..contract import wire_bytes
 
     return wire_bytes(op, nbytes, size, group_rank, root)
 
@@ -150,7 +150,7 @@ def _at_site(name: str):
 def _faults_for(op: str) -> list:
     if not state.active or state.in_fault or not state.faults:
         return []
-    from ..tags import site_class
+    from ..contract import site_class
 
     return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
 
