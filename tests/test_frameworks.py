@@ -30,12 +30,15 @@ def _cfg(tp: int, pp: int = 1, inject=(), repeats: int = 2):
     from llmcomm_tests.measure import RunConfig
 
     return RunConfig(TINY, Layout(tp, pp), batch=1, prompt_len=32, gen_len=8, repeats=repeats, warmup=1,
-                     inject=tuple(parse_faults(inject)))
+                     keep_records=True, inject=tuple(parse_faults(inject)))
 
 
-def _failed(doc: dict, framework: str, layout: Layout) -> list[str]:
-    predicted = predict_for(framework, TINY, layout, 1, 32, 8, tp_plan=doc.get("framework", {}).get("tp_plan"))
-    return [f"{r['name']}: {r['detail']}" for r in volume_rows(doc["volume"], predicted) if r["verdict"] != "pass"]
+def _failed(doc, framework: str, layout: Layout) -> list[str]:
+    from llmcomm_tests.documents import VolumeRow
+
+    plan = (doc.framework or {}).get("tp_plan")
+    predicted = [VolumeRow(**r) for r in predict_for(framework, TINY, layout, 1, 32, 8, tp_plan=plan)]
+    return [f"{r.name}: {r.detail}" for r in volume_rows(doc.volume, predicted) if r.verdict != "pass"]
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +154,11 @@ def _need(framework: str) -> None:
 def test_transformers_tp2_tokens_and_exact_volume(ours_tp2):
     _need("transformers")
     doc = base.run_case("transformers", _cfg(2), backend="gloo", timeout_s=300)
-    assert doc["tokens"] == ours_tp2["tokens"]
-    assert doc["volume_stable"]
+    assert doc.tokens == ours_tp2.tokens
+    assert doc.volume_stable
     assert _failed(doc, "transformers", Layout(2, 1)) == []
-    assert doc["metrics"]["tpot"]["p50"] > 0 and doc["framework"]["name"] == "transformers"
-    assert any(k.endswith("layers.*.self_attn.o_proj") for k in doc["framework"]["tp_plan"])
+    assert doc.metrics.tpot.p50 > 0 and doc.framework["name"] == "transformers" == doc.case.framework
+    assert any(k.endswith("layers.*.self_attn.o_proj") for k in doc.framework["tp_plan"])
 
 
 def test_transformers_planted_extra_all_reduce_fails_volume():
@@ -200,29 +203,31 @@ def vllm_tp2():
 
 
 def test_vllm_tp2_tokens_equal_ours(vllm_tp2, ours_tp2):
-    assert vllm_tp2["tokens"] == ours_tp2["tokens"]
+    assert vllm_tp2.tokens == ours_tp2.tokens
 
 
 def test_vllm_tp2_exact_volume(vllm_tp2):
-    assert vllm_tp2["volume_stable"]
+    assert vllm_tp2.volume_stable
     assert _failed(vllm_tp2, "vllm", Layout(2, 1)) == []
-    ops = [op for op in vllm_tp2["ops"] if op["rep"] == 0]
-    assert {op["rank"] for op in ops} == {0, 1} and all(op["group"] == [0, 1] for op in ops)
-    assert all(op["duration_s"] > 0 for op in ops)
+    ops = [op for op in vllm_tp2.records if op.rep == 0]
+    assert {op.rank for op in ops} == {0, 1} and all(list(op.group) == [0, 1] for op in ops)
+    assert all(op.duration_s > 0 for op in ops)
 
 
 def test_vllm_tp2_control_plane_recorded_apart(vllm_tp2):
-    control = [op for op in vllm_tp2["control_ops"] if op["rep"] == 0]
-    sites = {(op["op"], op["site"], op["rank"]) for op in control}
+    control = [op for op in vllm_tp2.control if op.rep == 0]
+    sites = {(op.op, op.site, op.rank) for op in control}
     assert {("mq_read", "rpc.execute_model", r) for r in (0, 1)} <= sites
-    assert all(op["bytes"] > 0 for op in control)
-    assert not [op for op in vllm_tp2["ops"] if op["op"].startswith("mq_")]
+    assert all(op.bytes > 0 for op in control)
+    assert not [op for op in vllm_tp2.records if op.op.startswith("mq_")]
 
 
 def test_vllm_tp2_timing_reported(vllm_tp2):
-    m = vllm_tp2["metrics"]
-    assert m["repeats"] == 2 and 0 < m["ttft"]["p50"] < 5 and 0 < m["tpot"]["p50"] < 1
-    assert vllm_tp2["framework"]["name"] == "vllm" and vllm_tp2["framework"]["startup_s"] > 0
+    m = vllm_tp2.metrics
+    assert m.repeats == 2 and 0 < m.ttft.p50 < 5 and 0 < m.tpot.p50 < 1
+    assert vllm_tp2.framework["name"] == "vllm" == vllm_tp2.case.framework and vllm_tp2.framework["startup_s"] > 0
+    assert {s.op for s in vllm_tp2.ops} == {"all_reduce", "all_gather"}  # per-class summaries, with latency
+    assert all(s.latency is not None and s.count > 0 for s in vllm_tp2.ops)
 
 
 def test_vllm_planted_extra_all_reduce_fails_volume():

@@ -51,9 +51,9 @@ def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_
     per_rank = launch.launch(rank_run, (cfg, folder), world_size=cfg.layout.world_size, backend=backend,
                              timeout_s=timeout_s)
     doc = assemble(cfg, backend, per_rank)
-    doc["framework"] = {"name": "transformers", "version": per_rank[0]["env"]["transformers"],
-                        "startup_s": per_rank[0]["startup_s"], "tp_plan": per_rank[0]["tp_plan"]}
-    doc["control_ops"] = []
+    doc.case.framework = "transformers"
+    doc.framework = {"name": "transformers", "version": per_rank[0]["env"]["transformers"],
+                     "startup_s": per_rank[0]["startup_s"], "tp_plan": per_rank[0]["tp_plan"]}
     return doc
 
 

@@ -147,14 +147,17 @@ def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = Non
         records = read_records(record_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from ..documents import OpRecord
+    from .records import to_rank_ops
+
     data = [r for r in records if r.get("plane", "data") == "data"]
-    control = [r for r in records if r.get("plane") == "control"]
-    per_rank = [{"rank": r, "ops": [op for op in data if op["rank"] == r],
-                 "generations": result["generations"] if r == 0 else [], "logits": None,
-                 "env": result["env"] if r == 0 else None} for r in range(world)]
+    control = [OpRecord(**{k: v for k, v in r.items() if k != "plane"}) for r in records if r.get("plane") == "control"]
+    per_rank = [{"rank": r, "ops": to_rank_ops(r, data), "generations": result["generations"] if r == 0 else [],
+                 "logits": None, "env": result["env"] if r == 0 else None} for r in range(world)]
     doc = assemble(cfg, BACKEND, per_rank)
-    doc["framework"] = {"name": "vllm", "version": result["env"]["vllm"], "startup_s": result["startup_s"]}
-    doc["control_ops"] = control
+    doc.case.framework = "vllm"
+    doc.framework = {"name": "vllm", "version": result["env"]["vllm"], "startup_s": result["startup_s"]}
+    doc.control = control
     return doc
 
 
