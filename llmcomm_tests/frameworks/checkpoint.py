@@ -26,7 +26,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("LLMCOMM_CACHE") or Path.home() / ".cache" / "llmcomm") / "checkpoints"
 
 
-def hf_config(shape: EngineShape, dtype: str = "fp32", max_positions: int = 4096) -> dict:
+def hf_config(shape: EngineShape, dtype: str = "fp32") -> dict:
     """Llama config.json of the shape (untied embeddings, as our engine)."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -42,7 +42,7 @@ def hf_config(shape: EngineShape, dtype: str = "fp32", max_positions: int = 4096
         "rms_norm_eps": shape.norm_eps,
         "rope_theta": shape.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": shape.rope_theta},
-        "max_position_embeddings": max_positions,
+        "max_position_embeddings": shape.max_position,
         "tie_word_embeddings": False,
         "attention_bias": False,
         "mlp_bias": False,
