@@ -367,6 +367,10 @@ class RunDocument:
     cross_check: Optional[list[dict[str, Any]]] = None
     faults_fired: list[dict[str, int]] = field(default_factory=list)  # per rank: ops each planted fault matched
     no_completion: list[dict[str, int]] = field(default_factory=list)  # per rank: calls never completed, per class
+    # Another engine (frameworks/): name, version, startup_s and, for transformers, the TP plan it
+    # applied; its control-plane calls (vLLM's RPC messages, pickled metadata), out of the volume check.
+    framework: Optional[dict[str, Any]] = None
+    control: Optional[list[OpRecord]] = None
     schema: str = RUN_SCHEMA
 
 

@@ -26,20 +26,21 @@ def run_config(case, state):
 
 def prediction(case, profile) -> Prediction:
     from .analytic.e2e import predict_case
-    from .analytic.volume import predict_volume
+    from .analytic.volume_frameworks import predict_for
 
+    # Each framework has its own volume pattern (docs/communication.md); latency stays ours.
+    volume = [VolumeRow(**r) for r in predict_for(getattr(case, "framework", "ours"), case.engine, case.layout,
+                                                  case.batch, case.prompt_len, case.gen_len, case.dtype)]
     if profile is None:
-        rows = predict_volume(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype)
-        return Prediction([VolumeRow(**r) for r in rows])
+        return Prediction(volume)
     doc = predict_case(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype, profile)
-    return Prediction([VolumeRow(**r) for r in doc["volume"]], [PredictedOpClass(**r) for r in doc["latency"]],
-                      PredictedMetrics(**doc["metrics"]))
+    return Prediction(volume, [PredictedOpClass(**r) for r in doc["latency"]], PredictedMetrics(**doc["metrics"]))
 
 
 def run_and_check(case, state) -> CaseResult:
     from .inject import never_fired
+    from .frameworks.base import run_case
     from .launch import LaunchError
-    from .measure import run_case
 
     if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
         from .ab.result import case_result
@@ -59,12 +60,19 @@ def run_and_check(case, state) -> CaseResult:
                         Verdict(case.id), hardware_how=hw.how)
     cfg = run_config(case, state)
     try:
-        doc = run_case(cfg, backend=state.backend, timeout_s=state.options.timeout, available_ranks=state.ranks)
+        doc = run_case(getattr(case, "framework", "ours"), cfg, backend=state.backend,
+                       timeout_s=state.options.timeout, available_ranks=state.ranks)
     except LaunchError as exc:
         result.verdict.rows.append(VerdictRow("run", "launch", FAIL, detail=str(exc).splitlines()[0]))
         result.error = str(exc)
         result.properties = [("llmcomm.error", str(exc)[:2000])]
         return result
+    if doc.framework and doc.framework.get("tp_plan") is not None:  # transformers: its plan's embedding rule
+        from .analytic.volume_frameworks import predict_for
+
+        predicted.volume = [VolumeRow(**r) for r in predict_for(
+            "transformers", case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype,
+            tp_plan=doc.framework["tp_plan"])]
     if state.options.trace:  # written here, on the worker: the records need not travel to the controller
         from .report.trace import write_trace
 
@@ -73,7 +81,8 @@ def run_and_check(case, state) -> CaseResult:
             doc.records = None
     verdict = evaluate(case, doc, predicted.volume, profile, hw.name)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
-    verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
+    if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin
+        verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
     # A backend that completed no Work for a call leaves it untimed: say so, never drop its row.
     for rank, missing in enumerate(doc.no_completion):
         verdict.rows += [VerdictRow("latency", f"{name} (rank {rank})", FAIL, n=count,

@@ -90,6 +90,8 @@ class _Builder:
             baseline=baseline,
             requires=requires,
             marks=tuple(d.get("marks", [])),
+            framework=d.get("framework", "ours"),
+            xfails={i: item["xfail"] for i, item in enumerate(d["layouts"]) if isinstance(item, dict) and "xfail" in item},
             description=d.get("description", ""),
             lines=self.doc.field_lines(),
         )

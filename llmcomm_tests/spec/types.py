@@ -217,6 +217,8 @@ class Case:
     requires: Requires = Requires()
     marks: tuple[str, ...] = ()
     line: int = field(default=0, compare=False)  # line of the case's layout entry
+    framework: str = "ours"  # whose engine runs it: ours | vllm | transformers
+    xfail: str | None = None  # a known failure of this layout (its reason): run as xfail(strict=True)
 
     @property
     def id(self) -> str:
@@ -256,6 +258,8 @@ class Spec:
     requires: Requires = Requires()
     marks: tuple[str, ...] = ()
     description: str = ""
+    framework: str = "ours"
+    xfails: Mapping[int, str] = field(default_factory=dict)  # layout index -> known failure's reason
     # field path ("layouts[1].tp", "budgets.ttft.p99") -> 1-based line, for messages that point back.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -285,7 +289,8 @@ class Spec:
                     repeats=self.repeats, warmup=self.warmup, hardware=self.hardware,
                     hardware_given=self.hardware_given,
                     budgets=self.budgets, tolerances=self.tolerances, baseline=self.baseline,
-                    requires=self.requires, marks=self.marks, line=line,
+                    requires=self.requires, marks=self.marks, line=line, framework=self.framework,
+                    xfail=self.xfails.get(i),
                 )
                 if case.id in seen:
                     raise SpecError(

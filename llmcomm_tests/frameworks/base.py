@@ -1,0 +1,45 @@
+"""One interface over the engines a case can run in: ``framework: ours | vllm | transformers``.
+
+Every adapter takes the same :class:`~llmcomm_tests.measure.RunConfig` and returns the same run
+document (``llmcomm.run/1``: tokens, per-token times, metrics, op records in our schema), so the
+volume model, timing checks and reports do not care which engine ran.  An adapter whose framework
+is not installed says so with the install command (:func:`missing`), and the case is skipped with
+that reason.  No torch import here: the pytest plugin side calls :func:`missing`.
+"""
+
+from __future__ import annotations
+
+FRAMEWORKS = ("ours", "vllm", "transformers")
+
+
+def missing(framework: str) -> str | None:
+    """None when ``framework`` can run here, else a one-line reason naming the install command."""
+    if framework == "ours":
+        return None
+    if framework == "vllm":
+        from .vllm_adapter import missing as vllm_missing
+
+        return vllm_missing()
+    if framework == "transformers":
+        from .hf_adapter import missing as hf_missing
+
+        return hf_missing()
+    raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
+
+
+def run_case(framework: str, cfg, *, backend: str = "auto", timeout_s: float = 300.0,
+             available_ranks: int | None = None) -> dict:
+    """Run ``cfg`` in ``framework`` and return its run document."""
+    if framework == "ours":
+        from ..measure import run_case as ours
+
+        return ours(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
+    if framework == "vllm":
+        from .vllm_adapter import run_case as vllm_run
+
+        return vllm_run(cfg, timeout_s=timeout_s, available_ranks=available_ranks)
+    if framework == "transformers":
+        from .hf_adapter import run_case as hf_run
+
+        return hf_run(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
+    raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
