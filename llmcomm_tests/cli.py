@@ -17,6 +17,8 @@ COMMANDS = {
     "calibrate": ("llmcomm_tests.analytic.commands_calibrate", "fit a hardware profile from a comm sweep"),
     "bench-comm": ("llmcomm_tests.commands.bench_comm", "nccl-tests-style size sweep over torch.distributed"),
     "report": ("llmcomm_tests.report.commands", "build the HTML report from a report directory"),
+    "cluster": ("llmcomm_tests.commands.cluster", "emulated cluster: network namespaces with a shaped link"),
+    "advise": ("llmcomm_tests.commands.advise", "rank TP x PP layouts by predicted TTFT/TPOT and inter-node bytes"),
 }
 
 

@@ -253,6 +253,7 @@ class Recorder:
                 "rank": rank, "rep": rec.rep, "op": rec.op, "group": ranks, "dtype": str(rec.dtype).replace("torch.", ""),
                 "numel": rec.numel, "bytes": nbytes, "wire_bytes": wire_bytes(rec.op, nbytes, len(ranks), group_rank, rec.root),
                 "phase": rec.phase, "step": rec.step, "site": rec.site, "start_ns": rec.start_ns, "duration_s": duration,
+                "root": rec.root,  # group rank of the root (rooted ops) or the peer (send/recv), -1 otherwise
             })
         return out
 
