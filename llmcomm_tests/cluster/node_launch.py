@@ -100,9 +100,12 @@ class NodeRun:
     rank_nodes: dict  # rank -> node name (what each rank reported)
     wall_s: float
     logs: dict  # node name -> torchrun output
+    documents: dict = field(default_factory=dict)  # name -> parsed JSON, read before the folder goes
 
-    def document(self, name: str = "run.json") -> dict:
-        return json.loads((self.results / name).read_text())
+    def document(self, name: str = "run.json"):
+        if name not in self.documents:
+            raise KeyError(f"no document {name!r} came back (collected: {sorted(self.documents)})")
+        return self.documents[name]
 
 
 def local_nodes(n: int, ranks_per_node: int, timeout_s: float = 600.0) -> NodeLaunch:
@@ -141,12 +144,13 @@ def emulated_nodes(cluster, timeout_s: float = 600.0, env: dict | None = None) -
 
 
 def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Path | None" = None,
-                 keep_results: bool = False) -> NodeRun:
+                 keep_results: bool = False, collect: tuple = ("run.json", "rows.json")) -> NodeRun:
     """Run ``target`` (``module:function(argv) -> int``) on every rank of every node; ``{results}``
     in ``args`` becomes the shared folder.
 
     ``results``: the shared folder (a fresh temporary one by default, removed afterwards unless
     ``keep_results``; the caller reads the documents from the returned NodeRun before that).
+    The JSON files named in ``collect`` that the ranks wrote there are read into the NodeRun.
     Raises NodeRankFailed / NodeRankTimeout naming ranks and nodes; nothing is left running."""
     own = results is None
     results = Path(tempfile.mkdtemp(prefix="llmcomm-nodes-")) if own else Path(results)
@@ -166,7 +170,9 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True, cwd=str(REPO_ROOT)))
         _wait(launch, procs, results)
-        return NodeRun(results, _rank_nodes(results), time.monotonic() - start, _logs(launch, results))
+        documents = {name: json.loads((results / name).read_text()) for name in collect
+                     if (results / name).is_file()}
+        return NodeRun(results, _rank_nodes(results), time.monotonic() - start, _logs(launch, results), documents)
     finally:
         _kill(procs, results)
         for log in logs:
