@@ -343,3 +343,42 @@ def _kill(procs: list, results: Path) -> None:
                 os.kill(s["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmcomm_tests.cluster.node_launch --template T --hosts a,b --ranks-per-node R
+    --results-dir DIR -- <llmcomm_tests.rank arguments, {results} = DIR>`` (ci/slurm uses it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.cluster.node_launch")
+    parser.add_argument("--template", required=True, help='e.g. "srun -N1 -n1 -w {host} --overlap", "ssh {host}"')
+    parser.add_argument("--hosts", required=True, help="comma-separated, node 0 (rendezvous host) first")
+    parser.add_argument("--addrs", default=None, help="addresses the agents advertise (default: the hosts)")
+    parser.add_argument("--ranks-per-node", type=int, required=True)
+    parser.add_argument("--results-dir", required=True, help="a folder every node sees")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--env", action="append", default=[], help="K=V for every node (repeatable)")
+    parser.add_argument("--target", default="llmcomm_tests.rank:main")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    hosts = [h for h in args.hosts.split(",") if h]
+    addrs = args.addrs.split(",") if args.addrs else hosts
+    if len(addrs) != len(hosts):
+        print("node_launch: --addrs must list one address per host", file=sys.stderr)
+        return 2
+    env = dict(kv.split("=", 1) for kv in args.env)
+    launch = NodeLaunch(args.template, tuple(NodeTarget(h, a, h) for h, a in zip(hosts, addrs)), args.ranks_per_node,
+                        args.timeout, env)
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    try:
+        run = run_on_nodes(launch, args.target, rest, results=Path(args.results_dir))
+    except (NodeRankFailed, NodeRankTimeout) as exc:
+        print(f"node_launch: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(hosts)} nodes x {args.ranks_per_node} ranks done in {run.wall_s:.1f} s; ranks: {run.rank_nodes}; "
+          f"results in {run.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
