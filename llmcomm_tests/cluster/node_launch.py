@@ -248,7 +248,8 @@ def _failure(launch: NodeLaunch, procs: list, results: Path) -> NodeRankFailed:
             node_of.setdefault(rank, node.name)
             if rank not in errors:
                 how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                errors[rank] = f"rank {rank} on node {node.name}: {how} without a Python error"
+                errors[rank] = (f"rank {rank} on node {node.name}: {how} without a Python error; "
+                                f"node log tail:\n{_tail(_before_summary(logs[node.name]), 20)}")
                 if code < 0:
                     killed[rank] = -code
     if not errors:  # a node's torchrun failed before any rank ran (bad template, rendezvous)
@@ -271,6 +272,12 @@ def _failure(launch: NodeLaunch, procs: list, results: Path) -> NodeRankFailed:
     node = node_of.get(first, "?")
     return NodeRankFailed(f"rank {first} on node {node} failed{also}:\n{errors[first]}", sorted(errors),
                           sorted({node_of.get(r, "?") for r in errors}))
+
+
+def _before_summary(log: str) -> str:
+    """A node log up to torchrun's own failure summary (what the ranks said, not the agent)."""
+    cut = log.find("ChildFailedError")
+    return log[:cut] if cut >= 0 else log
 
 
 def _tail(text: str, lines: int = 30) -> str:
