@@ -45,7 +45,7 @@ def _workloads(text: str) -> list[tuple[int, int, int]]:
 def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str, save: Path | None) -> list[dict]:
     from llmcomm_tests.engine.config import PRESETS
     from llmcomm_tests.engine.layout import Layout
-    from llmcomm_tests.execute import RunConfig, run_case
+    from llmcomm_tests.measure import RunConfig, run_case
 
     docs = []
     for text in layouts:

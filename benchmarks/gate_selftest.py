@@ -17,7 +17,7 @@ import time
 from llmcomm_tests import baseline
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.execute import RunConfig, run_case
+from llmcomm_tests.measure import RunConfig, run_case
 from llmcomm_tests.inject import parse_faults
 from llmcomm_tests.session import fingerprint
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmcomm_tests.cluster import netns, study  # noqa: E402
 from llmcomm_tests.engine.config import resolve_engine  # noqa: E402
 from llmcomm_tests.engine.layout import Layout  # noqa: E402
-from llmcomm_tests.execute import RunConfig, run_case  # noqa: E402
+from llmcomm_tests.measure import RunConfig, run_case  # noqa: E402
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .metrics import percentile
-from .tags import site_class
+from .contract import site_class
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
 

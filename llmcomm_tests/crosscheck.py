@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .contract import PROFILER_EVENTS
+
 PROFILED_REP = -1
-# backend event name (after the "gloo:"/"nccl:" prefix) → recorded op name
-_EVENT_OPS = {"all_reduce": "all_reduce", "allreduce": "all_reduce", "all_gather": "all_gather",
-              "_allgather_base": "all_gather", "all_gather_into_tensor": "all_gather", "gather": "gather",
-              "broadcast": "broadcast", "send": "send", "recv": "recv", "reduce_scatter": "reduce_scatter",
-              "_reduce_scatter_base": "reduce_scatter"}
-
-
 def _numel(dims) -> int:
     n = 1
     for d in dims:
@@ -29,11 +24,11 @@ def profiler_counts(events) -> Counter:
     counts: Counter = Counter()
     for event in events:
         prefix, _, name = event.name.partition(":")
-        if prefix not in ("gloo", "nccl") or name not in _EVENT_OPS:
+        if prefix not in ("gloo", "nccl") or name not in PROFILER_EVENTS:
             continue
         shapes = [s for s in (event.input_shapes or []) if s]
         numel = sum(_numel(s) for s in shapes[:1])  # the first input is the payload
-        counts[(_EVENT_OPS[name], numel)] += 1
+        counts[(PROFILER_EVENTS[name], numel)] += 1
     return counts
 
 

@@ -20,14 +20,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from . import tags
+from . import position
+from .contract import BUDGET_OPS, methods_of, site_class
 
 _SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>[0-9.]+)(?P<unit>%|ms|us|s|x)?$")
-# recorded op name → ProcessGroup method that carries it
-_METHODS = {"all_reduce": "allreduce", "all_gather": "all_gather_single", "gather": "gather",
-            "broadcast": "broadcast", "send": "send", "recv": "recv"}
-
-
 @dataclass(frozen=True)
 class Fault:
     op: str
@@ -47,9 +43,9 @@ class Fault:
 
 def parse_fault(text: str) -> Fault:
     m = _SYNTAX.match(text.strip())
-    if not m or m["op"] not in _METHODS:
+    if not m or m["op"] not in BUDGET_OPS:
         raise ValueError(f"bad fault {text!r}: expected OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R "
-                         f"with OP in {', '.join(_METHODS)}")
+                         f"with OP in {', '.join(BUDGET_OPS)}")
     value, unit, kind = float(m["value"]), m["unit"], m["kind"]
     if kind == "delay":
         if unit == "%":
@@ -95,15 +91,18 @@ def install_faults(faults, recorder=None) -> InstalledFaults:
     installed = InstalledFaults()
     by_method: dict[str, list[Fault]] = {}
     for fault in faults:
-        by_method.setdefault(_METHODS[fault.op], []).append(fault)
+        for method in methods_of(fault.op):
+            by_method.setdefault(method, []).append(fault)
     for method, method_faults in by_method.items():
-        original = inspect.getattr_static(dist.ProcessGroup, method)  # the descriptor: restorable
+        original = inspect.getattr_static(dist.ProcessGroup, method, None)  # the descriptor: restorable
+        if original is None:  # not in this torch release
+            continue
         installed._saved[method] = original
 
         def faulty(pg, *args, _original=original, _faults=method_faults, **kwargs):
-            active = [f for f in _faults if not _busy and tags.phase != "none"
+            active = [f for f in _faults if not _busy and position.phase != "none"
                       and (recorder is None or recorder.active)
-                      and (f.site is None or tags.site_class(tags.site) == f.site)]
+                      and (f.site is None or site_class(position.site) == f.site)]
             if not active:
                 return _original(pg, *args, **kwargs)
             for fault in active:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .tags import site_class
+from .contract import site_class
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -66,7 +66,7 @@ class CaseItem(pytest.Item):
             raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self):
-        from .runner import run_and_check
+        from .pipeline import run_and_check
 
         result = run_and_check(self.case, self.session_state)
         self.llmcomm_result = result

@@ -17,7 +17,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from .commands.run import add_arguments, config_from_args, summary
-    from .execute import assemble, rank_run
+    from .measure import assemble, rank_run
     from .launch import init_rank, resolve_backend, teardown_rank
 
     parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.rank")

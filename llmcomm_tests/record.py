@@ -15,7 +15,7 @@ Timing.  An op starts when it is issued and ends when its caller waits for it (`
 ``wait_tensor``): for the blocking calls the engine makes this is the blocking call, peers'
 lateness included.  On NCCL the host clock would only see the launch, so we also record CUDA events
 on the caller's stream at issue and after the wait, and report the event time.
-Phase, step and site come from ``llmcomm_tests.tags``, set by the engine.
+Phase, step and site come from ``llmcomm_tests.position``, set by the engine.
 """
 
 from __future__ import annotations
@@ -27,43 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import tags
-
-# ProcessGroup method → (op name, how to read its arguments)
-_PG_METHODS = {
-    "allreduce": ("all_reduce", "tensors"),
-    "allreduce_coalesced": ("all_reduce", "tensors"),
-    "allgather": ("all_gather", "input_list"),
-    "all_gather_single": ("all_gather", "input_single"),
-    "allgather_coalesced": ("all_gather", "input_list"),
-    "all_gather_single_coalesced": ("all_gather", "input_list"),
-    "gather": ("gather", "input_list"),
-    "scatter": ("scatter", "output_list"),
-    "broadcast": ("broadcast", "tensors"),
-    "reduce": ("reduce", "tensors"),
-    "reduce_scatter": ("reduce_scatter", "input_lists"),
-    "reduce_scatter_single": ("reduce_scatter", "input_single"),
-    "reduce_scatter_single_coalesced": ("reduce_scatter", "input_list"),
-    "alltoall": ("all_to_all", "input_list"),
-    "all_to_all_single": ("all_to_all", "input_single"),
-    "send": ("send", "tensors"),
-    "recv": ("recv", "tensors"),
-    "recv_anysource": ("recv", "tensors"),
-    "barrier": ("barrier", None),
-}
-
-# _c10d_functional op → (op name, index of the group-name argument)
-_FUNCTIONAL_OPS = {
-    "all_reduce": ("all_reduce", 2),
-    "all_reduce_": ("all_reduce", 2),
-    "all_gather_into_tensor": ("all_gather", 2),
-    "all_gather_into_tensor_out": ("all_gather", 2),
-    "reduce_scatter_tensor": ("reduce_scatter", 3),
-    "all_to_all_single": ("all_to_all", 3),
-    "broadcast": ("broadcast", 2),
-    "broadcast_": ("broadcast", 2),
-}
-
+from . import position
+from .contract import FUNCTIONAL_OPS, PG_METHODS, wire_bytes
 
 def _tensors(arg) -> list[torch.Tensor]:
     if isinstance(arg, torch.Tensor):
@@ -98,7 +63,9 @@ def _root(method: str, args: tuple) -> int:
 
 
 @dataclass
-class OpRecord:
+class _Call:
+    """One call as the hook sees it; resolved by ``finalize``."""
+
     op: str
     group: object  # ProcessGroup, or a group name for functional ops; resolved in finalize()
     numel: int
@@ -118,19 +85,19 @@ class Recorder:
     """Install on a rank with ``Recorder().install()``; ops are kept while ``active``."""
 
     def __init__(self, cuda_events: bool = False):
-        self.records: list[OpRecord] = []
+        self.records: list[_Call] = []
         self.active = False
         self.rep = 0
         self.cuda_events = cuda_events
-        self._pending: dict[int, tuple[object, OpRecord]] = {}
-        self._pending_tensors: dict[int, OpRecord] = {}
+        self._pending: dict[int, tuple[object, _Call]] = {}
+        self._pending_tensors: dict[int, _Call] = {}
         self._saved: dict[str, object] = {}
         self._library = None
 
     # -- installation ----------------------------------------------------------------------------
 
     def install(self) -> "Recorder":
-        for method, (op, kind) in _PG_METHODS.items():
+        for method, (op, kind) in PG_METHODS.items():
             # The class's own attribute (pybind's instancemethod descriptor), not getattr's unbound
             # builtin: only the descriptor binds ``self`` again once it is put back.
             original = inspect.getattr_static(dist.ProcessGroup, method, None)
@@ -154,8 +121,8 @@ class Recorder:
             self._library._destroy()
             self._library = None
 
-    def _issue(self, op, group, numel, dtype, root) -> OpRecord:
-        rec = OpRecord(op, group, numel, dtype, root, tags.phase, tags.step, tags.site, self.rep,
+    def _issue(self, op, group, numel, dtype, root) -> _Call:
+        rec = _Call(op, group, numel, dtype, root, position.phase, position.step, position.site, self.rep,
                        time.perf_counter_ns())
         if self.cuda_events:
             rec.start_event = torch.cuda.Event(enable_timing=True)
@@ -192,7 +159,7 @@ class Recorder:
 
         return wait
 
-    def _finish(self, rec: OpRecord) -> None:
+    def _finish(self, rec: _Call) -> None:
         rec.end_ns = time.perf_counter_ns()
         if self.cuda_events:
             rec.end_event = torch.cuda.Event(enable_timing=True)
@@ -200,7 +167,7 @@ class Recorder:
 
     def _install_functional(self) -> None:
         library = torch.library.Library("_c10d_functional", "IMPL")
-        for name, (op, group_arg) in _FUNCTIONAL_OPS.items():
+        for name, (op, group_arg) in FUNCTIONAL_OPS.items():
             overload = getattr(torch.ops._c10d_functional, name, None)
             if overload is None:
                 continue
@@ -256,24 +223,6 @@ class Recorder:
                 "root": rec.root,  # group rank of the root (rooted ops) or the peer (send/recv), -1 otherwise
             })
         return out
-
-
-def wire_bytes(op: str, nbytes: int, group_size: int, group_rank: int, root: int) -> int:
-    """Bytes this rank transmits under ring algorithms (the table in docs/communication.md)."""
-    t = group_size
-    if op == "all_reduce":
-        return 2 * (t - 1) * nbytes // t
-    if op == "all_gather":
-        return (t - 1) * nbytes
-    if op in ("reduce_scatter", "all_to_all"):
-        return (t - 1) * nbytes // t
-    if op == "gather":
-        return 0 if group_rank == root else nbytes
-    if op == "broadcast":
-        return nbytes if group_rank == root else 0
-    if op == "send":
-        return nbytes
-    return 0  # recv, barrier
 
 
 def _backend_keys(tensor: torch.Tensor):

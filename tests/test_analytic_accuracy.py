@@ -10,7 +10,7 @@ import pytest
 from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.accuracy import (WAITING, accuracy_rows, bounds_for_record, fit_spread,
                                              record_instance, summary)
-from llmcomm_tests.analytic.commands_calibrate import fit_line
+from llmcomm_tests.commands.calibrate import fit_line
 from llmcomm_tests.analytic.hardware import load_profile, profile_from_dict
 from llmcomm_tests.analytic.volume import op_instances
 from llmcomm_tests.engine.config import PRESETS
@@ -119,7 +119,7 @@ def test_fit_line_ignores_a_minority_regime():
 
 def test_every_real_record_maps_to_an_op_instance():
     """The record → msg_bytes mapping is volume.op_instances' convention, on a real TP×PP run."""
-    from llmcomm_tests.execute import RunConfig, run_case
+    from llmcomm_tests.measure import RunConfig, run_case
 
     tiny, layout = PRESETS["tiny"], Layout(2, 2)
     doc = run_case(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0), timeout_s=120)

@@ -90,7 +90,7 @@ def test_github_workflow_structure():
     assert slo["shell"] == "bash"
     assert "${{" not in slo["run"], "the test step must read shell variables only (it is run as is by the tests)"
     for needed in ('--gpus "$GPUS"', "--llmcomm-baseline-compare", "--llmcomm-baseline-save",
-                   "--llmcomm-baseline-dir", "--llmcomm-report-dir", "junit.xml", "llmcomm_tests.cli report"):
+                   "--llmcomm-baseline-dir", "--llmcomm-report-dir", "junit.xml", "llmcomm_tests.commands report"):
         assert needed in slo["run"], needed
 
     restore = _github_step(job, uses="actions/cache/restore")
@@ -119,7 +119,7 @@ def test_gitlab_job_structure():
     assert "python -m pip install -e ." in job["before_script"]
     script = "\n".join(job["script"])
     for needed in ('--gpus "$GPUS"', "--llmcomm-baseline-compare", "--llmcomm-baseline-save",
-                   "--llmcomm-baseline-dir", "--llmcomm-report-dir", "junit.xml", "llmcomm_tests.cli report"):
+                   "--llmcomm-baseline-dir", "--llmcomm-report-dir", "junit.xml", "llmcomm_tests.commands report"):
         assert needed in script, needed
     artifacts = job["artifacts"]
     assert artifacts["when"] == "always"

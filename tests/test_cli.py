@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "llmcomm_tests.cli"]
+CLI = [sys.executable, "-m", "llmcomm_tests.commands"]
 
 
 def test_run_prints_a_summary_and_writes_the_document(tmp_path):
@@ -63,6 +63,6 @@ def test_rank_entry_point_runs_under_torchrun(tmp_path):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from llmcomm_tests.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
+    code = "import sys; from llmcomm_tests.commands import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
            "print('torch' in sys.modules)"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip().endswith("False")

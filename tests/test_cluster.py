@@ -26,7 +26,7 @@ from llmcomm_tests.analytic.hardware import load_profile
 from llmcomm_tests.cluster import netns, node_launch, predict, tiers
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.execute import RunConfig, run_case
+from llmcomm_tests.measure import RunConfig, run_case
 
 TINY = PRESETS["tiny"]
 RPN = 2  # ranks per node in every case here
@@ -419,7 +419,7 @@ def test_cluster_command_up_status_down():
     root = Path(__file__).resolve().parents[1]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "llmcomm_tests.cli", "cluster", *args], cwd=root,
+        return subprocess.run([sys.executable, "-m", "llmcomm_tests.commands", "cluster", *args], cwd=root,
                               capture_output=True, text=True, timeout=60)
 
     up = cli("up", "--nodes", "2", "--ranks-per-node", "1", "--inter-rate", "1gbit", "--json")

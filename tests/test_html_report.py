@@ -51,7 +51,7 @@ def _result_documents() -> dict:
     from llmcomm_tests.analytic.e2e import predict_case
     from llmcomm_tests.analytic.hardware import load_profile
     from llmcomm_tests.checks import Verdict, budget_rows, row, volume_rows
-    from llmcomm_tests.execute import RunConfig, run_case
+    from llmcomm_tests.measure import RunConfig, run_case
     from llmcomm_tests.session import fingerprint
     from llmcomm_tests.spec import parse_spec
 
@@ -249,7 +249,7 @@ def test_write_for_session_writes_into_the_report_dir(session_doc, tmp_path):
 
 def test_llmcomm_report_command(session_doc, tmp_path):
     (tmp_path / "llmcomm-report.json").write_text(json.dumps(session_doc))
-    cmd = [sys.executable, "-m", "llmcomm_tests.cli", "report"]
+    cmd = [sys.executable, "-m", "llmcomm_tests.commands", "report"]
     done = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == tmp_path / "llmcomm-report.html"

@@ -1,5 +1,6 @@
 """The launcher: results back, failures named, nothing left behind."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmcomm_tests import selftest
+import rank_entries
 from llmcomm_tests.launch import RankFailed, RankTimeout, launch
 
 
@@ -20,12 +21,12 @@ def descendants() -> set[int]:
 
 @pytest.fixture
 def baseline_processes():
-    launch(selftest.echo, world_size=2, timeout_s=60)  # the fork server exists from here on
+    launch(rank_entries.echo, world_size=2, timeout_s=60)  # the fork server exists from here on
     return descendants()
 
 
 def test_results_come_back_in_rank_order():
-    results = launch(selftest.echo, ("hello",), world_size=4, timeout_s=60)
+    results = launch(rank_entries.echo, ("hello",), world_size=4, timeout_s=60)
     assert [r["rank"] for r in results] == [0, 1, 2, 3]
     assert all(r["sum"] == 6.0 and r["payload"] == "hello" for r in results)  # 0+1+2+3: a real all-reduce
     assert len({r["pid"] for r in results}) == 4
@@ -34,7 +35,7 @@ def test_results_come_back_in_rank_order():
 def test_crashing_rank_is_named_with_its_traceback(baseline_processes):
     t0 = time.monotonic()
     with pytest.raises(RankFailed) as info:
-        launch(selftest.crash, (1,), world_size=2, timeout_s=30)
+        launch(rank_entries.crash, (1,), world_size=2, timeout_s=30)
     assert time.monotonic() - t0 < 30 + 5
     message = str(info.value)
     assert message.startswith("rank 1 failed")
@@ -44,7 +45,7 @@ def test_crashing_rank_is_named_with_its_traceback(baseline_processes):
 
 def test_rank_that_dies_silently_is_named(baseline_processes):
     with pytest.raises(RankFailed, match=r"rank 1 failed[\s\S]*exited with code 7"):
-        launch(selftest.die, (1,), world_size=2, timeout_s=30)
+        launch(rank_entries.die, (1,), world_size=2, timeout_s=30)
     assert descendants() == baseline_processes
 
 
@@ -52,12 +53,12 @@ def test_hanging_rank_times_out_with_stacks(baseline_processes):
     timeout = 3
     t0 = time.monotonic()
     with pytest.raises(RankTimeout) as info:
-        launch(selftest.hang, (1,), world_size=2, timeout_s=timeout)
+        launch(rank_entries.hang, (1,), world_size=2, timeout_s=timeout)
     assert time.monotonic() - t0 < timeout + 5
     message = str(info.value)
     assert info.value.ranks == [1]  # the one stuck outside communication, not its waiting peer
     assert "rank(s) [1] stuck outside communication, [0] waiting in a collective for them" in message
-    assert "--- rank 1 stacks ---" in message and "in hang" in message and "selftest.py" in message
+    assert "--- rank 1 stacks ---" in message and "in hang" in message and "rank_entries.py" in message
     assert descendants() == baseline_processes
 
 
@@ -66,7 +67,7 @@ def test_concurrent_launches_do_not_collide():
 
     def one():
         try:
-            results.append(launch(selftest.echo, world_size=2, timeout_s=60))
+            results.append(launch(rank_entries.echo, world_size=2, timeout_s=60))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -88,7 +89,8 @@ def test_entry_must_be_importable():
 
 
 def _run_script(code: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 60) -> list[int]:
@@ -112,8 +114,8 @@ def _gone(pids: list[int], timeout: float = 5) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_no_rank_outlives_an_interrupted_or_killed_launcher(tmp_path, sig):
-    code = (f"from llmcomm_tests.launch import launch\nfrom llmcomm_tests import selftest\n"
-            f"launch(selftest.hang, (1, 3600, {str(tmp_path)!r}), world_size=2, timeout_s=600)\n")
+    code = (f"from llmcomm_tests.launch import launch\nimport rank_entries\n"
+            f"launch(rank_entries.hang, (1, 3600, {str(tmp_path)!r}), world_size=2, timeout_s=600)\n")
     proc = _run_script(code)
     pids = _wait_for_pids(tmp_path, 2)
     proc.send_signal(sig)

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from llmcomm_tests.analytic import commands_predict
+from llmcomm_tests.commands import predict as commands_predict
 from llmcomm_tests.analytic.volume import predict_volume
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout

@@ -5,12 +5,12 @@ from collections import Counter
 
 import pytest
 
-from llmcomm_tests import selftest
-from llmcomm_tests.commands.bench_comm import bus_factor, sweep, table
+import rank_entries
+from llmcomm_tests.commands.bench_comm import sweep, table
+from llmcomm_tests.contract import bus_factor, wire_bytes
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.execute import RunConfig, run_case
+from llmcomm_tests.measure import RunConfig, run_case
 from llmcomm_tests.launch import launch
-from llmcomm_tests.record import wire_bytes
 
 B, SP, SD = 2, 12, 5  # batch, prompt tokens, generated tokens
 LAYOUTS = [(2, 1), (1, 2), (2, 2), (4, 1)]
@@ -80,7 +80,7 @@ def test_profiler_cross_check_agrees(docs, layout):
 
 
 def test_dtensor_functional_collectives_are_recorded():
-    results = launch(selftest.dtensor_mlp, world_size=2, timeout_s=120)
+    results = launch(rank_entries.dtensor_mlp, world_size=2, timeout_s=120)
     for result in results:
         records = result["records"]
         # RowwiseParallel's partial output becomes replicated: one all-reduce of [batch, hidden] fp32
@@ -96,7 +96,8 @@ def test_recorder_sees_no_op_outside_generate(docs):
 
 
 @pytest.mark.parametrize("op, n, factor", [("all_reduce", 2, 1.0), ("all_reduce", 8, 1.75), ("all_gather", 4, 0.75),
-                                           ("reduce_scatter", 8, 0.875), ("broadcast", 8, 1.0), ("send_recv", 2, 1.0)])
+                                           ("reduce_scatter", 8, 0.875), ("gather", 4, 0.75), ("broadcast", 8, 1.0),
+                                           ("send_recv", 2, 1.0)])
 def test_bus_factors_are_nccl_tests(op, n, factor):
     assert bus_factor(op, n) == factor
 

@@ -19,8 +19,8 @@ import pytest
 from llmcomm_tests.analytic.volume import per_rank_volume, predict_volume
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout, LayoutError
-from llmcomm_tests.execute import RunConfig, run_case
-from llmcomm_tests.tags import site_class
+from llmcomm_tests.measure import RunConfig, run_case
+from llmcomm_tests.contract import site_class
 
 TINY = PRESETS["tiny"]
 
@@ -97,7 +97,7 @@ def test_cli_run_json_volume_equals_cli_predict_json(tmp_path):
     common = ["--engine", "tiny", "--tp", "2", "--pp", "2", "--batch", "3", "--prompt-len", "16",
               "--gen-len", "5", "--dtype", "fp32"]
     run_json, predict_json = tmp_path / "run.json", tmp_path / "predict.json"
-    cli = [sys.executable, "-m", "llmcomm_tests.cli"]
+    cli = [sys.executable, "-m", "llmcomm_tests.commands"]
     subprocess.run(cli + ["run", *common, "--repeats", "1", "--warmup", "0", "--timeout", "120",
                           "--json", str(run_json)], check=True, capture_output=True, text=True, timeout=180)
     subprocess.run(cli + ["predict", *common, "--hardware", "cpu-loopback", "--json", str(predict_json)],

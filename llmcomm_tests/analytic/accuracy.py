@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..metrics import percentile
 from . import latency
+from ..contract import latency_op
 
 if TYPE_CHECKING:
     from ..engine.layout import Layout
@@ -47,10 +48,6 @@ WAITING: dict[tuple[str, str], str] = {
     ("broadcast", "peer"): "waits for the root to sample (TP) or to receive the ids from the last stage (PP)",
     ("gather", "root"): "waits for the slowest peer's LM-head slice",
 }
-
-_LATENCY_OP = {"all_reduce": "all_reduce", "all_gather": "all_gather", "reduce_scatter": "reduce_scatter",
-               "gather": "gather", "broadcast": "broadcast", "send": "send_recv", "recv": "send_recv"}
-
 
 def role_of(record: dict) -> str:
     """``root`` / ``peer`` for gather and broadcast (gather: 0 wire bytes at the root; broadcast:
@@ -90,7 +87,7 @@ def record_instance(record: dict, layout: "Layout | None" = None) -> dict | None
     Point-to-point ranks come from a ``peer`` field if the record has one, else from ``layout``
     and the site (pp.boundary{i}: the same tp_rank one stage over; pp.tokens: the sampler and
     global rank 0); with neither, the record's own rank alone (one host: always ``intra``)."""
-    op = _LATENCY_OP.get(record["op"])
+    op = latency_op(record["op"])
     if op is None:
         return None
     group = list(record.get("group") or [record["rank"]])

@@ -34,10 +34,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Iterable
 
+from ..contract import LATENCY_OPS
+
 if TYPE_CHECKING:  # hardware imports this module; keep the import one-way at run time
     from .hardware import HardwareProfile
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "gather", "send_recv")
+OPS = LATENCY_OPS
 ALGORITHMS = ("ring", "tree")
 TIERS = ("intra", "inter")
 

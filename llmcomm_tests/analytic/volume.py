@@ -24,7 +24,8 @@ from fractions import Fraction
 
 from ..engine.config import DTYPE_BYTES, EngineShape
 from ..engine.layout import Layout
-from ..tags import site_class
+from .. import contract
+from ..contract import site_class
 
 TOKEN_BYTES = 8  # int64 token ids (next-input broadcast, sampled ids back to stage 0)
 
@@ -86,7 +87,7 @@ def forward_ops(shape: EngineShape, layout: Layout, batch: int, seq: int, phase:
     # 1. Decode only: stage 0's TP group learns the next input ids from global rank 0.
     if phase == "decode" and t > 1:
         group = layout.tp_group(0)
-        ops.append(LogicalOp("broadcast", "tokens.broadcast", t, tuple(group), 1, TOKEN_BYTES * b,
+        ops.append(LogicalOp("broadcast", contract.TOKENS_BROADCAST, t, tuple(group), 1, TOKEN_BYTES * b,
                              TOKEN_BYTES * b,
                              tuple(Call(r, "broadcast", TOKEN_BYTES * b, TOKEN_BYTES * b if r == 0 else 0)
                                    for r in group)))
@@ -94,10 +95,10 @@ def forward_ops(shape: EngineShape, layout: Layout, batch: int, seq: int, phase:
         group = layout.tp_group(stage)
         if stage == 0:
             if t > 1:
-                all_reduce("embed", group)  # 2. vocab-parallel embedding
+                all_reduce(contract.EMBED, group)  # 2. vocab-parallel embedding
         else:
             # 5 / 5'. Boundary `stage` (stage−1 → stage): hidden_states, then residual.
-            site = f"pp.boundary{stage}"
+            site = contract.pp_boundary(stage)
             pairs = [(layout.rank_of(stage - 1, r), layout.rank_of(stage, r)) for r in range(t)]
             part = act // t  # t = 1: the whole tensor; t > 1: this tp_rank's 1/t slice
             send_recv(site, pairs, part)
@@ -108,18 +109,18 @@ def forward_ops(shape: EngineShape, layout: Layout, batch: int, seq: int, phase:
                                          tuple(Call(r, "all_gather", part, (t - 1) * part) for r in group)))
         if t > 1:
             for j in layers:  # 3, 4. row-parallel o_proj and down_proj
-                all_reduce(f"layer{j}.attn.o_proj", group)
-                all_reduce(f"layer{j}.mlp.down_proj", group)
+                all_reduce(contract.attn_out(j), group)
+                all_reduce(contract.mlp_out(j), group)
     # 6. Last stage: last-position logits (v/t per rank) gathered to its tp_rank 0, the sampler.
     sampler = layout.rank_of(p - 1, 0)
     if t > 1:
         group = layout.tp_group(p - 1)
         m = b * (shape.vocab // t) * elem
-        ops.append(LogicalOp("gather", "lm_head", t, tuple(group), 1, m, t * m,
+        ops.append(LogicalOp("gather", contract.LM_HEAD, t, tuple(group), 1, m, t * m,
                              tuple(Call(r, "gather", m, 0 if r == sampler else m) for r in group)))
     # 7. Sampled ids back to global rank 0, every forward (prefill included).
     if p > 1:
-        send_recv("pp.tokens", [(sampler, 0)], TOKEN_BYTES * b)
+        send_recv(contract.PP_TOKENS, [(sampler, 0)], TOKEN_BYTES * b)
     return ops
 
 
@@ -274,7 +275,7 @@ def study_totals(shape: EngineShape, layout: Layout, batch: int, prompt_len: int
                       engine({"send"}, {"pp.boundary"}, column)))
     token_bytes: dict[str, int] = defaultdict(int)
     for r in rows:
-        if r["site"] in ("pp.tokens", "tokens.broadcast"):
+        if r["site"] in (contract.PP_TOKENS, contract.TOKENS_BROADCAST):
             token_bytes[r["site"]] += r["wire_bytes"]
     out = [{"term": name, "scope": scope, "study": _q(s), "engine": _q(e), "equal": s == e}
            for name, scope, s, e in terms]

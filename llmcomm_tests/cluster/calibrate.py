@@ -24,7 +24,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..analytic.commands_calibrate import fit_profile
+from ..commands.calibrate import fit_profile
 from ..analytic.hardware import Compute, HardwareProfile, load_profile
 from ..engine.config import DTYPE_BYTES, EngineShape
 from . import node_launch

@@ -20,7 +20,7 @@ from ..analytic import volume
 from ..analytic.latency import tier_of
 from ..engine.config import EngineShape
 from ..engine.layout import Layout
-from ..tags import site_class
+from ..contract import site_class
 
 KEYS = ("tier", "op", "phase", "site")
 

@@ -2,8 +2,8 @@
 
 For each op and message size: time per call (min / median / max over repetitions, max over ranks of
 each repetition, as nccl-tests reports the slowest rank), algbw = size / time and busbw = algbw ×
-the op's bus factor (nccl-tests' PERFORMANCE.md): all_reduce 2(n−1)/n; all_gather, reduce_scatter
-(n−1)/n; broadcast, send_recv, gather 1.  Size is nccl-tests' "size": the all-reduce buffer, the
+the op's bus factor (nccl-tests' PERFORMANCE.md, ``contract.bus_factor``): all_reduce 2(n−1)/n; all_gather,
+reduce_scatter, gather (n−1)/n; broadcast, send_recv 1.  Size is nccl-tests' "size": the all-reduce buffer, the
 gathered output, the reduce-scatter input, the broadcast buffer, the p2p message.  Gather-type ops
 round it down to a multiple of world_size elements (at least one per rank); the others take it as
 asked, so 8 B is an 8-byte message (the engine's int64 token transfers).  Each row also keeps every
@@ -17,18 +17,11 @@ import statistics
 import sys
 
 from .. import launch
+from ..contract import LATENCY_OPS, bus_factor
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv", "gather")
+OPS = LATENCY_OPS
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
 GATHER_TYPE = ("all_gather", "reduce_scatter", "gather")  # size = n × the per-rank part
-
-
-def bus_factor(op: str, n: int) -> float:
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    return 1.0
 
 
 def sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 20, backend: str = "auto",

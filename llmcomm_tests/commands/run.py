@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
 
 
 def config_from_args(args):
-    from ..execute import RunConfig
+    from ..measure import RunConfig
     from ..inject import parse_faults
 
     return RunConfig(resolve_engine(args.engine), Layout(args.tp, args.pp), batch=args.batch,
@@ -40,7 +40,7 @@ def config_from_args(args):
 
 
 def main(args) -> int:
-    from ..execute import run_case
+    from ..measure import run_case
     from ..launch import LaunchError
 
     try:

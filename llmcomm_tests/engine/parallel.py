@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import tags
+from .. import contract, position
 from .config import EngineShape
 from .layers import KVCache, apply_rotary, attention, rms_norm, rotary_tables, swiglu
 from .layout import Layout, kv_heads_of
@@ -120,13 +120,13 @@ class ParallelEngine:
 
     def _all_reduce(self, x: torch.Tensor, site: str) -> torch.Tensor:
         if self.tp_group is not None:
-            with tags.at_site(site):
+            with position.at_site(site):
                 dist.all_reduce(x, group=self.tp_group)
         return x
 
     def _send_boundary(self, tensors: list[torch.Tensor], boundary: int) -> None:
         peer = self.layout.rank_of(self.stage + 1, self.tp_rank)
-        with tags.at_site(f"pp.boundary{boundary}"):
+        with position.at_site(contract.pp_boundary(boundary)):
             for x in tensors:
                 part = x.reshape(-1).chunk(self.layout.tp)[self.tp_rank] if self.tp_group else x
                 dist.send(part.contiguous(), peer)
@@ -135,7 +135,7 @@ class ParallelEngine:
         peer = self.layout.rank_of(self.stage - 1, self.tp_rank)
         numel = shape[0] * shape[1] * shape[2]
         t = self.layout.tp
-        with tags.at_site(f"pp.boundary{boundary}"):
+        with position.at_site(contract.pp_boundary(boundary)):
             parts = [torch.empty(numel // t, dtype=self.dtype, device=self.device) for _ in range(2)]
             for part in parts:
                 dist.recv(part, peer)
@@ -156,7 +156,7 @@ class ParallelEngine:
         inside = (local >= 0) & (local < hi - lo)
         x = F.embedding(local.clamp(0, hi - lo - 1), self.w["model.embed_tokens.weight"])
         x = x * inside.unsqueeze(-1).to(x.dtype)
-        return self._all_reduce(x, "embed")
+        return self._all_reduce(x, contract.EMBED)
 
     def _layer(self, j: int, x: torch.Tensor, residual: torch.Tensor | None, pos: int):
         w, p, s = self.w, f"model.layers.{j}.", x.shape[1]
@@ -170,11 +170,11 @@ class ParallelEngine:
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = self.cache[j].update(pos, k, v)
         o = attention(q, k, v, self.kv_index, causal=s > 1).transpose(1, 2).reshape(b, s, self.q_heads * d)
-        x = self._all_reduce(F.linear(o, w[p + "self_attn.o_proj.weight"]), f"layer{j}.attn.o_proj")
+        x = self._all_reduce(F.linear(o, w[p + "self_attn.o_proj.weight"]), contract.attn_out(j))
         residual = x + residual
         x = rms_norm(residual, w[p + "post_attention_layernorm.weight"], self.shape.norm_eps)
         x = swiglu(x, w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"], w[p + "mlp.down_proj.weight"])
-        return self._all_reduce(x, f"layer{j}.mlp.down_proj"), residual
+        return self._all_reduce(x, contract.mlp_out(j)), residual
 
     def forward(self, ids: torch.Tensor | None, pos: int, batch: int, seq: int) -> torch.Tensor | None:
         """One forward of ``seq`` tokens per request; returns the full last-position logits on the
@@ -192,7 +192,7 @@ class ParallelEngine:
         local = F.linear(x[:, -1], self.w["lm_head.weight"])  # [b, v/t]
         if self.tp_group is None:
             return local
-        with tags.at_site("lm_head"):
+        with position.at_site(contract.LM_HEAD):
             parts = [torch.empty_like(local) for _ in range(self.layout.tp)] if self.is_sampler else None
             dist.gather(local, parts, group=self.tp_group, group_dst=0)
         return torch.cat(parts, dim=-1) if self.is_sampler else None
@@ -214,12 +214,12 @@ class ParallelEngine:
         prompt = prompt.to(self.device)
         start = time.perf_counter()
         for step in range(gen_len):
-            tags.set_phase("prefill" if step == 0 else "decode", step)
+            position.set_phase("prefill" if step == 0 else "decode", step)
             if step == 0:
                 ids, pos, seq = prompt, 0, prompt_len
             else:
                 if self.first and self.tp_group is not None:
-                    with tags.at_site("tokens.broadcast"):
+                    with position.at_site(contract.TOKENS_BROADCAST):
                         dist.broadcast(next_ids, group=self.tp_group, group_src=0)
                 ids, pos, seq = next_ids[:, None], prompt_len + step - 1, 1
             out = self.forward(ids if self.first else None, pos, batch, seq)
@@ -228,7 +228,7 @@ class ParallelEngine:
                 if keep_logits:
                     logits.append(out.float().cpu())
             if self.layout.pp > 1 and (self.is_sampler or driver):
-                with tags.at_site("pp.tokens"):
+                with position.at_site(contract.PP_TOKENS):
                     if self.is_sampler:
                         dist.send(next_ids, 0)
                     else:
@@ -236,7 +236,7 @@ class ParallelEngine:
             if driver:
                 tokens.append(next_ids.tolist())  # .tolist() synchronises a GPU
                 times.append(time.perf_counter() - start)
-        tags.set_phase("none", -1)
+        position.set_phase("none", -1)
         if not (driver or self.is_sampler):
             return None
         per_request = [list(col) for col in zip(*tokens)] if driver else []

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from ..metrics import percentile  # noqa: E402
-from ..tags import site_class  # noqa: E402
+from ..contract import site_class  # noqa: E402
 
 DPI = 100
 # One colour per op, stable across figures (ops not listed take the next free colour).

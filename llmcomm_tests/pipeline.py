@@ -10,7 +10,7 @@ from .checks import Verdict, evaluate, row
 
 
 def run_config(case, state):
-    from .execute import RunConfig
+    from .measure import RunConfig
     from .inject import parse_faults
 
     repeats = state.options.repeats if state.options.repeats is not None else case.repeats
@@ -31,7 +31,7 @@ def prediction(case, profile) -> dict:
 
 
 def run_and_check(case, state) -> dict:
-    from .execute import run_case
+    from .measure import run_case
     from .launch import LaunchError
 
     profile = state.profile()

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .spec import SpecError
-from .spec_values import kind_of
+from .types import SpecError
+from .values import kind_of
 
 __all__ = ["Doc", "Key", "field_name"]
 

@@ -38,8 +38,8 @@ from collections import defaultdict
 from dataclasses import replace
 
 from ..metrics import percentile
-from . import latency
-from .hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
+from ..analytic import latency
+from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
 
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB, ×4 (as bench-comm)
 
@@ -253,7 +253,7 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         worlds = sorted({int(r["world_size"]) for r in rows}) or worlds
         source = f"llmcomm calibrate --rows {args.rows}"
     else:
-        from ..commands import bench_comm  # lazy: torch and the launcher only when sweeping
+        from . import bench_comm  # lazy: torch and the launcher only when sweeping
 
         ops = [o.strip() for o in args.ops.split(",") if o.strip()]
         sizes = _sizes(args.sizes) if args.sizes else DEFAULT_SIZES

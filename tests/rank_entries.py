@@ -1,5 +1,4 @@
-"""Rank entry points with planted faults, for the launcher's own tests and for users who want to
-see how a crash or a hang is reported before they trust a gate."""
+"""Rank entry points for the launcher's and recorder's own tests (planted crashes, hangs, DTensor)."""
 
 from __future__ import annotations
 
@@ -52,8 +51,8 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    from . import tags
-    from .record import Recorder
+    from llmcomm_tests import position
+    from llmcomm_tests.record import Recorder
 
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (ctx.world_size,))
@@ -61,11 +60,11 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
     parallelize_module(mlp, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
     recorder = Recorder().install()
     recorder.active = True
-    tags.set_phase("prefill", 0)
-    with tags.at_site("dtensor.mlp"):
+    position.set_phase("prefill", 0)
+    with position.at_site("dtensor.mlp"):
         out = mlp(torch.ones(batch, hidden))
         total = float(out.sum())  # first use of the output: DTensor waits for the collective here
-    tags.set_phase("none", -1)
+    position.set_phase("none", -1)
     recorder.active = False
     records = recorder.finalize(ctx.rank)
     recorder.uninstall()

@@ -18,8 +18,8 @@ from collections import defaultdict
 
 from ..engine.config import resolve_engine
 from ..engine.layout import Layout, LayoutError
-from .e2e import predict_case
-from .hardware import list_profiles, load_profile
+from ..analytic.e2e import predict_case
+from ..analytic.hardware import list_profiles, load_profile
 
 SCHEMA = "llmcomm.predict/1"
 

@@ -15,8 +15,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from . import json_report
-    from .html import FILENAME, write_html
+    from ..report import json_report
+    from ..report.html import FILENAME, write_html
 
     source = args.dir / json_report.FILENAME
     try:

@@ -26,10 +26,3 @@ def at_site(name: str):
         yield
     finally:
         site = previous
-
-
-def site_class(site_name: str) -> str:
-    """Collapse a site to its class: ``layer3.attn.o_proj`` → ``attn``, ``pp.boundary2`` → ``pp.boundary``."""
-    if site_name.startswith("layer"):
-        return site_name.split(".", 2)[1]
-    return site_name.rstrip("0123456789")
