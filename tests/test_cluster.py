@@ -94,15 +94,17 @@ def test_tier_volume_matches_model(tiny_runs, layout):
 
 
 def test_tier_volume_check_fails_on_planted_faults(tiny_runs):
-    """A wrong node map (everything on one node) and a larger boundary message both show as diffs."""
+    """A wrong node map (everything on one node) and a larger message crossing nodes both show as
+    diffs, and only on the tier where they are."""
+    from llmcomm_tests.inject import parse_faults
+
     doc = tiny_runs[Layout(2, 2)]
     predicted = tiers.predicted(TINY, Layout(2, 2), 2, 8, 3, "fp32", RPN)
     assert tiers.diff(predicted, tiers.measured(doc["ops"], 4))
-    fault = run_case(RunConfig(TINY, Layout(2, 2), batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
-                               inject=tuple(__import__("llmcomm_tests.inject", fromlist=["parse_faults"])
-                                            .parse_faults(["send@pp.boundary:size=2"]))))
-    lines = tiers.diff(predicted, tiers.measured(fault["ops"], RPN))
-    assert lines and all(ln.startswith("inter/") for ln in lines)
+    fault = run_case(RunConfig(TINY, Layout(4, 1), batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
+                               inject=tuple(parse_faults(["all_reduce@mlp:size=2"]))))
+    lines = tiers.diff(tiers.predicted(TINY, Layout(4, 1), 2, 8, 3, "fp32", RPN), tiers.measured(fault["ops"], RPN))
+    assert lines and all(ln.startswith("inter/all_reduce/") and "/mlp:" in ln for ln in lines)
 
 
 # -- node launcher with a plain local template (no namespaces) -------------------------------------
