@@ -24,6 +24,8 @@ from llmcomm_tests.engine.config import resolve_engine  # noqa: E402
 from llmcomm_tests.engine.layout import Layout  # noqa: E402
 from llmcomm_tests.measure import RunConfig, run_case  # noqa: E402
 
+ORDER_MARGIN = 1.25  # as tests/test_cluster.py: the A/A spread of TPOT on this host (DOMAIN.md §11)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -70,6 +72,11 @@ def main() -> int:
         mine = [r for r in results if r["rate"] == rate]
         meas = [r["layout"] for r in sorted(mine, key=lambda r: r["tpot_measured_s"])]
         pred = [r["layout"] for r in sorted(mine, key=lambda r: r["tpot_predicted_s"])]
+        # the test's rule (tests/test_cluster.py): only pairs the model separates by > ORDER_MARGIN
+        pairs = [(a, b) for a in mine for b in mine if b["tpot_predicted_s"] > ORDER_MARGIN * a["tpot_predicted_s"]]
+        wrong = [f"{a['layout']}<{b['layout']}" for a, b in pairs if not a["tpot_measured_s"] < b["tpot_measured_s"]]
+        print(f"{rate}: {len(pairs)} pairs separated by > {ORDER_MARGIN}x in prediction; measured inversions: "
+              f"{wrong or 'none'}")
         inter_m = [r["layout"] for r in sorted(mine, key=lambda r: (r["inter_bytes_per_token_measured"], r["layout"]))]
         inter_p = [r["layout"] for r in sorted(mine, key=lambda r: (r["inter_bytes_per_token_predicted"], r["layout"]))]
         print(f"{rate}: TPOT order measured {meas} predicted {pred} {'MATCH' if meas == pred else 'DIFFER'}; "
