@@ -50,15 +50,7 @@ def _rank_args(layout: Layout, extra: list[str] = ()) -> list[str]:
 
 
 def _ours_alive(pids) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
+    return [pid for pid in pids if netns.pid_alive(pid)]
 
 
 def _torchrun_processes(marker: str) -> list[str]:

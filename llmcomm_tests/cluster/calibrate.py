@@ -71,20 +71,16 @@ def sweep(launch: node_launch.NodeLaunch, ops, sizes, repeats: int = 10) -> list
     return run.document("rows.json")
 
 
-def _subset(launch: node_launch.NodeLaunch, nodes: int, ranks_per_node: int) -> node_launch.NodeLaunch:
-    return replace(launch, nodes=launch.nodes[:nodes], ranks_per_node=ranks_per_node)
-
-
 def tier_sweeps(launch: node_launch.NodeLaunch, sizes=SIZES, repeats: int = 10, ops=OPS) -> dict:
     """``{"intra": rows, "inter": rows}``: 2 ranks on node 0; then 2 nodes × 1 rank and, when nodes
     hold more than one rank, 2 nodes × ranks_per_node."""
     if len(launch.nodes) < 2:
         raise ValueError("a two-tier calibration needs at least two nodes")
-    intra = sweep(_subset(launch, 1, min(2, launch.ranks_per_node)), ops, sizes, repeats) \
+    intra = sweep(node_launch.subset(launch, 1, min(2, launch.ranks_per_node)), ops, sizes, repeats) \
         if launch.ranks_per_node >= 2 else []
-    inter = sweep(_subset(launch, 2, 1), ops, sizes, repeats)
+    inter = sweep(node_launch.subset(launch, 2, 1), ops, sizes, repeats)
     if launch.ranks_per_node >= 2:
-        inter += sweep(_subset(launch, 2, launch.ranks_per_node), [o for o in ops if o != "send_recv"], sizes,
+        inter += sweep(node_launch.subset(launch, 2, launch.ranks_per_node), [o for o in ops if o != "send_recv"], sizes,
                        repeats)
     return {"intra": intra, "inter": inter}
 

@@ -158,14 +158,18 @@ def load(cluster_id: str) -> Cluster:
     return Cluster.from_dict(json.loads(path.read_text()))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A live process (a zombie counts as dead: it only waits to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- up / down -------------------------------------------------------------------------------------
@@ -272,7 +276,7 @@ def _kill_namespace_processes(ns: str, grace_s: float = 2.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.05)
 
 
@@ -312,7 +316,7 @@ def reap_stale() -> list[str]:
     """Remove clusters whose owner process is gone (a crashed or killed session)."""
     removed = []
     for cluster in registered():
-        if cluster.owner_pid is not None and not _pid_alive(cluster.owner_pid):
+        if cluster.owner_pid is not None and not pid_alive(cluster.owner_pid):
             removed += down(cluster)
     return removed
 

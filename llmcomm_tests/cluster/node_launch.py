@@ -47,10 +47,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..launch import PEER_LOST_MARKERS, RankFailed, RankTimeout, _in_communication
+from .netns import pid_alive
 
 FAILURE_GRACE_S = 3.0  # after one node fails, how long the others get to report their own errors
 STACK_GRACE_S = 1.5
@@ -106,6 +107,11 @@ class NodeRun:
         if name not in self.documents:
             raise KeyError(f"no document {name!r} came back (collected: {sorted(self.documents)})")
         return self.documents[name]
+
+
+def subset(launch: NodeLaunch, nodes: int, ranks_per_node: int) -> NodeLaunch:
+    """The first ``nodes`` nodes with ``ranks_per_node`` ranks each (a smaller world on the same cluster)."""
+    return replace(launch, nodes=launch.nodes[:nodes], ranks_per_node=ranks_per_node)
 
 
 def local_nodes(n: int, ranks_per_node: int, timeout_s: float = 600.0) -> NodeLaunch:
@@ -199,18 +205,9 @@ def _wait(launch: NodeLaunch, procs: list, results: Path) -> None:
         time.sleep(POLL_S)
 
 
-def _rank_nodes(results: Path) -> dict[int, str]:
-    out = {}
-    for path in results.glob("rank*.start.json"):
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            continue  # written while we read: the rank started, its node is in the log
-        out[int(data["rank"])] = data["node"]
-    return dict(sorted(out.items()))
-
-
 def _starts(results: Path) -> dict[int, dict]:
+    """Every rank's start record, by rank (one being written as we read is skipped: its node is
+    in the node's log)."""
     out = {}
     for path in results.glob("rank*.start.json"):
         try:
@@ -218,7 +215,11 @@ def _starts(results: Path) -> dict[int, dict]:
             out[int(data["rank"])] = data
         except ValueError:
             pass
-    return out
+    return dict(sorted(out.items()))
+
+
+def _rank_nodes(results: Path) -> dict[int, str]:
+    return {rank: start["node"] for rank, start in _starts(results).items()}
 
 
 def _logs(launch: NodeLaunch, results: Path) -> dict[str, str]:
@@ -286,7 +287,7 @@ def _tail(text: str, lines: int = 30) -> str:
 
 def _timeout(launch: NodeLaunch, results: Path) -> NodeRankTimeout:
     starts = _starts(results)
-    hung = [r for r, s in starts.items() if _alive(s["pid"])]
+    hung = [r for r, s in starts.items() if pid_alive(s["pid"])]
     for rank in hung:  # pids are this host's: namespaces share it; on remote nodes nothing happens
         try:
             os.kill(starts[rank]["pid"], signal.SIGUSR1)
@@ -311,19 +312,6 @@ def _timeout(launch: NodeLaunch, results: Path) -> NodeRankTimeout:
                            sorted({where[r] for r in blamed}))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill(procs: list, results: Path) -> None:
     """Every node's process group (SIGTERM: torchrun stops its workers; then SIGKILL), then any rank
     of this host still alive by pid (a worker that left the group)."""
@@ -345,7 +333,7 @@ def _kill(procs: list, results: Path) -> None:
         except subprocess.TimeoutExpired:
             pass
     for s in _starts(results).values():
-        if _alive(s["pid"]) and s.get("host") == socket.gethostname():
+        if pid_alive(s["pid"]) and s.get("host") == socket.gethostname():
             try:
                 os.kill(s["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

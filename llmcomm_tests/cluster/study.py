@@ -12,7 +12,7 @@ boundary crosses), TP2 inside one node (nothing crosses).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..engine.config import EngineShape
 from ..engine.layout import Layout
@@ -37,9 +37,9 @@ class Workload:
 def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: float = 300.0) -> dict:
     """One layout through the node launcher on as many nodes as it needs; the run document plus
     ``link_tx_bytes`` (kernel counters of the nodes' shaped interfaces over the whole launch)."""
-    launch = node_launch.emulated_nodes(cluster, timeout_s)
     nodes = -(-layout.world_size // cluster.ranks_per_node)
-    launch = replace(launch, nodes=launch.nodes[:nodes], ranks_per_node=min(cluster.ranks_per_node, layout.world_size))
+    launch = node_launch.subset(node_launch.emulated_nodes(cluster, timeout_s), nodes,
+                                min(cluster.ranks_per_node, layout.world_size))
     before = netns.link_tx_bytes(cluster)
     run = node_launch.run_on_nodes(
         launch, "llmcomm_tests.rank:main",
