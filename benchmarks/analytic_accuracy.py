@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from llmcomm_tests.analytic.accuracy import WAITING, accuracy_rows, format_rows, summary
+from llmcomm_tests.documents import RunDocument, from_json, to_json
 from llmcomm_tests.analytic.hardware import load_profile
 
 
@@ -52,15 +53,15 @@ def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str
         layout = Layout.parse(text)
         for b, sp, sd in workloads:
             cfg = RunConfig(PRESETS["tiny"], layout, batch=b, prompt_len=sp, gen_len=sd, dtype=dtype,
-                            repeats=repeats, warmup=warmup)
+                            repeats=repeats, warmup=warmup, keep_records=True)
             t0 = time.perf_counter()
             doc = run_case(cfg, timeout_s=300)
-            print(f"  ran {layout} batch {b} prompt {sp} gen {sd}: {len(doc['ops'])} records, "
+            print(f"  ran {layout} batch {b} prompt {sp} gen {sd}: {len(doc.records)} records, "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
             docs.append(doc)
             if save is not None:
                 save.mkdir(parents=True, exist_ok=True)
-                (save / f"{layout}-b{b}-p{sp}-g{sd}-{dtype}.json").write_text(json.dumps(doc))
+                (save / f"{layout}-b{b}-p{sp}-g{sd}-{dtype}.json").write_text(json.dumps(to_json(doc)))
     return docs
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = load_profile(args.profile)
     if args.load:
-        docs = [json.loads(p.read_text()) for p in sorted(args.load.glob("*.json"))]
+        docs = [from_json(RunDocument, json.loads(p.read_text())) for p in sorted(args.load.glob("*.json"))]
         what = f"{len(docs)} saved run documents from {args.load}"
     else:
         docs = run_all([x for x in args.layouts.split(",") if x.strip()], _workloads(args.workloads), args.repeats,

@@ -50,11 +50,11 @@ def test_all_reduce_recorded(benchmark, recorder):
 
 
 def test_finalize_per_record(benchmark, recorder):
-    """Turning records into dicts happens after the step, off the timed path — but it should stay cheap."""
+    """Turning calls into columns happens after the step, off the timed path — but it should stay cheap."""
     x = torch.ones(16)
     recorder.active = True
     for _ in range(1000):
         dist.all_reduce(x)
     recorder.active = False
     out = benchmark(recorder.finalize, 0)
-    assert len(out) == 1000 and out[0]["wire_bytes"] == 0
+    assert len(out) == 1000 and out.classes[0].wire_bytes == 0

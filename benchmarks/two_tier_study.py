@@ -45,9 +45,9 @@ def main() -> int:
     t0 = time.time()
     compute_doc = run_case(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
                                      gen_len=w.gen_len, dtype=w.dtype, repeats=w.repeats, warmup=w.warmup))
-    print(f"# 1-rank compute run: TTFT {compute_doc['metrics']['ttft_s'] * 1e3:.1f} ms, "
-          f"TPOT {compute_doc['metrics']['tpot_s'] * 1e3:.2f} ms (p50; the profile takes the minimum "
-          f"{min(compute_doc['metrics']['samples']['tpot_s']) * 1e3:.2f} ms)")
+    m = compute_doc.metrics
+    print(f"# 1-rank compute run: TTFT {m.ttft.p50 * 1e3:.1f} ms, TPOT {m.tpot.p50 * 1e3:.2f} ms "
+          f"(p50; the profile takes the minimum {min(m.tpot.samples) * 1e3:.2f} ms)")
     results, profiles = [], {}
     for rate in args.rates.split(","):
         cluster = netns.up_owned(2, 2, rate)
@@ -61,7 +61,7 @@ def main() -> int:
             for layout in study.LAYOUTS:
                 r = study.compare(docs[layout], profile, shape, layout, w, cores)
                 r["rate"] = rate
-                r["tokens"] = docs[layout][0]["tokens"]
+                r["tokens"] = docs[layout][0].doc.tokens
                 results.append(r)
                 print(f"# {rate} {layout}: TPOT min {r['tpot_measured_s'] * 1e3:.2f} ms p50 {r['tpot_p50_s'] * 1e3:.2f} "
                       f"ms measured, {r['tpot_predicted_s'] * 1e3:.2f} ms predicted", flush=True)

@@ -79,14 +79,14 @@ def from_json(cls: Any, data: Any) -> Any:
 # -- latency summaries ----------------------------------------------------------------------------
 
 BUCKETS_PER_DECADE = 100  # bucket width ≈ 2.3 %: a quantile from buckets is within ~1.2 % of the truth
-SAMPLE_CAP = 512  # exact samples kept per class (a seeded reservoir past that)
+SAMPLE_CAP = 512  # exact samples kept per class (a seeded uniform sample past that)
 
 
 @dataclass
 class LatencySummary:
     """Durations (seconds) of a class of calls, mergeable and bounded in size.
 
-    Exact samples up to :data:`SAMPLE_CAP` (a uniform reservoir past it: what bootstraps and
+    Exact samples up to :data:`SAMPLE_CAP` (a seeded uniform sample past it: what bootstraps and
     rank tests use) plus a fixed-bucket log histogram of all of them (what quantiles use once the
     reservoir no longer holds every sample)."""
 
@@ -96,7 +96,6 @@ class LatencySummary:
     max_s: float | None = None
     buckets: dict[int, int] = field(default_factory=dict)
     samples: list[float] = field(default_factory=list)
-    _seen: int = 0  # samples offered to the reservoir
 
     @staticmethod
     def bucket(x: float) -> int:
@@ -104,26 +103,17 @@ class LatencySummary:
 
     @classmethod
     def of(cls, values, seed: int = 0) -> "LatencySummary":
-        out = cls()
-        rng = random.Random(seed)
-        for x in values:
-            out.add(float(x), rng)
-        return out
+        """The summary of ``values`` (a sequence or numpy array of seconds), vectorised."""
+        import numpy as np
 
-    def add(self, x: float, rng: random.Random | None = None) -> None:
-        self.count += 1
-        self.total_s += x
-        self.min_s = x if self.min_s is None else min(self.min_s, x)
-        self.max_s = x if self.max_s is None else max(self.max_s, x)
-        b = self.bucket(x)
-        self.buckets[b] = self.buckets.get(b, 0) + 1
-        self._seen += 1
-        if len(self.samples) < SAMPLE_CAP:
-            self.samples.append(x)
-        else:
-            j = (rng or random).randrange(self._seen)
-            if j < SAMPLE_CAP:
-                self.samples[j] = x
+        x = np.asarray(values, dtype=float)
+        if not len(x):
+            return cls()
+        index, counts = np.unique(np.floor(np.log10(np.maximum(x, 1e-12)) * BUCKETS_PER_DECADE).astype(np.int64),
+                                  return_counts=True)
+        kept = x if len(x) <= SAMPLE_CAP else np.random.default_rng(seed).choice(x, SAMPLE_CAP, replace=False)
+        return cls(len(x), float(x.sum()), float(x.min()), float(x.max()),
+                   dict(zip(index.tolist(), counts.tolist())), kept.tolist())
 
     def merge(self, other: "LatencySummary", seed: int = 0) -> "LatencySummary":
         out = LatencySummary(self.count + other.count, self.total_s + other.total_s,
@@ -139,7 +129,6 @@ class LatencySummary:
             take = round(SAMPLE_CAP * self.count / out.count)
             out.samples = rng.sample(self.samples, min(take, len(self.samples))) + \
                 rng.sample(other.samples, min(SAMPLE_CAP - take, len(other.samples)))
-        out._seen = out.count
         return out
 
     @property
@@ -427,7 +416,9 @@ class VerdictRow:
     measured_tail: float | None = None  # the p99 beside a p50
     n: int | None = None
     model: float | None = None
-    model_n: int | None = None  # the model's call count (volume rows)
+    model_n: int | None = None  # volume rows: the model's call count …
+    measured_wire: int | None = None  # … and the wire bytes on both sides
+    model_wire: int | None = None
     low: float | None = None
     high: float | None = None
     budget: float | None = None
@@ -465,7 +456,31 @@ class CaseResult:
     run: Optional[RunDocument] = None
     error: Optional[str] = None
     properties: list[tuple[str, str]] = field(default_factory=list)
+    nodeid: str = ""
 
     @property
     def passed(self) -> bool:
         return self.error is None and self.verdict.passed
+
+
+@dataclass
+class SessionReport:
+    """A pytest session's cases, as ``llmcomm-report.json`` holds them and the HTML shows them."""
+
+    env: dict[str, Any]
+    backend: str
+    hardware: str
+    ranks: int
+    options: dict[str, Any]
+    items: list[CaseResult]
+    complete: bool = True
+    exitstatus: Optional[int] = None
+    schema: str = "llmcomm.session/2"
+
+    @property
+    def passed(self) -> int:
+        return sum(item.passed for item in self.items)
+
+    @property
+    def failed(self) -> int:
+        return len(self.items) - self.passed

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .envinfo import cuda_device_count
+
 PRELOAD = ["llmcomm_tests._preload"]
 STACK_GRACE_S = 1.0  # how long hung ranks get to write their stacks
 FAILURE_GRACE_S = 1.0  # after one rank fails, how long to wait for the others' own errors
@@ -65,9 +67,7 @@ class RankContext:
 
 def resolve_backend(backend: str, world_size: int) -> str:
     """``auto``: NCCL with one GPU per rank where there are enough CUDA devices, else gloo."""
-    import torch
-
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = cuda_device_count()  # torch.cuda.is_available() would call cudaGetDeviceCount here
     if backend == "nccl" and devices < world_size:
         raise ValueError(f"backend nccl needs one CUDA device per rank: {world_size} ranks, {devices} devices")
     if backend != "auto":
@@ -98,15 +98,6 @@ def _main_module_hidden():
     finally:
         main.__dict__.update(saved)
         main.__spec__ = spec
-
-
-def shutdown() -> None:
-    """Stop the fork server (it would otherwise live until this process exits)."""
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        stop()
 
 
 def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, backend: str = "auto",

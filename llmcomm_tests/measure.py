@@ -12,12 +12,10 @@ import socket
 from dataclasses import dataclass, field
 
 from . import launch, metrics
-from .envinfo import comm_variables, nvidia_driver
+from .documents import CaseInfo, RunDocument
+from .envinfo import comm_variables, nccl_config_files, nvidia_driver
 from .engine.config import EngineShape
 from .engine.layout import Layout
-
-SCHEMA = "llmcomm.run/1"
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -32,18 +30,18 @@ class RunConfig:
     seed: int = 0
     keep_logits: bool = False
     cross_check: bool = False  # also count ops with torch.profiler, an independent source
+    keep_records: bool = False  # every call in the run document (large: a summary per class is kept anyway)
     inject: tuple = field(default_factory=tuple)  # planted faults (llmcomm_tests.inject)
 
-    def case_dict(self, backend: str) -> dict:
-        return {"engine": self.engine.to_dict(), "tp": self.layout.tp, "pp": self.layout.pp,
-                "batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len,
-                "dtype": self.dtype, "backend": backend, "world_size": self.layout.world_size,
-                "repeats": self.repeats, "warmup": self.warmup, "seed": self.seed}
+    def case_info(self, backend: str) -> CaseInfo:
+        return CaseInfo(self.engine.to_dict(), self.layout.tp, self.layout.pp, self.batch, self.prompt_len,
+                        self.gen_len, self.dtype, backend, self.layout.world_size, self.repeats, self.warmup,
+                        self.seed)
 
 
 def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
-             available_ranks: int | None = None, threads_per_rank: int = 1) -> dict:
-    """Launch ``cfg`` and return its run document (``llmcomm.run/1``)."""
+             available_ranks: int | None = None, threads_per_rank: int = 1) -> RunDocument:
+    """Launch ``cfg`` and return its run document."""
     cfg.layout.validate(cfg.engine, available_ranks)
     backend = launch.resolve_backend(backend, cfg.layout.world_size)
     per_rank = launch.launch(rank_run, (cfg,), world_size=cfg.layout.world_size, backend=backend,
@@ -51,26 +49,20 @@ def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
     return assemble(cfg, backend, per_rank)
 
 
-def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> dict:
+def assemble(cfg: RunConfig, backend: str, per_rank: list[dict]) -> RunDocument:
     driver = per_rank[0]
-    ops = [op for r in per_rank for op in r["ops"]]
-    doc = {
-        "schema": SCHEMA,
-        "case": cfg.case_dict(backend),
-        "env": driver["env"],
-        "tokens": driver["generations"][0]["tokens"],
-        "metrics": metrics.latency_metrics(driver["generations"], cfg.gen_len, cfg.batch),
-        "ops": ops,
-        "volume": metrics.volume(ops, rep=0),
-        "volume_stable": metrics.volume_stable(ops, cfg.repeats),
-        "comm": metrics.comm_metrics(ops, driver["generations"], cfg.batch, cfg.gen_len, cfg.layout.world_size),
-    }
+    rank_ops = [r["ops"] for r in per_rank]
+    generations = driver["generations"]
     sampler = next((r for r in per_rank if r.get("logits") is not None), None)
-    if sampler is not None:
-        doc["logits"] = sampler["logits"]
-    if cfg.cross_check:
-        doc["cross_check"] = [r["cross_check"] for r in per_rank]
-    return doc
+    return RunDocument(
+        case=cfg.case_info(backend), env=driver["env"], tokens=generations[0]["tokens"],
+        metrics=metrics.latency_metrics(generations, cfg.gen_len, cfg.batch),
+        comm=metrics.comm_metrics(rank_ops, generations, cfg.batch, cfg.gen_len),
+        volume=metrics.volume(rank_ops, rep=0), volume_stable=metrics.volume_stable(rank_ops, cfg.repeats),
+        ops=metrics.op_summaries(rank_ops, cfg.seed), timeline=metrics.timeline(rank_ops),
+        records=metrics.records(rank_ops) if cfg.keep_records else None,
+        logits=sampler["logits"].tolist() if sampler is not None else None,
+        cross_check=[r["cross_check"] for r in per_rank] if cfg.cross_check else None)
 
 
 def rank_run(ctx, cfg: RunConfig) -> dict:
@@ -134,6 +126,7 @@ def environment(ctx) -> dict:
         "devices": [],
         "cpu_count": os.cpu_count(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
     if torch.cuda.is_available():
         env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))

@@ -1,30 +1,30 @@
-"""Records and token times → metrics (vLLM's definitions, DOMAIN.md §6) and volume rows."""
+"""The ranks' calls and token times → the run document's numbers.
+
+* latency metrics: TTFT, TPOT, E2E per repetition and ITL per token gap (vLLM's definitions,
+  DOMAIN.md §6);
+* volume rows: calls, bytes and wire bytes per (op, phase, site class), summed over ranks;
+* op summaries: every call class with a bounded latency summary (documents.OpSummary);
+* comm metrics: time inside communication calls per token and as a share of TTFT/TPOT/E2E;
+* the timeline (one decode step's calls on every rank) and, on request, every call.
+
+Works on the recorder's columns (``RankOps``) with numpy: a Llama-3.1-8B 8x1 case's ~660 000
+calls are summarised without a Python object per call.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
+from .analytic.accuracy import role_of, span_of, waiting_reason
 from .contract import site_class
+from .documents import (CommMetrics, Distribution, LatencyMetrics, LatencySummary, OpRecord, OpSummary, RankOps,
+                        VolumeRow)
+from .stats import percentile
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile; with n samples p99 of n < 100 is close to the maximum."""
-    if not values:
-        return None
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def summary(values: list[float]) -> dict:
-    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "n": len(values),
-            "min": min(values) if values else None, "max": max(values) if values else None}
-
-
-def latency_metrics(generations: list[dict], gen_len: int, batch: int) -> dict:
-    """TTFT, TPOT, E2E per repetition (p50 headline, samples kept), ITL over all repetitions."""
+def latency_metrics(generations: list[dict], gen_len: int, batch: int) -> LatencyMetrics:
     ttft, tpot, e2e, itl = [], [], [], []
     for gen in generations:
         times = gen["token_times_s"]
@@ -33,80 +33,123 @@ def latency_metrics(generations: list[dict], gen_len: int, batch: int) -> dict:
         tpot.append((times[-1] - times[0]) / (gen_len - 1) if gen_len > 1 else 0.0)
         itl.extend(b - a for a, b in zip(times, times[1:]))
     p50_e2e = percentile(e2e, 50)
-    return {
-        "ttft_s": percentile(ttft, 50), "tpot_s": percentile(tpot, 50), "e2e_s": p50_e2e, "itl_s": itl,
-        "tokens_per_s": batch * gen_len / p50_e2e if p50_e2e else None,
-        "samples": {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e},
-        "ttft": summary(ttft), "tpot": summary(tpot), "e2e": summary(e2e), "repeats": len(generations),
-    }
+    return LatencyMetrics(Distribution(ttft), Distribution(tpot), Distribution(e2e), Distribution(itl),
+                          batch * gen_len / p50_e2e if p50_e2e else None)
 
 
-def volume(ops: list[dict], rep: int = 0) -> list[dict]:
-    """Rows (op, phase, site class) → count, bytes, wire_bytes summed over ranks, one repetition."""
+def volume(rank_ops: list[RankOps], rep: int = 0) -> list[VolumeRow]:
+    """Rows per (op, phase, site class): calls, bytes, wire bytes over every rank, one repetition."""
     rows: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for op in ops:
-        if op["rep"] != rep:
-            continue
-        row = rows[(op["op"], op["phase"], site_class(op["site"]))]
-        row[0] += 1
-        row[1] += op["bytes"]
-        row[2] += op["wire_bytes"]
-    return [{"op": k[0], "phase": k[1], "site": k[2], "count": v[0], "bytes": v[1], "wire_bytes": v[2]}
-            for k, v in sorted(rows.items())]
+    for ops in rank_ops:
+        counts = np.bincount(ops.cls[ops.rep == rep], minlength=len(ops.classes))
+        for c, n in zip(ops.classes, counts):
+            if n:
+                row = rows[(c.op, c.phase, site_class(c.site))]
+                row[0] += int(n)
+                row[1] += int(n) * c.bytes
+                row[2] += int(n) * c.wire_bytes
+    return [VolumeRow(*k, *v) for k, v in sorted(rows.items())]
 
 
-def volume_stable(ops: list[dict], repeats: int) -> bool:
-    """Every repetition moved the same ops and bytes (a deterministic engine must)."""
-    first = volume(ops, 0)
-    return all(volume(ops, rep) == first for rep in range(1, repeats))
+def volume_stable(rank_ops: list[RankOps], repeats: int) -> bool:
+    """Every repetition moved the same calls and bytes (a deterministic engine must)."""
+    first = volume(rank_ops, 0)
+    return all(volume(rank_ops, rep) == first for rep in range(1, repeats))
 
 
-def busy_time(intervals: list[tuple[int, int]]) -> float:
-    """Seconds covered by the union of [start_ns, end_ns) intervals: overlapping ops (async p2p, an
-    op issued while another is in flight) count once."""
-    total, cur_start, cur_end = 0, None, None
-    for start, end in sorted(intervals):
-        if cur_end is None or start > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    if cur_end is not None:
-        total += cur_end - cur_start
-    return total / 1e9
+def op_summaries(rank_ops: list[RankOps], seed: int = 0) -> list[OpSummary]:
+    """One summary per (op, phase, site class, span, bytes per call, role), over ranks and repetitions."""
+    calls: dict[tuple, list] = {}  # key -> [count, wire bytes, duration arrays]
+    for ops in rank_ops:
+        order = np.argsort(ops.cls, kind="stable")
+        bounds = np.searchsorted(ops.cls[order], np.arange(len(ops.classes) + 1))
+        for index, c in enumerate(ops.classes):
+            chosen = order[bounds[index]:bounds[index + 1]]
+            if not len(chosen):
+                continue
+            role = role_of(c.op, c.bytes, c.wire_bytes)
+            key = (c.op, c.phase, site_class(c.site), tuple(span_of(c.op, ops.rank, c.group, c.peer)), c.bytes, role)
+            acc = calls.setdefault(key, [0, 0, []])
+            acc[0] += len(chosen)
+            acc[1] += len(chosen) * c.wire_bytes
+            acc[2].append(ops.duration_s[chosen])
+    out = []
+    for (op, phase, site, span, nbytes, role), (count, wire, durations) in sorted(calls.items()):
+        timed = np.concatenate(durations)
+        timed = timed[~np.isnan(timed)]
+        out.append(OpSummary(op, phase, site, list(span), nbytes, role, waiting_reason(op, role), count,
+                             count * nbytes, wire, LatencySummary.of(timed, seed) if len(timed) else None))
+    return out
 
 
-def comm_metrics(ops: list[dict], generations: list[dict], batch: int, gen_len: int, world_size: int) -> dict:
-    """Time spent inside comm calls (peers' lateness included: what a rank waited), per token and as a
-    share of TTFT/TPOT, plus bytes per generated token.  Medians over repetitions, max over ranks."""
-    spans: dict[tuple[int, int, str], list[tuple[int, int]]] = defaultdict(list)
-    wire = defaultdict(int)
-    for op in ops:
-        if op["duration_s"] is not None:
-            start = op["start_ns"]
-            spans[(op["rep"], op["rank"], op["phase"])].append((start, start + int(op["duration_s"] * 1e9)))
-        wire[op["rep"]] += op["wire_bytes"]
+def busy_time(start_ns, end_ns) -> float:
+    """Seconds covered by the union of [start, end) intervals: overlapping calls (async p2p, a call
+    issued while another is in flight) count once."""
+    if not len(start_ns):
+        return 0.0
+    order = np.argsort(start_ns, kind="stable")
+    starts, ends = start_ns[order], end_ns[order]
+    reach = np.maximum.accumulate(ends)
+    # a new busy stretch starts where a call begins after everything before it has ended
+    new = np.empty(len(starts), bool)
+    new[0] = True
+    new[1:] = starts[1:] > reach[:-1]
+    stretch_starts = starts[new]
+    stretch_ends = np.append(reach[np.flatnonzero(new)[1:] - 1], reach[-1])
+    return float((stretch_ends - stretch_starts).sum()) / 1e9
+
+
+def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, gen_len: int) -> CommMetrics:
+    """Time inside comm calls (peers' lateness included: what a rank waited), per token and as a
+    share of TTFT/TPOT/E2E, plus wire bytes per generated token.  Per repetition the slowest rank."""
+    phase_of = [_phases(ops) for ops in rank_ops]
     per_token, ttft_share, tpot_share, e2e_share = [], [], [], []
     for rep, gen in enumerate(generations):
-        ranks = range(world_size)
-        prefill = max(busy_time(spans[(rep, r, "prefill")]) for r in ranks)
-        decode = max(busy_time(spans[(rep, r, "decode")]) for r in ranks)
-        total = max(busy_time(spans[(rep, r, "prefill")] + spans[(rep, r, "decode")]) for r in ranks)
+        prefill = decode = total = 0.0
+        for ops, phases in zip(rank_ops, phase_of):
+            timed = (ops.rep == rep) & ~np.isnan(ops.duration_s)
+            start = ops.start_ns[timed]
+            end = start + (ops.duration_s[timed] * 1e9).astype(np.int64)
+            is_prefill, is_decode = phases[timed] == "prefill", phases[timed] == "decode"
+            prefill = max(prefill, busy_time(start[is_prefill], end[is_prefill]))
+            decode = max(decode, busy_time(start[is_decode], end[is_decode]))
+            both = is_prefill | is_decode
+            total = max(total, busy_time(start[both], end[both]))
         times = gen["token_times_s"]
         per_token.append(total / gen_len)
         e2e_share.append(total / times[-1] if times[-1] else 0.0)
         ttft_share.append(prefill / times[0] if times[0] else 0.0)
         if gen_len > 1 and times[-1] > times[0]:
             tpot_share.append(decode / (times[-1] - times[0]))
-    tokens = batch * gen_len
-    return {
-        "comm_time_per_token_s": percentile(per_token, 50),
-        "comm_share_ttft": percentile(ttft_share, 50),
-        "comm_share_tpot": percentile(tpot_share, 50),
-        "comm_share": percentile(e2e_share, 50),  # of the whole request (E2E)
-        "bytes_per_token": wire.get(0, 0) / tokens,
-        "wire_bytes_total": wire.get(0, 0),
-        "samples": {"comm_time_per_token_s": per_token, "comm_share": e2e_share,
-                    "comm_share_ttft": ttft_share, "comm_share_tpot": tpot_share},
-    }
+    wire = sum(int(ops.classes[c].wire_bytes) * int(n) for ops in rank_ops
+               for c, n in enumerate(np.bincount(ops.cls[ops.rep == 0], minlength=len(ops.classes))))
+    return CommMetrics(Distribution(per_token), Distribution(e2e_share), Distribution(ttft_share),
+                       Distribution(tpot_share), wire / (batch * gen_len), wire)
+
+
+def records(rank_ops: list[RankOps], where=None) -> list[OpRecord]:
+    """Calls as records, in issue order per rank; ``where(ops)`` picks rows (a boolean mask)."""
+    out = []
+    for ops in rank_ops:
+        rows = np.flatnonzero(where(ops)) if where is not None else range(len(ops))
+        for i in rows:
+            c = ops.classes[ops.cls[i]]
+            d = float(ops.duration_s[i])
+            out.append(OpRecord(ops.rank, int(ops.rep[i]), c.op, list(c.group), c.dtype, c.numel, c.bytes,
+                                c.wire_bytes, c.phase, int(ops.step[i]), c.site, int(ops.start_ns[i]),
+                                None if d != d else d, c.peer))
+    return out
+
+
+def timeline(rank_ops: list[RankOps]) -> list[OpRecord]:
+    """Every rank's calls in the middle decode step of the first repetition (what the report's
+    timeline draws): a few dozen records however long the run."""
+    steps = sorted({int(s) for ops in rank_ops for s in np.unique(ops.step[(ops.rep == 0) & (_phases(ops) == "decode")])})
+    if not steps:
+        return []
+    step = steps[len(steps) // 2]
+    return records(rank_ops, lambda ops: (ops.rep == 0) & (ops.step == step) & (_phases(ops) == "decode"))
+
+
+def _phases(ops: RankOps):
+    return np.array([c.phase for c in ops.classes] or [""])[ops.cls]

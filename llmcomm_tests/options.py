@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .envinfo import cuda_device_count
+
 
 @dataclass(frozen=True)
 class Option:
@@ -22,8 +24,8 @@ class Option:
 
 def _positive_int(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
+    if value < 1:
+        raise ValueError("must be >= 1")
     return value
 
 
@@ -40,13 +42,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _flag(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _baseline_name(text: str) -> str | None:
+    from .baseline import check_name
+
+    return check_name(text) if text else None
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
 
 OPTIONS = (
     Option("gpus", "--gpus", "LLMCOMM_GPUS", "llmcomm_gpus", None, _positive_int,
-           "ranks available to a case (default: CUDA devices, else 4 CPU ranks on gloo)"),
+           "ranks available to a case, >= 1 (default: the CUDA devices torch sees, else 4 CPU ranks on gloo)"),
     Option("backend", "--llmcomm-backend", "LLMCOMM_BACKEND", "llmcomm_backend", "auto", _backend,
            "auto (NCCL with one GPU per rank when there are enough devices, else gloo), gloo or nccl"),
     Option("hardware", "--llmcomm-hardware", "LLMCOMM_HARDWARE", "llmcomm_hardware", None, _optional_str,
@@ -58,11 +75,13 @@ OPTIONS = (
     Option("timeout", "--llmcomm-timeout", "LLMCOMM_TIMEOUT", "llmcomm_timeout", 300.0, _positive_float,
            "seconds before a case's hung ranks are killed"),
     Option("baseline_save", "--llmcomm-baseline-save", "LLMCOMM_BASELINE_SAVE", "llmcomm_baseline_save", None,
-           _optional_str, "store each case's results as baseline NAME"),
+           _baseline_name, "store each case's results as baseline NAME"),
     Option("baseline_compare", "--llmcomm-baseline-compare", "LLMCOMM_BASELINE_COMPARE",
-           "llmcomm_baseline_compare", None, _optional_str, "compare each case against baseline NAME"),
+           "llmcomm_baseline_compare", None, _baseline_name, "compare each case against baseline NAME"),
     Option("baseline_dir", "--llmcomm-baseline-dir", "LLMCOMM_BASELINE_DIR", "llmcomm_baseline_dir", ".llmcomm/baselines",
            str, "where baselines live (one folder per hardware key)"),
+    Option("keep_records", "--llmcomm-keep-records", "LLMCOMM_KEEP_RECORDS", "llmcomm_keep_records", False, _flag,
+           "keep every communication call in the reports (default: a bounded summary per op class)"),
 )
 
 
@@ -77,13 +96,18 @@ class LLMCommOptions:
     baseline_save: str | None
     baseline_compare: str | None
     baseline_dir: str
+    keep_records: bool = False
     inject: tuple[str, ...] = ()
 
 
 def add_options(parser) -> None:
     group = parser.getgroup("llmcomm", "llmcomm-tests: communication SLO specs")
     for opt in OPTIONS:
-        group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", default=None, help=opt.help)
+        if opt.parse is _flag:  # a switch on the command line, true/false in env and ini
+            group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", action="store_const", const="true", default=None,
+                            help=opt.help)
+        else:
+            group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", default=None, help=opt.help)
         parser.addini(opt.ini, opt.help, default=None)
     group.addoption("--llmcomm-inject", dest="llmcomm_inject", action="append", default=[],
                     help="plant a fault in every case, e.g. all_reduce:delay=10%% (gate self-test)")
@@ -110,19 +134,11 @@ def resolve(config) -> LLMCommOptions:
 CPU_RANKS_DEFAULT = 4  # gloo ranks a CPU host offers when --gpus is not given
 
 
-def cuda_device_count() -> int:
-    """Counted without importing torch (the plugin must load without it)."""
-    try:
-        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
-    except OSError:
-        return 0
-
-
 def available_ranks(options: LLMCommOptions) -> tuple[int, str]:
     """(ranks, why): --gpus wins; else CUDA devices; else CPU processes on gloo."""
     if options.gpus is not None:
         devices = cuda_device_count()
-        if devices >= options.gpus and options.gpus > 0:
+        if devices >= options.gpus:
             return options.gpus, f"--gpus {options.gpus} (CUDA devices: {devices})"
         return options.gpus, f"--gpus {options.gpus}: no {options.gpus} CUDA devices here, ranks are CPU processes on gloo"
     devices = cuda_device_count()

@@ -6,16 +6,14 @@ must not import torch: torch is imported when a case runs.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from . import options as llmcomm_options
-from .session import LLMCommSession
+from .session import SESSION_KEY, LLMCommSession
 
-SESSION_KEY = pytest.StashKey[LLMCommSession]()
 SPEC_DIRS_INI = "llmcomm_spec_dirs"
 MARKERS = (
     "llmcomm: an llmcomm-tests SLO case (one layout x workload of a spec)",
@@ -64,8 +62,10 @@ def _runs_specs(config) -> bool:
 
 
 def pytest_collect_file(file_path: Path, parent):
-    if file_path.suffix in (".yaml", ".yml") and any(
-            d in file_path.parent.parts for d in parent.config.getini(SPEC_DIRS_INI)):
+    """A YAML file under a spec folder, or one named on the command line wherever it lives."""
+    if file_path.suffix in (".yaml", ".yml") and (
+            any(d in file_path.parent.parts for d in parent.config.getini(SPEC_DIRS_INI))
+            or parent.session.isinitpath(file_path)):
         from .pytest_items import SpecFile
 
         return SpecFile.from_parent(parent, path=file_path)
@@ -81,9 +81,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     result = getattr(item, "llmcomm_result", None)
     if call.when == "call" and result is not None:
-        result["nodeid"] = item.nodeid
+        from .documents import to_json
+
+        result.nodeid = item.nodeid
         # Plain JSON types only: the report travels to the xdist controller through execnet.
-        outcome.get_result().llmcomm = json.loads(json.dumps(result, default=str))
+        outcome.get_result().llmcomm = to_json(result)
 
 
 class ReportWriter:
@@ -95,10 +97,12 @@ class ReportWriter:
         self.state = config.stash[SESSION_KEY]
 
     def pytest_runtest_logreport(self, report):
-        result = getattr(report, "llmcomm", None)
-        if result is not None:
+        data = getattr(report, "llmcomm", None)
+        if data is not None:
+            from .documents import CaseResult, from_json
             from .report import json_report
 
+            result = from_json(CaseResult, data)
             if not self.state.results:
                 json_report.start(self.state)
             self.state.results.append(result)

@@ -9,10 +9,12 @@ from .report.table import format_table
 
 class SpecFile(pytest.File):
     def collect(self):
+        from .session import SESSION_KEY
         from .spec import SpecError, load_spec
 
         try:
             spec = load_spec(self.path)
+            self.config.stash[SESSION_KEY].spec_names.claim(spec)
         except SpecError as exc:
             raise SpecCollectError(str(exc)) from None
         for case in spec.cases():
@@ -52,11 +54,11 @@ class CaseItem(pytest.Item):
     def __init__(self, *, case, **kwargs):
         super().__init__(**kwargs)
         self.case = case
-        self.llmcomm_result: dict | None = None
+        self.llmcomm_result = None  # documents.CaseResult once run
 
     @property
     def session_state(self):
-        from .plugin import SESSION_KEY
+        from .session import SESSION_KEY
 
         return self.config.stash[SESSION_KEY]
 
@@ -70,14 +72,13 @@ class CaseItem(pytest.Item):
 
         result = run_and_check(self.case, self.session_state)
         self.llmcomm_result = result
-        table = format_table(result["verdict"]["rows"])
+        table = format_table(result.verdict.rows)
         self.add_report_section("call", "llmcomm", table)
-        for name, value in result["properties"]:
-            self.user_properties.append((name, value))
-        if result.get("error"):
-            raise CaseFailure(result["error"], table)
-        if not result["verdict"]["passed"]:
-            failed = [r for r in result["verdict"]["rows"] if r["verdict"] == "fail"]
+        self.user_properties.extend(result.properties)
+        if result.error:
+            raise CaseFailure(result.error, table)
+        if not result.verdict.passed:
+            failed = result.verdict.failed
             raise CaseFailure(f"{len(failed)} check(s) failed", format_table(failed))
 
     def repr_failure(self, excinfo, style=None):

@@ -9,21 +9,24 @@ the process group and writes the run document.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .commands.run import add_arguments, config_from_args, summary
+    from .commands.args import OneLineParser
+    from .commands.run import add_arguments, config_from_args, summary, write_document
     from .measure import assemble, rank_run
     from .launch import init_rank, resolve_backend, teardown_rank
 
-    parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.rank")
+    parser = OneLineParser(prog="python -m llmcomm_tests.rank")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != cfg.layout.world_size:
         print(f"WORLD_SIZE={world} but tp*pp={cfg.layout.world_size}", file=sys.stderr)
@@ -42,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = assemble(cfg, backend, gathered)
             print(summary(doc))
             if args.json_path:
-                with open(args.json_path, "w") as f:
-                    json.dump(doc, f, indent=1)
+                write_document(doc, args.json_path)
     finally:
         teardown_rank()
     return 0

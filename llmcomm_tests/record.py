@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from . import position
 from .contract import FUNCTIONAL_OPS, PG_METHODS, wire_bytes
+from .documents import CallClass, RankOps
 
 def _tensors(arg) -> list[torch.Tensor]:
     if isinstance(arg, torch.Tensor):
@@ -64,7 +65,7 @@ def _root(method: str, args: tuple) -> int:
 
 @dataclass
 class _Call:
-    """One call as the hook sees it; resolved by ``finalize``."""
+    """One call as the hook sees it; resolved into the class table and columns by ``finalize``."""
 
     op: str
     group: object  # ProcessGroup, or a group name for functional ops; resolved in finalize()
@@ -198,31 +199,46 @@ class Recorder:
 
     # -- results ---------------------------------------------------------------------------------
 
-    def finalize(self, rank: int) -> list[dict]:
-        """Plain dicts, one per op, with bytes and wire bytes resolved (docs/communication.md)."""
+    def finalize(self, rank: int) -> RankOps:
+        """Every call of this rank as columns over a table of call classes (op, group, dtype, size,
+        phase, site, peer), with bytes and wire bytes resolved (docs/communication.md): compact
+        enough to ship ~100 000 calls per rank back to the launcher."""
+        import numpy as np
+
         if self.cuda_events:
             torch.cuda.synchronize()
         groups: dict[object, list[int]] = {}
-        out = []
-        for rec in self.records:
-            key = rec.group if isinstance(rec.group, str) else id(rec.group)
-            if key not in groups:
-                groups[key] = _group_ranks(rec.group)
-            ranks = groups[key]
-            elem = torch.empty((), dtype=rec.dtype).element_size()
-            group_rank = ranks.index(rank) if rank in ranks else 0
-            nbytes = rec.numel * elem
+        classes: dict[tuple, int] = {}
+        table: list[CallClass] = []
+        n = len(self.records)
+        cls, rep, step = (np.empty(n, np.int32) for _ in range(3))
+        start_ns = np.empty(n, np.int64)
+        duration_s = np.full(n, np.nan)
+        for i, rec in enumerate(self.records):
+            gkey = rec.group if isinstance(rec.group, str) else id(rec.group)
+            if gkey not in groups:
+                groups[gkey] = _group_ranks(rec.group)
+            key = (rec.op, gkey, rec.dtype, rec.numel, rec.root, rec.phase, rec.site)
+            index = classes.get(key)
+            if index is None:
+                index = classes[key] = len(table)
+                table.append(_call_class(rec, groups[gkey], rank))
+            cls[i], rep[i], step[i], start_ns[i] = index, rec.rep, rec.step, rec.start_ns
             if rec.end_event is not None:
-                duration = rec.start_event.elapsed_time(rec.end_event) / 1e3
-            else:
-                duration = (rec.end_ns - rec.start_ns) / 1e9 if rec.end_ns else None
-            out.append({
-                "rank": rank, "rep": rec.rep, "op": rec.op, "group": ranks, "dtype": str(rec.dtype).replace("torch.", ""),
-                "numel": rec.numel, "bytes": nbytes, "wire_bytes": wire_bytes(rec.op, nbytes, len(ranks), group_rank, rec.root),
-                "phase": rec.phase, "step": rec.step, "site": rec.site, "start_ns": rec.start_ns, "duration_s": duration,
-                "root": rec.root,  # group rank of the root (rooted ops) or the peer (send/recv), -1 otherwise
-            })
-        return out
+                duration_s[i] = rec.start_event.elapsed_time(rec.end_event) / 1e3
+            elif rec.end_ns:
+                duration_s[i] = (rec.end_ns - rec.start_ns) / 1e9
+        return RankOps(rank, table, cls, rep, step, start_ns, duration_s)
+
+
+def _call_class(rec: _Call, ranks: list[int], rank: int) -> CallClass:
+    elem = torch.empty((), dtype=rec.dtype).element_size()
+    group_rank = ranks.index(rank) if rank in ranks else 0
+    nbytes = rec.numel * elem
+    # send/recv name their peer, rooted ops their root, as a group rank: keep the global rank
+    peer = ranks[rec.root] if 0 <= rec.root < len(ranks) else None
+    return CallClass(rec.op, tuple(ranks), str(rec.dtype).replace("torch.", ""), rec.numel, nbytes,
+                     wire_bytes(rec.op, nbytes, len(ranks), group_rank, rec.root), rec.phase, rec.site, peer)
 
 
 def _backend_keys(tensor: torch.Tensor):

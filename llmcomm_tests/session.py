@@ -7,16 +7,22 @@ pytest-xdist the controller, which runs no case itself, still sees every result.
 from __future__ import annotations
 
 import os
-from collections import Counter
 import platform
 import socket
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from .envinfo import comm_variables, gpu_models, nvidia_driver
+import pytest
+
+from .documents import CaseResult
+from .envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from .options import LLMCommOptions, available_ranks, cuda_device_count
+from .spec import SpecNames
 
 CPU_HARDWARE = "cpu-loopback"
+SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
 
 
 def package_version(name: str) -> str | None:
@@ -44,20 +50,29 @@ def fingerprint() -> dict:
         "gpu_models": gpu_models(),
         "driver": nvidia_driver(),
         "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
     }
 
 
 @dataclass
 class LLMCommSession:
+    """Reached from a pytest config as ``config.stash[SESSION_KEY]``."""
+
     options: LLMCommOptions
     ranks: int = 0
     ranks_reason: str = ""
-    results: list[dict] = field(default_factory=list)
+    results: list[CaseResult] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    session_id: str = ""  # tells baseline runs of one session from runs of another
+    spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
 
     def __post_init__(self):
         self.ranks, self.ranks_reason = available_ranks(self.options)
         self.env = fingerprint()
+        # xdist workers inherit the controller's environment: one id for the whole session
+        if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(SESSION_ID_ENV)):
+            os.environ[SESSION_ID_ENV] = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        self.session_id = os.environ[SESSION_ID_ENV]
 
     @property
     def backend(self) -> str:
@@ -102,3 +117,6 @@ class LLMCommSession:
         if self.options.inject:
             lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} (gate self-test)")
         return lines
+
+
+SESSION_KEY = pytest.StashKey[LLMCommSession]()

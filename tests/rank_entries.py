@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 
 def _note_pid(ctx, pid_dir):
@@ -66,6 +67,44 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
         total = float(out.sum())  # first use of the output: DTensor waits for the collective here
     position.set_phase("none", -1)
     recorder.active = False
-    records = recorder.finalize(ctx.rank)
+    from llmcomm_tests.metrics import records as as_records
+
+    records = as_records([recorder.finalize(ctx.rank)])
     recorder.uninstall()
     return {"records": records, "out_sum": total}
+
+
+def allgather_base(ctx, faults=(), numel: int = 6):
+    """An all-gather into one tensor the way torch 2.6–2.12 issue ``all_gather_into_tensor``
+    (``ProcessGroup._allgather_base``), then through ``all_gather_into_tensor`` itself, however this
+    torch routes it (2.13: ``all_gather_single``), recorded, under the planted ``faults``.  Returns
+    the records and what was gathered."""
+    import torch
+    import torch.distributed as dist
+
+    from llmcomm_tests import position
+    from llmcomm_tests.inject import install_faults, parse_faults
+    from llmcomm_tests.record import Recorder
+
+    pg = dist.group.WORLD
+    installed = install_faults(parse_faults(faults)) if faults else None  # under the recorder
+    recorder = Recorder().install()
+    recorder.active = True
+    position.set_phase("decode", 1)
+    inp = torch.full((numel,), float(ctx.rank))
+    old = torch.empty(numel * ctx.world_size)
+    new = torch.empty(numel * ctx.world_size)
+    with position.at_site("pp.boundary1"):
+        pg._allgather_base(old, inp).wait()
+        with warnings.catch_warnings():  # deprecated in 2.13 for all_gather_single, same route
+            warnings.simplefilter("ignore", FutureWarning)
+            dist.all_gather_into_tensor(new, inp)
+    position.set_phase("none", -1)
+    recorder.active = False
+    from llmcomm_tests.metrics import records as as_records
+
+    records = as_records([recorder.finalize(ctx.rank)])
+    recorder.uninstall()
+    if installed is not None:
+        installed.uninstall()
+    return {"records": records, "old": old.tolist(), "new": new.tolist()}

@@ -8,19 +8,29 @@ import math
 import pytest
 
 from llmcomm_tests.analytic import latency
-from llmcomm_tests.analytic.accuracy import (WAITING, accuracy_rows, bounds_for_record, fit_spread,
-                                             record_instance, summary)
+from types import SimpleNamespace
+
+from llmcomm_tests.analytic.accuracy import (WAITING, accuracy_rows, bounds_for_record, fit_spread, instance,
+                                             role_of, span_of, summary, waiting_reason)
 from llmcomm_tests.commands.calibrate import fit_line
 from llmcomm_tests.analytic.hardware import load_profile, profile_from_dict
 from llmcomm_tests.analytic.volume import op_instances
 from llmcomm_tests.engine.config import PRESETS
+from llmcomm_tests.documents import OpRecord
 from llmcomm_tests.engine.layout import Layout
 
 
-def rec(op, rank=0, group=(0, 1), nbytes=1024, wire=None, site="layer0.attn.o_proj", phase="decode", dur=1e-3):
-    return {"rank": rank, "rep": 0, "op": op, "group": list(group), "dtype": "float32", "numel": nbytes // 4,
-            "bytes": nbytes, "wire_bytes": nbytes if wire is None else wire, "phase": phase, "step": 1, "site": site,
-            "start_ns": 0, "duration_s": dur}
+def rec(op, rank=0, group=(0, 1), nbytes=1024, wire=None, site="layer0.attn.o_proj", phase="decode", dur=1e-3,
+        peer=None):
+    return OpRecord(rank, 0, op, list(group), "float32", nbytes // 4, nbytes, nbytes if wire is None else wire, phase,
+                    1, site, 0, dur, peer)
+
+
+def record_instance(r):
+    """The model's view of one record, as checks and the accuracy rows take it."""
+    role = role_of(r.op, r.bytes, r.wire_bytes)
+    found = instance(r.op, span_of(r.op, r.rank, r.group, r.peer), r.bytes)
+    return None if found is None else {**found, "role": role, "waiting": waiting_reason(r.op, role)}
 
 
 def unit_profile(**fit):
@@ -43,13 +53,13 @@ def test_msg_bytes_convention_and_roles():
     b_root = record_instance(rec("broadcast", rank=0, nbytes=8, wire=8, site="tokens.broadcast"))
     b_peer = record_instance(rec("broadcast", rank=1, nbytes=8, wire=0, site="tokens.broadcast"))
     assert b_root["waiting"] is None and b_peer["waiting"] is not None
-    send = record_instance(rec("send", rank=0, group=(0, 1, 2, 3), nbytes=512, site="pp.boundary1"), Layout(2, 2))
-    recv = record_instance(rec("recv", rank=2, group=(0, 1, 2, 3), nbytes=512, wire=0, site="pp.boundary1"),
-                           Layout(2, 2))
+    send = record_instance(rec("send", rank=0, group=(0, 1, 2, 3), nbytes=512, site="pp.boundary1", peer=2))
+    recv = record_instance(rec("recv", rank=2, group=(0, 1, 2, 3), nbytes=512, wire=0, site="pp.boundary1", peer=0))
     assert (send["op"], send["group_size"], send["msg_bytes"], send["ranks"]) == ("send_recv", 2, 512, [0, 2])
     assert recv["ranks"] == [0, 2] and recv["waiting"] is not None
-    tokens = record_instance(rec("recv", rank=0, group=(0, 1, 2, 3), nbytes=8, wire=0, site="pp.tokens"), Layout(2, 2))
-    assert tokens["ranks"] == [0, 2]  # the sampler is tp_rank 0 of the last stage
+    tokens = record_instance(rec("recv", rank=0, group=(0, 1, 2, 3), nbytes=8, wire=0, site="pp.tokens", peer=2))
+    assert tokens["ranks"] == [0, 2]  # the pair the recorder saw
+    assert record_instance(rec("send", rank=1, nbytes=8))["ranks"] == [1]  # peer unknown: the rank alone
     assert record_instance(rec("barrier", nbytes=0)) is None
 
 
@@ -59,15 +69,15 @@ def test_bounds_for_record_tiers_and_waiting():
     assert pred == pytest.approx(latency.hockney_time("all_reduce", 2, 1000, 1e-5, 1e9))
     assert lower <= pred <= upper == pytest.approx(2 * pred)
     # a boundary send from rank 1 to rank 3 crosses nodes with ranks_per_node 2: the inter tier
-    send = rec("send", rank=1, group=(0, 1, 2, 3), nbytes=1000, site="pp.boundary1")
-    assert p.tier_of(record_instance(send, Layout(2, 2))["ranks"]) == "inter"
-    assert bounds_for_record(p, send, Layout(2, 2)) is not None
+    send = rec("send", rank=1, group=(0, 1, 2, 3), nbytes=1000, site="pp.boundary1", peer=3)
+    assert p.tier_of(record_instance(send)["ranks"]) == "inter"
+    assert bounds_for_record(p, send) is not None
     assert bounds_for_record(p, rec("recv", wire=0, site="pp.boundary1")) is None
     assert bounds_for_record(p, rec("all_reduce", group=(0,))) is None  # a group of one issues nothing
 
 
-def doc_of(records, tp=2, pp=1):
-    return {"case": {"tp": tp, "pp": pp}, "ops": records}
+def doc_of(records):
+    return SimpleNamespace(records=records)
 
 
 def test_accuracy_rows_counts_and_shares():
@@ -94,14 +104,14 @@ def test_fit_spread_sets_k_hi_from_records_and_keeps_the_floor():
     pred = latency.hockney_time("all_reduce", 2, 1000, 1e-5, 1e9)
     ratios = [1.0 + i / 10 for i in range(101)]  # 1.0 … 11.0
     docs = [doc_of([rec("all_reduce", nbytes=1000, dur=pred * r) for r in ratios] +
-                   [rec("send", rank=0, nbytes=8, site="pp.tokens", dur=0.4e-6)], tp=2, pp=2)]
+                   [rec("send", rank=0, nbytes=8, site="pp.tokens", dur=0.4e-6, peer=1)])]
     q, notes = fit_spread(p, docs, quantile=1.0)
     assert q.fit("all_reduce", 2).k_hi == pytest.approx(11.0)
     assert q.fit("all_reduce", 2).quality["k_hi_records"] == 101
     assert q.fit("all_gather", 2).k_hi is None  # untouched: no records
     # the 0.4 µs send beat alpha_min 1 µs: the floor moved under it
     assert q.tier("intra").alpha_min_s < 0.4e-6
-    lower, upper, _ = bounds_for_record(q, docs[0]["ops"][-1], Layout(2, 2))
+    lower, upper, _ = bounds_for_record(q, docs[0].records[-1])
     assert lower <= 0.4e-6 <= upper
     assert any("alpha_min" in n for n in notes)
 
@@ -122,11 +132,12 @@ def test_every_real_record_maps_to_an_op_instance():
     from llmcomm_tests.measure import RunConfig, run_case
 
     tiny, layout = PRESETS["tiny"], Layout(2, 2)
-    doc = run_case(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0), timeout_s=120)
+    doc = run_case(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0, keep_records=True),
+                   timeout_s=120)
     model = {(i["op"], i["phase"], i["group_size"], i["msg_bytes"]) for i in op_instances(tiny, layout, 2, 8, 3)}
-    for r in doc["ops"]:
-        inst = record_instance(r, layout)
-        assert (inst["op"], r["phase"], inst["group_size"], inst["msg_bytes"]) in model, r
+    for r in doc.records:
+        inst = record_instance(r)
+        assert (inst["op"], r.phase, inst["group_size"], inst["msg_bytes"]) in model, r
     rows = accuracy_rows([doc], load_profile("cpu-loopback"))
     assert {r["op"] for r in rows} == {"all_reduce", "all_gather", "broadcast", "gather", "send", "recv"}
     assert all(r["below_lower"] == 0 for r in rows if r["waiting"] is None)  # the floor is a floor

@@ -34,7 +34,7 @@ def test_save_writes_one_file_per_case_under_the_hardware_key(gate):
     assert [f.split("/", 3)[3] for f in files] == ["before/mini/tp1-pp2-b1-s8-g3.json",
                                                    "before/mini/tp2-pp1-b1-s8-g3.json"]
     doc = json.loads((gate.path / files[0]).read_text())
-    assert doc["schema"] == "llmcomm.baseline/2" and doc["volume"] and len(doc["runs"]) == 1
+    assert doc["schema"] == "llmcomm.baseline/3" and doc["volume"] and len(doc["runs"]) == 1
     assert len(doc["runs"][0]["times"]["ttft"]) == 3
 
 
@@ -100,19 +100,19 @@ def test_same_distribution_is_not_flagged():
     stats = compare_samples([lognormal(300, 1e-3, 0.3, 1)], lognormal(300, 1e-3, 0.3, 2), rows_in_family=10)
     assert stats["ci"][0] < 0 < stats["ci"][1] and not stats["drift_measured"]
     row = judge("x", stats, 0.1, None)
-    assert row["verdict"] == "pass" and "1 baseline run: run-to-run drift not measured" in row["detail"]
+    assert row.verdict == "pass" and "1 baseline session: run-to-run drift not measured" in row.detail
 
 
 def test_clear_slowdown_is_flagged_with_its_size():
     stats = compare_samples([lognormal(300, 1e-3, 0.1, 1)], [x * 1.3 for x in lognormal(300, 1e-3, 0.1, 2)])
     assert 0.2 < stats["change"] < 0.4 and stats["ci"][0] > 0.1
     row = judge("x", stats, 0.1, None)
-    assert row["verdict"] == "fail" and row["detail"].startswith("slower +")
+    assert row.verdict == "fail" and row.detail.startswith("slower +")
 
 
 def test_large_improvement_flags_a_stale_baseline():
     stats = compare_samples([lognormal(200, 1e-3, 0.1, 1)], lognormal(200, 0.5e-3, 0.1, 2))
-    assert judge("x", stats, 0.1, None)["detail"].startswith("much faster, baseline stale?")
+    assert judge("x", stats, 0.1, None).detail.startswith("much faster, baseline stale?")
 
 
 def test_run_to_run_drift_widens_the_interval():
@@ -124,8 +124,8 @@ def test_run_to_run_drift_widens_the_interval():
     with_drift = compare_samples(runs, current)
     one_run = compare_samples(runs[2:3], current)
     assert with_drift["drift_measured"] and with_drift["runs"] == 5
-    assert judge("x", with_drift, 0.1, None)["verdict"] == "pass"
-    assert judge("x", one_run, 0.1, None)["verdict"] == "fail"
+    assert judge("x", with_drift, 0.1, None).verdict == "pass"
+    assert judge("x", one_run, 0.1, None).verdict == "fail"
     assert with_drift["mde"] > 3 * one_run["mde"]
 
 
@@ -134,7 +134,7 @@ def test_sensitivity_shrinks_with_samples_and_is_enforced():
     large = compare_samples([lognormal(2000, 1e-3, 0.5, 1)], lognormal(2000, 1e-3, 0.5, 2))
     assert large["mde"] < small["mde"] / 5
     row = judge("x", small, 0.1, min_detectable=0.07)
-    assert row["verdict"] == "fail" and "too noisy to detect 7%" in row["detail"]
+    assert row.verdict == "fail" and "too noisy to detect 7%" in row.detail
 
 
 def test_env_changes_and_hardware_key():
@@ -142,3 +142,51 @@ def test_env_changes_and_hardware_key():
     new = dict(old, torch="2.14.1", nccl="2.23.4")
     assert env_changes(old, new) == ["torch 2.13.0 → 2.14.1", "nccl 2.21.5 → 2.23.4"]
     assert hardware_key(old) == "nccl-8xNVIDIA_H100_80GB_HBM3"
+
+
+def test_t_quantiles_are_exact_at_few_runs():
+    """Two baseline sessions leave one degree of freedom: the 99.9 % two-sided t quantile is 636.6,
+    not the ~40 an expansion around the normal gives; the interval must be that wide."""
+    from llmcomm_tests.stats import t_quantile
+
+    assert t_quantile(0.975, 1) == pytest.approx(12.706, rel=1e-4)
+    assert t_quantile(0.9995, 1) == pytest.approx(636.62, rel=1e-4)
+    assert t_quantile(0.975, 30) == pytest.approx(2.0423, rel=1e-4)
+    runs = [lognormal(100, 1e-3, 0.2, 1), [x * 1.1 for x in lognormal(100, 1e-3, 0.2, 2)]]
+    result = compare_samples(runs, lognormal(100, 1e-3, 0.2, 3), rows_in_family=10)
+    spread = math.log(1 + result["ci"][1]) - math.log(1 + result["change"])
+    assert spread > 100 * 0.05  # 127 × the drift between the two sessions: no false confidence
+
+
+def test_runs_of_one_session_count_once():
+    from llmcomm_tests.baseline import sessions
+
+    runs = [{"session": "a", "times": {"tpot": [1.0, 2.0]}}, {"session": "a", "times": {"tpot": [3.0]}},
+            {"session": "b", "times": {"tpot": [4.0]}}]
+    assert sessions(runs, "tpot") == [[1.0, 2.0, 3.0], [4.0]]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "", ".hidden", "x/../../y"])
+def test_baseline_names_stay_inside_the_folder(name):
+    from llmcomm_tests.baseline import check_name
+
+    with pytest.raises(ValueError, match="no paths"):
+        check_name(name)
+
+
+def test_baseline_files_are_written_atomically(tmp_path, monkeypatch):
+    """A write that dies half-way leaves the previous baseline intact (temp file + rename)."""
+    from llmcomm_tests import baseline
+
+    path = tmp_path / "b.json"
+    run = {"env": {}, "session": "s", "case": {}, "volume": [], "times": {"tpot": [1.0]}}
+    baseline.add_run(path, run)
+    before = path.read_text()
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(baseline.json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        baseline.add_run(path, run)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["b.json"]

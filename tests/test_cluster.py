@@ -46,7 +46,7 @@ needs_netns = pytest.mark.skipif(not NS_OK, reason=f"network namespaces unavaila
 
 def _rank_args(layout: Layout, extra: list[str] = ()) -> list[str]:
     return ["--engine", "tiny", "--tp", str(layout.tp), "--pp", str(layout.pp), "--repeats", "1", "--warmup", "0",
-            "--json", "{results}/run.json", *extra]
+            "--keep-records", "--json", "{results}/run.json", *extra]
 
 
 def _ours_alive(pids) -> list[int]:
@@ -64,7 +64,8 @@ def _torchrun_processes(marker: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_runs():
-    return {layout: run_case(RunConfig(TINY, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0))
+    return {layout: run_case(RunConfig(TINY, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
+                                       keep_records=True))
             for layout in STUDY_LAYOUTS}
 
 
@@ -72,7 +73,7 @@ def tiny_runs():
 def test_tier_volume_matches_model(tiny_runs, layout):
     doc = tiny_runs[layout]
     predicted = tiers.predicted(TINY, layout, 2, 8, 3, "fp32", RPN)
-    measured = tiers.measured(doc["ops"], RPN)
+    measured = tiers.measured(doc.records, RPN)
     assert tiers.diff(predicted, measured) == []
     inter = {(r["op"], r["site"]) for r in measured if r["tier"] == "inter"}
     expected_inter = {  # what crosses the node boundary in each layout (2 ranks per node)
@@ -92,10 +93,10 @@ def test_tier_volume_check_fails_on_planted_faults(tiny_runs):
 
     doc = tiny_runs[Layout(2, 2)]
     predicted = tiers.predicted(TINY, Layout(2, 2), 2, 8, 3, "fp32", RPN)
-    assert tiers.diff(predicted, tiers.measured(doc["ops"], 4))
+    assert tiers.diff(predicted, tiers.measured(doc.records, 4))
     fault = run_case(RunConfig(TINY, Layout(4, 1), batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
-                               inject=tuple(parse_faults(["all_reduce@mlp:size=2"]))))
-    lines = tiers.diff(tiers.predicted(TINY, Layout(4, 1), 2, 8, 3, "fp32", RPN), tiers.measured(fault["ops"], RPN))
+                               keep_records=True, inject=tuple(parse_faults(["all_reduce@mlp:size=2"]))))
+    lines = tiers.diff(tiers.predicted(TINY, Layout(4, 1), 2, 8, 3, "fp32", RPN), tiers.measured(fault.records, RPN))
     assert lines and all(ln.startswith("inter/all_reduce/") and "/mlp:" in ln for ln in lines)
 
 
@@ -108,7 +109,7 @@ def test_local_template_two_nodes_same_tokens_as_one_host():
                                    _rank_args(layout))
     assert run.rank_nodes == {0: "local0", 1: "local0", 2: "local1", 3: "local1"}
     ref = run_case(RunConfig(TINY, layout, repeats=1, warmup=0))
-    assert run.document()["tokens"] == ref["tokens"]
+    assert run.document()["tokens"] == ref.tokens
     assert not run.results.exists()  # the temporary shared folder is gone
 
 
@@ -213,8 +214,8 @@ def test_emulated_tp2_pp2_same_tokens_and_exact_tier_volume(cluster):
     sent = sum(v - before[k] for k, v in netns.link_tx_bytes(cluster).items())
     doc = run.document()
     assert run.rank_nodes == {r: cluster.nodes[r // RPN].name for r in range(4)}
-    assert doc["tokens"] == run_case(RunConfig(TINY, layout, repeats=1, warmup=0))["tokens"]
-    measured = tiers.measured(doc["ops"], RPN)
+    assert doc["tokens"] == run_case(RunConfig(TINY, layout, repeats=1, warmup=0)).tokens
+    measured = tiers.measured(doc["records"], RPN)
     assert tiers.diff(tiers.predicted(TINY, layout, 1, 32, 8, "fp32", RPN), measured) == []
     # The kernel saw at least the payload the model puts on the link (headers and rendezvous on top).
     inter_payload = sum(r["wire_bytes"] for r in measured if r["tier"] == "inter")
@@ -391,6 +392,7 @@ def test_slurm_template_runs_two_nodes_with_a_stand_in_srun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((tmp_path / "results" / "run.json").read_text())
     assert (doc["case"]["tp"], doc["case"]["pp"], doc["case"]["world_size"]) == (2, 2, 4)
+    assert doc["tokens"] == run_case(RunConfig(TINY, Layout(2, 2), prompt_len=8, gen_len=3, repeats=1)).tokens
 
 
 def test_kubernetes_template_is_a_pytorchjob_running_the_rank_wrapper():

@@ -54,8 +54,8 @@ def runs(tiny):
 
 @pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
 def test_every_layout_generates_the_single_process_tokens(runs, layout):
-    assert runs[layout]["tokens"] == runs[(1, 1)]["tokens"]
-    np.testing.assert_allclose(runs[layout]["logits"], runs[(1, 1)]["logits"], rtol=1e-4, atol=1e-4)
+    assert runs[layout].tokens == runs[(1, 1)].tokens
+    np.testing.assert_allclose(runs[layout].logits, runs[(1, 1)].logits, rtol=1e-4, atol=1e-4)
 
 
 def test_tokens_differ_with_the_seed(tiny):
@@ -73,8 +73,8 @@ def test_replicated_kv_heads_match_single_process():
     cfg = dict(batch=1, prompt_len=8, gen_len=4, repeats=1, warmup=0, keep_logits=True)
     single = run_case(RunConfig(shape, Layout(1, 1), **cfg))
     tp4 = run_case(RunConfig(shape, Layout(4, 1), **cfg))
-    assert tp4["tokens"] == single["tokens"]
-    np.testing.assert_allclose(tp4["logits"], single["logits"], rtol=1e-4, atol=1e-4)
+    assert tp4.tokens == single.tokens
+    np.testing.assert_allclose(tp4.logits, single.logits, rtol=1e-4, atol=1e-4)
 
 
 def test_uneven_stage_split_follows_vllm():

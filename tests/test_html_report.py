@@ -2,7 +2,7 @@
 rendered by a real browser (headless Chromium, when /usr/bin/chromium exists).
 
 The run: the tiny engine under two layouts (TP 2, PP 2), two repetitions each, with the volume and
-budget checks, assembled into result documents the way the runner does and passed through JSON like
+budget checks, assembled into case results the way the pipeline does and passed through JSON like
 the session report.  A few seconds on two cores.
 """
 
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from llmcomm_tests.documents import CaseResult, SessionReport, Verdict, VerdictRow, from_json, to_json
 from llmcomm_tests.report import html as html_report
 from llmcomm_tests.report import plots
 
@@ -47,11 +48,11 @@ budgets:
 """
 
 
-def _result_documents() -> dict:
-    from llmcomm_tests.analytic.e2e import predict_case
+def _result_documents() -> SessionReport:
     from llmcomm_tests.analytic.hardware import load_profile
-    from llmcomm_tests.checks import Verdict, budget_rows, row, volume_rows
+    from llmcomm_tests.checks import budget_rows, volume_rows
     from llmcomm_tests.measure import RunConfig, run_case
+    from llmcomm_tests.pipeline import prediction
     from llmcomm_tests.session import fingerprint
     from llmcomm_tests.spec import parse_spec
 
@@ -62,33 +63,28 @@ def _result_documents() -> dict:
         cfg = RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len,
                         gen_len=case.gen_len, dtype=case.dtype, repeats=case.repeats, warmup=case.warmup)
         doc = run_case(cfg, backend="gloo", timeout_s=120)
-        model = predict_case(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype, profile)
-        predicted = {k: model[k] for k in ("volume", "latency", "metrics")}  # as the runner keeps it
+        predicted = prediction(case, profile)  # as the pipeline keeps it
         verdict = Verdict(case.id)
-        verdict.rows += volume_rows(doc["volume"], predicted["volume"])
+        verdict.rows += volume_rows(doc.volume, predicted.volume)
         verdict.rows += budget_rows(case.budgets, doc, "cpu-loopback")  # tpot <= 1 µs: fails on purpose
-        items.append({"spec": case.spec_name, "path": str(case.path), "case_id": case.id,
-                      "nodeid": f"slo_specs/html-fixture.yaml::{case.id}", "hardware": "cpu-loopback",
-                      "backend": "gloo", "env": fingerprint(), "prediction": predicted, "run": doc, "error": None,
-                      "verdict": verdict.to_dict(), "properties": []})
+        items.append(CaseResult(case.spec_name, str(case.path), case.id, "cpu-loopback", "gloo", fingerprint(),
+                                predicted, verdict, doc, nodeid=f"slo_specs/html-fixture.yaml::{case.id}"))
     # Baseline rows as the baseline module writes them: a relative change with its 95 % interval.
-    items[0]["verdict"]["rows"] += [
-        row("baseline", "volume (all op classes)", "pass", detail="identical to the baseline"),
-        row("baseline", "ttft", "fail", {"change": 0.42}, 4, bound=[0.2, 0.7], budget="|change| <= 10%",
-            detail="slower +42.0% [95% CI +20.0%, +70.0%]"),
-        row("baseline", "tpot", "pass", {"change": -0.03}, 4, budget="change <= 10%",
-            detail="-3.0% [98.33% CI -20.0%, +15.0%]; detects >= 40.0% at 95% power"),
+    items[0].verdict.rows += [
+        VerdictRow("baseline", "volume (all op classes)", "pass", detail="identical to the baseline"),
+        VerdictRow("baseline", "ttft", "fail", "change", 0.42, n=4, low=0.2, high=0.7, budget=0.1,
+                   budget_label="change", detail="slower +42.0% [95% CI +20.0%, +70.0%]"),
+        VerdictRow("baseline", "tpot", "pass", "change", -0.03, n=4, low=-0.2, high=0.15, budget=0.1,
+                   budget_label="change", detail="-3.0% [98.33% CI -20.0%, +15.0%]; detects >= 40.0% at 95% power"),
     ]
-    items[0]["verdict"]["passed"] = False
-    session = {"schema": "llmcomm.session/1", "complete": True, "exitstatus": 1, "env": fingerprint(),
-               "backend": "gloo", "hardware": "cpu-loopback", "ranks": 4,
-               "options": {"report_dir": "reports", "repeats": 2, "baseline_compare": "before-upgrade"},
-               "summary": {"cases": len(items), "passed": 0, "failed": len(items)}, "items": items}
-    return json.loads(json.dumps(session, default=str))  # what the session JSON holds
+    session = SessionReport(fingerprint(), "gloo", "cpu-loopback", 4,
+                            {"report_dir": "reports", "repeats": 2, "baseline_compare": "before-upgrade"}, items,
+                            complete=True, exitstatus=1)
+    return from_json(SessionReport, json.loads(json.dumps(to_json(session))))  # what the session JSON holds
 
 
 @pytest.fixture(scope="module")
-def session_doc() -> dict:
+def session_doc() -> SessionReport:
     return _result_documents()
 
 
@@ -129,14 +125,14 @@ def test_every_item_has_a_summary_row_and_a_details_block(session_doc, report):
     text = report.read_text(encoding="utf-8")
     page = _parse(text)
     ids = {a.get("id") for _, a in page.tags}
-    for i, item in enumerate(session_doc["items"]):
+    for i, item in enumerate(session_doc.items):
         assert f'href="#case-{i}"' in text
         assert f"case-{i}" in ids
-        assert text.count(item["case_id"]) >= 3  # summary, details, figures/baseline
-    assert sum(tag == "details" for tag, _ in page.tags) >= len(session_doc["items"])
+        assert text.count(item.case_id) >= 3  # summary, details, figures/baseline
+    assert sum(tag == "details" for tag, _ in page.tags) >= len(session_doc.items)
     words = " ".join(page.text)
     for needed in ("Environment", "Summary", "TTFT p50", "TPOT p50", "bytes / token", "failing checks",
-                   "budget: tpot", "Baseline comparison", "2.13", "gloo", "cpu-loopback"):
+                   "budget: tpot p99", "Baseline comparison", "2.13", "gloo", "cpu-loopback"):
         assert needed in words, needed
 
 
@@ -164,61 +160,56 @@ def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
 
 
 def test_figures_say_what_they_show(session_doc):
-    found = {p.key: p for p in plots.all_plots(session_doc["items"])}
+    found = {p.key: p for p in plots.all_plots(session_doc.items)}
     assert set(found) == {"volume", "latency", "accuracy", "timeline", "baseline"}
     assert all(p.png.startswith(PNG_MAGIC) for p in found.values())
     # One workload per layout: per-case bars, and the title says so.
     assert found["latency"].title == "Latency per layout"
-    assert plots.latency_axis(session_doc["items"]) == (None, [])
-    # Measured vs predicted comes from the prediction and the recorded durations (no latency rows here).
-    points = plots.op_class_points(session_doc["items"][0])
+    assert plots.latency_axis(session_doc.items) == (None, [])
+    # Measured vs predicted comes from the prediction and the op summaries (no latency rows here).
+    points = plots.op_class_points(session_doc.items[0])
     assert points and all(p["bound"][0] <= p["model"] <= p["bound"][1] for p in points)
 
 
 def test_latency_axis_follows_the_workloads(session_doc):
-    items = session_doc["items"]
+    items = session_doc.items
     swept = []
     for item in items:
         for s in (16, 64):
             twin = copy.deepcopy(item)
-            twin["run"]["case"]["prompt_len"] = s
+            twin.run.case.prompt_len = s
             swept.append(twin)
     assert plots.latency_axis(swept) == ("prompt_len", [])
     assert plots.latency_plot(swept).title == "Latency vs prompt length"
     for twin in swept:
-        twin["run"]["case"]["prompt_len"] = 16
+        twin.run.case.prompt_len = 16
     for twin, batch in zip(swept, (1, 4, 1, 4)):
-        twin["run"]["case"]["batch"] = batch
+        twin.run.case.batch = batch
     assert plots.latency_axis(swept) == ("batch", [])
     assert plots.latency_plot(swept).title == "Latency vs batch size"
 
 
-def test_baseline_rows_give_change_and_interval(session_doc):
-    rows = {r["name"]: r for r in plots.baseline_rows(session_doc["items"][0])}
-    assert plots.baseline_change(rows["ttft"]) == (0.42, (0.2, 0.7))  # interval in `bound`
-    assert plots.baseline_change(rows["tpot"]) == (-0.03, (-0.2, 0.15))  # interval in the detail text
-    assert plots.baseline_change(rows["volume (all op classes)"]) == (None, None)
-    assert plots.threshold_of(rows["tpot"]) == 0.1
+def test_baseline_section_reads_change_and_interval_from_the_rows(session_doc):
+    section = html_report.baseline_section(session_doc.items)
+    assert "+42.0%" in section and "[+20.0%, +70.0%]" in section and "change &lt;= 10%" in section
+    assert "-3.0%" in section and "[-20.0%, +15.0%]" in section
+    assert "1 of 3 compared rows failed" in section
 
 
 def test_latency_rows_feed_the_accuracy_plot_when_present(session_doc):
-    from llmcomm_tests.checks import row
-
-    item = copy.deepcopy(session_doc["items"][0])
-    item["verdict"]["rows"].append(row("latency", "all_reduce decode attn /2", "pass", {"p50": 2e-4, "p99": 5e-4},
-                                       10, 1.5e-4, [1e-5, 1e-3]))
+    item = copy.deepcopy(session_doc.items[0])
+    item.verdict.rows.append(VerdictRow("latency", "all_reduce decode attn /2", "pass", "s", 2e-4, 5e-4, 10,
+                                        1.5e-4, low=1e-5, high=1e-3))
     assert plots.op_class_points(item) == [{"op": "all_reduce", "name": "all_reduce decode attn /2",
                                            "measured": 2e-4, "model": 1.5e-4, "bound": (1e-5, 1e-3)}]
 
 
 def test_text_is_escaped_and_errors_still_render(session_doc, tmp_path):
     doc = copy.deepcopy(session_doc)
-    doc["items"][0]["spec"] = "<script>alert(1)</script>"
-    doc["items"][1].update(run=None, error="launch failed: rank 1 <exit 9> & more\nsecond line",
-                           verdict={"case_id": doc["items"][1]["case_id"], "passed": False,
-                                    "rows": [{"check": "run", "name": "launch", "measured": None, "n": None,
-                                              "model": None, "bound": None, "budget": None, "verdict": "fail",
-                                              "detail": "rank 1 <exit 9>"}]})
+    doc.items[0].spec = "<script>alert(1)</script>"
+    broken = doc.items[1]
+    broken.run, broken.error = None, "launch failed: rank 1 <exit 9> & more\nsecond line"
+    broken.verdict = Verdict(broken.case_id, [VerdictRow("run", "launch", "fail", detail="rank 1 <exit 9>")])
     text = html_report.write_html(doc, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -228,12 +219,12 @@ def test_text_is_escaped_and_errors_still_render(session_doc, tmp_path):
 
 
 def test_empty_session_renders():
-    text = html_report.render({"schema": "llmcomm.session/1", "items": [], "env": {}})
+    text = html_report.render(SessionReport({}, "gloo", "cpu-loopback", 0, {}, []))
     assert "0 cases" in text and "No case produced a run to draw" in text
 
 
 def test_write_for_session_writes_into_the_report_dir(session_doc, tmp_path):
-    state = SimpleNamespace(results=session_doc["items"], env=session_doc["env"], backend="gloo",
+    state = SimpleNamespace(results=session_doc.items, env=session_doc.env, backend="gloo",
                             hardware="cpu-loopback", ranks=4,
                             options=SimpleNamespace(report_dir=str(tmp_path / "reports"), repeats=2))
     out = html_report.write_for_session(state, exitstatus=1)
@@ -248,7 +239,7 @@ def test_write_for_session_writes_into_the_report_dir(session_doc, tmp_path):
 
 
 def test_llmcomm_report_command(session_doc, tmp_path):
-    (tmp_path / "llmcomm-report.json").write_text(json.dumps(session_doc))
+    (tmp_path / "llmcomm-report.json").write_text(json.dumps(to_json(session_doc)))
     cmd = [sys.executable, "-m", "llmcomm_tests.commands", "report"]
     done = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -306,6 +297,6 @@ def test_chromium_dom_holds_the_summary_table(session_doc, report):
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert "<table>" in dom and "TTFT p50" in dom and "bytes / token" in dom
-    for item in session_doc["items"]:
-        assert item["case_id"] in dom
-    assert dom.count('class="badge fail"') >= len(session_doc["items"])
+    for item in session_doc.items:
+        assert item.case_id in dom
+    assert dom.count('class="badge fail"') >= len(session_doc.items)

@@ -93,7 +93,7 @@ def _run_script(code: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 60) -> list[int]:
+def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 120) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         files = list(pid_dir.glob("rank*.pid"))

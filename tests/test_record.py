@@ -7,7 +7,7 @@ import pytest
 
 import rank_entries
 from llmcomm_tests.commands.bench_comm import sweep, table
-from llmcomm_tests.contract import bus_factor, wire_bytes
+from llmcomm_tests.contract import bus_factor, site_class, wire_bytes
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.measure import RunConfig, run_case
 from llmcomm_tests.launch import launch
@@ -19,7 +19,7 @@ LAYOUTS = [(2, 1), (1, 2), (2, 2), (4, 1)]
 @pytest.fixture(scope="module")
 def docs(tiny):
     return {lay: run_case(RunConfig(tiny, Layout(*lay), batch=B, prompt_len=SP, gen_len=SD, repeats=2, warmup=0,
-                                    cross_check=True), timeout_s=120) for lay in LAYOUTS}
+                                    cross_check=True, keep_records=True), timeout_s=120) for lay in LAYOUTS}
 
 
 def expected_counts(L: int, t: int, p: int) -> Counter:
@@ -44,10 +44,10 @@ def expected_counts(L: int, t: int, p: int) -> Counter:
 def test_counts_follow_the_structure(docs, tiny, layout):
     t, p = layout
     counted = Counter()
-    for row in docs[layout]["volume"]:
-        counted[(row["op"], row["phase"])] += row["count"]
+    for row in docs[layout].volume:
+        counted[(row.op, row.phase)] += row.count
     assert counted == expected_counts(tiny.n_layers, t, p)
-    assert docs[layout]["volume_stable"]
+    assert docs[layout].volume_stable
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
@@ -55,24 +55,26 @@ def test_bytes_of_the_big_ops(docs, tiny, layout):
     """All-reduce payload is b·s·h·4 per call; p2p boundary tensors b·s·h/t each."""
     t, p = layout
     h, e = tiny.hidden, 4
-    ops = [o for o in docs[layout]["ops"] if o["rep"] == 0]
+    ops = [o for o in docs[layout].records if o.rep == 0]
     for op in ops:
-        s = SP if op["phase"] == "prefill" else 1
-        if op["op"] == "all_reduce":
-            assert op["bytes"] == B * s * h * e and op["wire_bytes"] == 2 * (t - 1) * B * s * h * e // t
-        if op["site"].startswith("pp.boundary") and op["op"] in ("send", "recv"):
-            assert op["bytes"] == B * s * h * e // t
-        if op["site"] == "pp.tokens":
-            assert op["bytes"] == B * 8 and op["dtype"] == "int64"
-        if op["site"] == "lm_head":
-            assert op["bytes"] == B * tiny.vocab // t * e
-            assert op["wire_bytes"] == (0 if op["rank"] == (p - 1) * t else op["bytes"])
-    assert all(o["duration_s"] is not None and o["duration_s"] > 0 for o in ops)
+        s = SP if op.phase == "prefill" else 1
+        if op.op == "all_reduce":
+            assert op.bytes == B * s * h * e and op.wire_bytes == 2 * (t - 1) * B * s * h * e // t
+        if op.site.startswith("pp.boundary") and op.op in ("send", "recv"):
+            assert op.bytes == B * s * h * e // t
+            assert op.peer == (op.rank + t if op.op == "send" else op.rank - t)  # the same tp rank one stage over
+        if op.site == "pp.tokens":
+            assert op.bytes == B * 8 and op.dtype == "int64"
+            assert op.peer == ((p - 1) * t if op.op == "recv" else 0)  # the sampler and global rank 0
+        if op.site == "lm_head":
+            assert op.bytes == B * tiny.vocab // t * e
+            assert op.wire_bytes == (0 if op.rank == (p - 1) * t else op.bytes)
+    assert all(o.duration_s is not None and o.duration_s > 0 for o in ops)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
 def test_profiler_cross_check_agrees(docs, layout):
-    checks = docs[layout]["cross_check"]
+    checks = docs[layout].cross_check
     assert len(checks) == layout[0] * layout[1]
     for check in checks:
         assert check["match"], check
@@ -84,15 +86,27 @@ def test_dtensor_functional_collectives_are_recorded():
     for result in results:
         records = result["records"]
         # RowwiseParallel's partial output becomes replicated: one all-reduce of [batch, hidden] fp32
-        assert [(r["op"], r["numel"], r["bytes"], r["site"]) for r in records] == [("all_reduce", 64, 256, "dtensor.mlp")]
-        assert records[0]["group"] == [0, 1] and records[0]["duration_s"] > 0
+        assert [(r.op, r.numel, r.bytes, r.site) for r in records] == [("all_reduce", 64, 256, "dtensor.mlp")]
+        assert records[0].group == [0, 1] and records[0].duration_s > 0
     assert results[0]["out_sum"] == results[1]["out_sum"]
 
 
 def test_recorder_sees_no_op_outside_generate(docs):
     """The barrier between repetitions and warm-up are not in the record."""
-    assert all(o["phase"] in ("prefill", "decode") for o in docs[(2, 2)]["ops"])
-    assert {o["rep"] for o in docs[(2, 2)]["ops"]} == {0, 1}
+    assert all(o.phase in ("prefill", "decode") for o in docs[(2, 2)].records)
+    assert {o.rep for o in docs[(2, 2)].records} == {0, 1}
+
+
+def test_summaries_account_for_every_recorded_call(docs):
+    """The bounded per-class summaries hold exactly the calls the kept records list."""
+    doc = docs[(2, 2)]
+    assert sum(s.count for s in doc.ops) == len(doc.records)
+    by_class = Counter((r.op, r.phase, site_class(r.site), r.bytes) for r in doc.records)
+    summed = Counter()
+    for s in doc.ops:
+        summed[(s.op, s.phase, s.site, s.bytes)] += s.count
+        assert s.latency.count == s.count and s.latency.min_s > 0  # every call timed on gloo
+    assert summed == by_class
 
 
 @pytest.mark.parametrize("op, n, factor", [("all_reduce", 2, 1.0), ("all_reduce", 8, 1.75), ("all_gather", 4, 0.75),
@@ -152,3 +166,19 @@ assert objs == [{"ok": 1}] and len(rec.records) == 1
 print("OK")
 """
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "OK"
+
+
+@pytest.mark.parametrize("faults", [(), ("all_gather:delay=200ms",)], ids=["clean", "delay"])
+def test_allgather_base_is_recorded_and_faulted_as_all_gather(faults):
+    """torch 2.6–2.12 route ``all_gather_into_tensor`` to ``ProcessGroup._allgather_base`` (2.13:
+    ``all_gather_single``): the old route, called directly, and this torch's route are both the op
+    all_gather, recorded with their bytes, and a fault on all_gather reaches both."""
+    numel, t = 6, 2
+    results = launch(rank_entries.allgather_base, (faults, numel), world_size=t, timeout_s=120)
+    for result in results:
+        assert result["old"] == result["new"] == [0.0] * numel + [1.0] * numel  # the gather really ran
+        records = result["records"]
+        assert [(r.op, r.numel, r.bytes, r.wire_bytes, r.group, r.site) for r in records] == \
+            [("all_gather", numel, numel * 4, (t - 1) * numel * 4, [0, 1], "pp.boundary1")] * 2
+        for r in records:
+            assert (r.duration_s >= 0.2) == bool(faults), r  # the delay lands on both entry points

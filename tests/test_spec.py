@@ -228,6 +228,9 @@ BAD = [
     ("sweep-repeats-a-value", "name: bad\nengine: tiny\nworkload:\n  batch: [1,\n    1]\n  prompt_len: 8\n"
      "  gen_len: 4\nlayouts: ['1x1']\n", 5, "workload.batch[1]", "listed twice"),
     ("empty-layouts", HEAD + "layouts: []\n", 4, "layouts", "must not be empty"),
+    ("request-beyond-context", "name: bad\nengine: {preset: tiny, max_position: 64}\nworkload:\n  prompt_len: [8,\n"
+     "    61]\n  gen_len: 4\nlayouts: ['1x1']\n", 5, "workload.prompt_len[1]",
+     "prompt_len + gen_len = 61 + 4 exceeds the context of tiny: max_position 64 tokens"),
     ("unparseable-layout", HEAD + "layouts:\n  - 1x1\n  - 2y2\n", 6, "layouts[1]", "cannot parse layout"),
     ("layout-zero", HEAD + "layouts: ['0x2']\n", 4, "layouts[0]", "tp0-pp2: tp and pp must be >= 1"),
     ("tp-not-dividing-heads", HEAD + "layouts:\n  - {tp: 2}\n  - {tp: 3, pp: 1}\n", 6, "layouts[1].tp",

@@ -21,6 +21,7 @@ from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout, LayoutError
 from llmcomm_tests.measure import RunConfig, run_case
 from llmcomm_tests.contract import site_class
+from llmcomm_tests.documents import to_json
 
 TINY = PRESETS["tiny"]
 
@@ -45,36 +46,36 @@ def test_layouts_cover_every_valid_w_le_4():
     assert sorted(LAYOUTS) == sorted([(1, 1), (2, 1), (4, 1), (1, 2), (1, 3), (1, 4), (2, 2)])
 
 
-def recorded_per_rank(ops: list[dict], rep: int = 0) -> list[dict]:
+def recorded_per_rank(ops, rep: int = 0) -> list[dict]:
     """Records of one repetition summed per (rank, op, phase, site class), ``per_rank_volume``'s shape."""
     table: dict = defaultdict(lambda: [0, 0, 0])
     for op in ops:
-        if op["rep"] != rep:
+        if op.rep != rep:
             continue
-        acc = table[(op["rank"], op["op"], op["phase"], site_class(op["site"]))]
+        acc = table[(op.rank, op.op, op.phase, site_class(op.site))]
         acc[0] += 1
-        acc[1] += op["bytes"]
-        acc[2] += op["wire_bytes"]
+        acc[1] += op.bytes
+        acc[2] += op.wire_bytes
     return [{"rank": k[0], "op": k[1], "phase": k[2], "site": k[3], "count": v[0], "bytes": v[1], "wire_bytes": v[2]}
             for k, v in sorted(table.items())]
 
 
-def _run(tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str = "fp32") -> dict:
+def _run(tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str = "fp32"):
     cfg = RunConfig(TINY, Layout(tp, pp), batch=batch, prompt_len=prompt_len, gen_len=gen_len, dtype=dtype,
-                    repeats=1, warmup=0)
+                    repeats=1, warmup=0, keep_records=True)
     return run_case(cfg, timeout_s=120)
 
 
-def _assert_matches(doc: dict, tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str) -> None:
+def _assert_matches(doc, tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str) -> None:
     layout = Layout(tp, pp)
     predicted = predict_volume(TINY, layout, batch, prompt_len, gen_len, dtype)
-    assert doc["volume"] == predicted  # row by row, byte for byte, same order
-    assert recorded_per_rank(doc["ops"]) == per_rank_volume(TINY, layout, batch, prompt_len, gen_len, dtype)
+    assert [to_json(r) for r in doc.volume] == predicted  # row by row, byte for byte, same order
+    assert recorded_per_rank(doc.records) == per_rank_volume(TINY, layout, batch, prompt_len, gen_len, dtype)
     # the run recorded exactly one repetition and nothing outside generate()
-    assert {op["rep"] for op in doc["ops"]} <= {0}
-    assert all(op["phase"] in ("prefill", "decode") for op in doc["ops"])
+    assert {op.rep for op in doc.records} <= {0}
+    assert all(op.phase in ("prefill", "decode") for op in doc.records)
     if layout.world_size == 1:
-        assert doc["ops"] == [] and predicted == []
+        assert doc.records == [] and doc.ops == [] and predicted == []
     else:
         assert predicted, "a multi-rank layout communicates"
 
@@ -90,7 +91,7 @@ def test_recorded_volume_equals_model(layout, workload):
 def test_recorded_volume_equals_model_bf16():
     doc = _run(2, 2, 3, 16, 5, dtype="bf16")
     _assert_matches(doc, 2, 2, 3, 16, 5, "bf16")
-    assert {op["dtype"] for op in doc["ops"]} == {"bfloat16", "int64"}
+    assert {op.dtype for op in doc.records} == {"bfloat16", "int64"}
 
 
 def test_cli_run_json_volume_equals_cli_predict_json(tmp_path):

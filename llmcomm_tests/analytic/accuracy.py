@@ -1,11 +1,11 @@
 """How well a hardware profile predicts the op durations a run really recorded.
 
-One mapping from a recorded op (a run document's ``ops`` record: ``{rank, op, group, bytes,
-wire_bytes, phase, site, duration_s, …}``) to the latency model's terms — latency op, group size,
+One mapping from a recorded call (an op class's op, span and bytes, or one kept ``OpRecord``) to
+the latency model's terms — latency op, group size,
 ``msg_bytes`` (volume.op_instances' convention: the buffer for all_reduce / broadcast / send_recv,
 the gathered *total* for all_gather and gather, the input for reduce_scatter) and link tier — shared
-by ``bounds_for_record`` (one record: lower, upper, predicted) and ``accuracy_rows`` (per op class:
-median error and the share of records inside the bounds).  No torch import.
+by ``class_bounds`` (lower, upper, predicted) and ``accuracy_rows`` (per op class: median error and
+the share of records inside the bounds).  No torch import.
 
 Waiting.  A recorded duration runs from issue to completion on *that* rank, so a call whose rank
 arrives before its peers also times the peers' lateness.  For most calls that lateness is noise
@@ -33,12 +33,12 @@ import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from ..metrics import percentile
-from . import latency
 from ..contract import latency_op
+from ..stats import percentile
+from ..text import text_table
+from . import latency
 
 if TYPE_CHECKING:
-    from ..engine.layout import Layout
     from .hardware import HardwareProfile
 
 # (recorded op, role) -> why its duration includes waiting for other ranks' compute.  Role is
@@ -49,77 +49,67 @@ WAITING: dict[tuple[str, str], str] = {
     ("gather", "root"): "waits for the slowest peer's LM-head slice",
 }
 
-def role_of(record: dict) -> str:
+def role_of(op: str, nbytes: int, wire_bytes: int) -> str:
     """``root`` / ``peer`` for gather and broadcast (gather: 0 wire bytes at the root; broadcast:
     the payload on the wire at the root — docs/communication.md), ``""`` for everything else."""
-    op = record["op"]
     if op == "gather":
-        return "root" if record["wire_bytes"] == 0 and record["bytes"] > 0 else "peer"
+        return "root" if wire_bytes == 0 and nbytes > 0 else "peer"
     if op == "broadcast":
-        return "root" if record["wire_bytes"] == record["bytes"] else "peer"
+        return "root" if wire_bytes == nbytes else "peer"
     return ""
 
 
-def waiting_reason(record: dict) -> str | None:
-    """Why this record's duration includes waiting for other ranks' compute, or None."""
-    return WAITING.get((record["op"], role_of(record)))
+def waiting_reason(op: str, role: str) -> str | None:
+    """Why calls of this kind include waiting for other ranks' compute, or None."""
+    return WAITING.get((op, role))
 
 
-def _p2p_peer(record: dict, layout: "Layout | None") -> int | None:
-    if "peer" in record:
-        return int(record["peer"])
-    if layout is None:
+def span_of(op: str, rank: int, group, peer: int | None) -> list[int]:
+    """The ranks a call's transfer spans (its link tier): the group of a collective, the pair of a
+    send/recv (the rank alone when the peer is unknown: one host, always ``intra``)."""
+    if op in ("send", "recv"):
+        return [rank] if peer is None else sorted({rank, peer})
+    return list(group or [rank])
+
+
+def instance(op: str, span: list[int], nbytes: int) -> dict | None:
+    """The latency model's view of a call: ``{op, group_size, msg_bytes, ranks}`` (``op`` the
+    latency.py op, ``send``/``recv`` → ``send_recv``), or None for ops the model does not time
+    (barrier, all_to_all, scatter, reduce)."""
+    model_op = latency_op(op)
+    if model_op is None:
         return None
-    site, rank, send = record.get("site", ""), record["rank"], record["op"] == "send"
-    if site.startswith("pp.boundary"):
-        return rank + layout.tp if send else rank - layout.tp
-    if site == "pp.tokens":
-        return 0 if send else layout.rank_of(layout.pp - 1, 0)
-    return None
+    if model_op == "send_recv":
+        return {"op": model_op, "group_size": 2, "msg_bytes": nbytes, "ranks": span}
+    t = len(span)
+    msg = nbytes * t if model_op in ("all_gather", "gather") else nbytes
+    return {"op": model_op, "group_size": t, "msg_bytes": msg, "ranks": span}
 
 
-def record_instance(record: dict, layout: "Layout | None" = None) -> dict | None:
-    """The latency model's view of one recorded call: ``{op, group_size, msg_bytes, ranks, role,
-    waiting}`` (``op`` the latency.py op, ``send``/``recv`` → ``send_recv``; ``ranks`` the ranks
-    the transfer spans, for the tier), or None for ops the model does not time (barrier,
-    all_to_all, scatter, reduce).
-
-    Point-to-point ranks come from a ``peer`` field if the record has one, else from ``layout``
-    and the site (pp.boundary{i}: the same tp_rank one stage over; pp.tokens: the sampler and
-    global rank 0); with neither, the record's own rank alone (one host: always ``intra``)."""
-    op = latency_op(record["op"])
-    if op is None:
-        return None
-    group = list(record.get("group") or [record["rank"]])
-    t = len(group)
-    nbytes = int(record["bytes"])
-    if op == "send_recv":
-        peer = _p2p_peer(record, layout)
-        ranks = [record["rank"]] if peer is None else sorted({record["rank"], peer})
-        group_size = 2
-        msg = nbytes
-    else:
-        ranks, group_size = group, t
-        msg = nbytes * t if op in ("all_gather", "gather") else nbytes
-    return {"op": op, "group_size": group_size, "msg_bytes": msg, "ranks": ranks, "role": role_of(record),
-            "waiting": waiting_reason(record)}
-
-
-def bounds_for_record(profile: "HardwareProfile", record: dict, layout: "Layout | None" = None,
-                      algorithm: str | None = None) -> tuple[float, float, float] | None:
-    """``(lower_s, upper_s, predicted_s)`` for one recorded call under ``profile``; None for the
-    ``WAITING`` classes (their duration is the schedule, not the link), for ops the model does not
-    time, and for groups of one rank."""
-    inst = record_instance(record, layout)
-    if inst is None or inst["waiting"] is not None:
+def class_bounds(profile: "HardwareProfile", op: str, span: list[int], nbytes: int,
+                 algorithm: str | None = None) -> tuple[float, float, float] | None:
+    """``(lower_s, upper_s, predicted_s)`` of one call under ``profile``; None for ops the model
+    does not time and for groups of one rank (callers leave out the ``WAITING`` kinds)."""
+    inst = instance(op, span, nbytes)
+    if inst is None:
         return None
     tier = profile.tier_of(inst["ranks"])
     args = (profile, inst["op"], inst["group_size"], inst["msg_bytes"], tier)
     predicted = latency.op_time(*args, algorithm=algorithm)
-    if predicted == 0.0:
+    if predicted <= 0:
         return None
     lower, upper = latency.bounds(*args, algorithm=algorithm)
     return lower, upper, predicted
+
+
+def bounds_for_record(profile: "HardwareProfile", record, algorithm: str | None = None
+                      ) -> tuple[float, float, float] | None:
+    """:func:`class_bounds` of one recorded call (an ``OpRecord``); None for the ``WAITING`` kinds
+    (their duration is the schedule, not the link)."""
+    if waiting_reason(record.op, role_of(record.op, record.bytes, record.wire_bytes)) is not None:
+        return None
+    return class_bounds(profile, record.op, span_of(record.op, record.rank, record.group, record.peer),
+                        record.bytes, algorithm)
 
 
 def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0.999,
@@ -139,7 +129,7 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
 
     ratios: dict = defaultdict(list)
     floor_gap: dict = defaultdict(lambda: float("inf"))  # tier -> min(duration - bytes term)
-    for rec, inst, _ in _timed_instances(docs):
+    for rec, inst in _timed_instances(docs):
         if inst["waiting"] is not None:
             continue
         tier = profile.tier_of(inst["ranks"])
@@ -147,10 +137,10 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
         if pred <= 0:
             continue
         group = 2 if inst["op"] == "send_recv" else inst["group_size"]
-        ratios[(tier, inst["op"], group)].append(rec["duration_s"] / pred)
+        ratios[(tier, inst["op"], group)].append(rec.duration_s / pred)
         _, n_beta = latency.coefficients(inst["op"], inst["group_size"], "ring")
         bytes_term = n_beta * inst["msg_bytes"] / profile.tier(tier).peak_Bps
-        floor_gap[tier] = min(floor_gap[tier], rec["duration_s"] - bytes_term)
+        floor_gap[tier] = min(floor_gap[tier], rec.duration_s - bytes_term)
     notes = []
     tiers = dict(profile.tiers)
     for tier_name in {k[0] for k in ratios}:
@@ -181,24 +171,21 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
     return out, notes
 
 
-def _layout_of(doc: dict) -> "Layout":
-    from ..engine.layout import Layout
-
-    return Layout(int(doc["case"]["tp"]), int(doc["case"]["pp"]))
-
-
 ROW_KEYS = ("op", "group_size", "role", "phase", "waiting", "n", "median_measured_s", "median_predicted_s",
             "median_rel_err", "medians_rel_err", "inside", "below_lower", "above_upper", "inside_share")
 
 
-def _timed_instances(docs: list[dict]):
-    """(record, its latency-model instance, layout) for every timed record the model knows."""
+def _timed_instances(docs):
+    """(record, its latency-model instance with role and waiting) for every timed call the model
+    knows, over the kept records (``RunDocument.records``) of ``docs``."""
     for doc in docs:
-        layout = _layout_of(doc)
-        for rec in doc["ops"]:
-            inst = record_instance(rec, layout) if rec.get("duration_s") is not None else None
+        for rec in doc.records or ():
+            if rec.duration_s is None:
+                continue
+            inst = instance(rec.op, span_of(rec.op, rec.rank, rec.group, rec.peer), rec.bytes)
             if inst is not None:
-                yield rec, inst, layout
+                role = role_of(rec.op, rec.bytes, rec.wire_bytes)
+                yield rec, {**inst, "role": role, "waiting": waiting_reason(rec.op, role)}
 
 
 def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: bool = False,
@@ -212,12 +199,12 @@ def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: boo
     no prediction: None in the predicted/bounds fields) or None.  Sorted bounded classes first,
     then by (op, group size, role, phase)."""
     table: dict = defaultdict(list)
-    for rec, inst, layout in _timed_instances(docs):
-        key = (rec["op"], inst["group_size"], inst["role"], rec["phase"] if by_phase else "all")
-        table[key].append((rec, inst, layout))
+    for rec, inst in _timed_instances(docs):
+        key = (rec.op, inst["group_size"], inst["role"], rec.phase if by_phase else "all")
+        table[key].append((rec, inst))
     rows = []
     for (op, group, role, phase), items in table.items():
-        measured = [rec["duration_s"] for rec, _, _ in items]
+        measured = [rec.duration_s for rec, _ in items]
         waiting = items[0][1]["waiting"]
         row = {"op": op, "group_size": group, "role": role, "phase": phase, "waiting": waiting, "n": len(items),
                "median_measured_s": statistics.median(measured), "median_predicted_s": None,
@@ -225,9 +212,9 @@ def accuracy_rows(docs: list[dict], profile: "HardwareProfile", *, by_phase: boo
                "above_upper": None, "inside_share": None}
         if waiting is None:
             preds, errs, inside, below, above = [], [], 0, 0, 0
-            for rec, inst, layout in items:
-                lower, upper, pred = bounds_for_record(profile, rec, layout, algorithm)
-                meas = rec["duration_s"]
+            for rec, inst in items:
+                lower, upper, pred = class_bounds(profile, rec.op, inst["ranks"], rec.bytes, algorithm)
+                meas = rec.duration_s
                 preds.append(pred)
                 errs.append(abs(pred - meas) / meas if meas > 0 else float("inf"))
                 if meas < lower:
@@ -262,16 +249,14 @@ def summary(rows: list[dict], max_median_err: float = 0.10, min_inside: float = 
 
 def format_rows(rows: list[dict]) -> str:
     """Plain-text table of ``accuracy_rows``."""
-    head = (f"{'op':>10} {'t':>2} {'role':>4} {'phase':>7} {'n':>6} {'meas_med_us':>11} {'pred_med_us':>11} "
-            f"{'med|err|':>8} {'err(med)':>8} {'inside':>7} {'<lower':>6} {'>upper':>6}")
-    lines = [head]
+    body = []
     for r in rows:
-        common = f"{r['op']:>10} {r['group_size']:>2} {r['role'] or '-':>4} {r['phase']:>7} {r['n']:>6} " \
-                 f"{r['median_measured_s'] * 1e6:>11.1f}"
+        common = [r["op"], r["group_size"], r["role"] or "-", r["phase"], r["n"], f"{r['median_measured_s'] * 1e6:.1f}"]
         if r["waiting"] is None:
-            lines.append(f"{common} {r['median_predicted_s'] * 1e6:>11.1f} {r['median_rel_err']:>8.1%} "
-                         f"{r['medians_rel_err']:>8.1%} {r['inside_share']:>7.2%} {r['below_lower']:>6} "
-                         f"{r['above_upper']:>6}")
+            body.append(common + [f"{r['median_predicted_s'] * 1e6:.1f}", f"{r['median_rel_err']:.1%}",
+                                  f"{r['medians_rel_err']:.1%}", f"{r['inside_share']:.2%}", r["below_lower"],
+                                  r["above_upper"]])
         else:
-            lines.append(f"{common}   includes pipeline wait: not bounded")
-    return "\n".join(lines)
+            body.append(common + ["includes pipeline wait: not bounded", "", "", "", "", ""])
+    return text_table(("op", "t", "role", "phase", "n", "meas_med_us", "pred_med_us", "med|err|", "err(med)", "inside",
+                       "<lower", ">upper"), body, left=4)

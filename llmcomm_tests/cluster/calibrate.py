@@ -85,19 +85,19 @@ def tier_sweeps(launch: node_launch.NodeLaunch, sizes=SIZES, repeats: int = 10, 
     return {"intra": intra, "inter": inter}
 
 
-def compute_from_run(doc: dict, shape: EngineShape) -> Compute:
+def compute_from_run(doc, shape: EngineShape) -> Compute:
     """Compute peaks that reproduce a 1-rank run's prefill and decode times (efficiency 1: the
     measured rates *are* the achieved ones): hbm = weight bytes / decode forward, flops =
     2·params·tokens / prefill forward."""
-    case, samples = doc["case"], doc["metrics"]["samples"]
-    if case["world_size"] != 1:
+    case, m = doc.case, doc.metrics
+    if case.world_size != 1:
         raise ValueError("compute is calibrated from a 1-rank run")
-    params, elem = shape.n_params(), DTYPE_BYTES[case["dtype"]]
-    tokens = case["batch"] * case["prompt_len"]
+    params, elem = shape.n_params(), DTYPE_BYTES[case.dtype]
+    tokens = case.batch * case.prompt_len
     # minimum over repetitions: what the rank costs undisturbed by other processes (study.best)
-    return Compute(device=f"this host, 1 rank ({doc['env'].get('cpu_count')} CPUs), measured",
-                   peak_flops=2.0 * params * tokens / min(samples["ttft_s"]),
-                   hbm_Bps=params * elem / min(samples["tpot_s"]),
+    return Compute(device=f"this host, 1 rank ({doc.env.get('cpu_count')} CPUs), measured",
+                   peak_flops=2.0 * params * tokens / min(m.ttft.samples),
+                   hbm_Bps=params * elem / min(m.tpot.samples),
                    prefill_efficiency=1.0, decode_efficiency=1.0)
 
 

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from ..engine.config import EngineShape
 from ..engine.layout import Layout
 from . import calibrate, netns, node_launch, predict, tiers
+
+if TYPE_CHECKING:
+    from ..documents import RunDocument
 
 LAYOUTS = (Layout(4, 1), Layout(2, 2), Layout(1, 4), Layout(2, 1))
 NAMES = {Layout(4, 1): "TP4 across", Layout(2, 2): "TP2xPP2 (TP in node)", Layout(1, 4): "PP4",
@@ -34,9 +39,17 @@ class Workload:
     warmup: int = 1
 
 
-def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: float = 300.0) -> dict:
-    """One layout through the node launcher on as many nodes as it needs; the run document plus
-    ``link_tx_bytes`` (kernel counters of the nodes' shaped interfaces over the whole launch)."""
+@dataclass(frozen=True)
+class LayoutRun:
+    doc: "RunDocument"
+    link_tx_bytes: int  # kernel counters of the nodes' shaped interfaces over the whole launch
+    rank_nodes: dict
+
+
+def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: float = 300.0) -> LayoutRun:
+    """One layout through the node launcher on as many nodes as it needs (records kept)."""
+    from ..documents import RunDocument, from_json
+
     nodes = -(-layout.world_size // cluster.ranks_per_node)
     launch = node_launch.subset(node_launch.emulated_nodes(cluster, timeout_s), nodes,
                                 min(cluster.ranks_per_node, layout.world_size))
@@ -45,15 +58,12 @@ def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: f
         launch, "llmcomm_tests.rank:main",
         ["--engine", w.engine, "--tp", str(layout.tp), "--pp", str(layout.pp), "--batch", str(w.batch),
          "--prompt-len", str(w.prompt_len), "--gen-len", str(w.gen_len), "--dtype", w.dtype,
-         "--repeats", str(w.repeats), "--warmup", str(w.warmup), "--json", "{results}/run.json"])
+         "--repeats", str(w.repeats), "--warmup", str(w.warmup), "--keep-records", "--json", "{results}/run.json"])
     after = netns.link_tx_bytes(cluster)
-    doc = run.document()
-    doc["link_tx_bytes"] = sum(after[k] - before[k] for k in after)
-    doc["rank_nodes"] = run.rank_nodes
-    return doc
+    return LayoutRun(from_json(RunDocument, run.document()), sum(after[k] - before[k] for k in after), run.rank_nodes)
 
 
-def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, w: Workload, compute_doc: dict,
+def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, w: Workload, compute_doc,
                        repeats: int = 6):
     rows = calibrate.tier_sweeps(node_launch.emulated_nodes(cluster, 600), repeats=repeats)
     link = f"veth + tbf {cluster.inter_rate} per node egress"
@@ -63,41 +73,40 @@ def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, w: Workload, 
                                       source="cluster.study: calibrate.tier_sweeps + a 1-rank run"), rows
 
 
-def best(docs: list[dict], metric: str) -> float:
-    """The least-disturbed estimate: the minimum over every repetition of every launch.  On a
-    shared 2-core host other processes only ever *add* time (the same layout measured 34 ms and
-    76 ms p50 minutes apart here), so the minimum tracks the undisturbed cost the α-β model
-    predicts; medians are kept in the table next to it."""
-    return min(x for d in docs for x in d["metrics"]["samples"][metric])
+def best(runs: list[LayoutRun], metric: str) -> float:
+    """The least-disturbed estimate (``metric`` "tpot" or "ttft"): the minimum over every repetition
+    of every launch.  On a shared 2-core host other processes only ever *add* time (the same layout
+    measured 34 ms and 76 ms p50 minutes apart here), so the minimum tracks the undisturbed cost the
+    α-β model predicts; the median is kept in the table next to it."""
+    return min(x for r in runs for x in getattr(r.doc.metrics, metric).samples)
 
 
-def compare(docs: "dict | list[dict]", profile, shape: EngineShape, layout: Layout, w: Workload, cores: int) -> dict:
+def compare(runs: "LayoutRun | list[LayoutRun]", profile, shape: EngineShape, layout: Layout, w: Workload,
+            cores: int) -> dict:
     """Measured vs predicted for one layout: TPOT/TTFT and wire bytes per token per tier (the
-    measured bytes classified op by op, tiers.py), and whether the tier volumes agree exactly.
-    ``docs``: one run document or several launches of the same layout (interleaved rounds)."""
-    docs = [docs] if isinstance(docs, dict) else list(docs)
-    doc = docs[0]
+    measured calls classified one by one, tiers.py), and whether the tier volumes agree exactly.
+    ``runs``: one launch or several of the same layout (interleaved rounds)."""
+    runs = [runs] if isinstance(runs, LayoutRun) else list(runs)
     rpn = profile.ranks_per_node
     pred = predict.predict(shape, layout, w.batch, w.prompt_len, w.gen_len, w.dtype, profile, nics_per_node=1,
                            compute_parallelism=cores)
-    meas_rows = tiers.measured(doc["ops"], rpn)
+    meas_rows = tiers.measured(runs[0].doc.records, rpn)
     pred_rows = tiers.predicted(shape, layout, w.batch, w.prompt_len, w.gen_len, w.dtype, rpn)
     tokens = w.batch * w.gen_len
     meas_tot = tiers.per_tier_totals(meas_rows, tokens)
+    tpot = sorted(x for r in runs for x in r.doc.metrics.tpot.samples)
     return {
         "layout": str(layout), "name": NAMES.get(layout, str(layout)),
-        "tpot_measured_s": best(docs, "tpot_s"), "tpot_predicted_s": pred.tpot_s,
-        "ttft_measured_s": best(docs, "ttft_s"), "ttft_predicted_s": pred.ttft_s,
-        "tpot_p50_s": sorted(x for d in docs for x in d["metrics"]["samples"]["tpot_s"])[
-            sum(len(d["metrics"]["samples"]["tpot_s"]) for d in docs) // 2],
-        "tpot_samples_s": [x for d in docs for x in d["metrics"]["samples"]["tpot_s"]],
+        "tpot_measured_s": best(runs, "tpot"), "tpot_predicted_s": pred.tpot_s,
+        "ttft_measured_s": best(runs, "ttft"), "ttft_predicted_s": pred.ttft_s,
+        "tpot_p50_s": tpot[len(tpot) // 2], "tpot_samples_s": tpot,
         "inter_bytes_per_token_measured": meas_tot["inter"]["wire_bytes_per_token"],
         "inter_bytes_per_token_predicted": pred.bytes_per_token["inter"],
         "intra_bytes_per_token_measured": meas_tot["intra"]["wire_bytes_per_token"],
         "intra_bytes_per_token_predicted": pred.bytes_per_token["intra"],
         "tier_volume_diff": tiers.diff(pred_rows, meas_rows),
-        "link_tx_bytes_per_token": doc.get("link_tx_bytes", 0) / (tokens * (w.repeats + w.warmup)),
-        "dominant_tpot": pred.dominant_tpot, "parts": pred.parts, "tokens_equal_reference": None,
+        "link_tx_bytes_per_token": runs[0].link_tx_bytes / (tokens * (w.repeats + w.warmup)),
+        "dominant_tpot": pred.dominant_tpot, "parts": pred.parts,
     }
 
 

@@ -9,7 +9,7 @@ them).  An op is on the *inter* tier when its ranks span nodes, else *intra*:
 The prediction classifies the analytic model's calls (volume.forward_kinds) the same way, so both
 sides are keyed ``(tier, op, phase, site class)`` and compare exactly — a layout that puts TP
 inside a node and PP across it must show all its all-reduces intra and only the boundary slices and
-token transfers inter.  No torch here (analytic side) — recorded ops are plain dicts.
+token transfers inter.  No torch here: recorded calls are documents.OpRecord (or their JSON).
 """
 
 from __future__ import annotations
@@ -25,31 +25,39 @@ from ..contract import site_class
 KEYS = ("tier", "op", "phase", "site")
 
 
-def recorded_tier(op: dict, ranks_per_node: int) -> str:
-    """Tier of one recorded op (a run document's ``ops`` entry)."""
-    if op["op"] in ("send", "recv"):
-        group = op["group"]
-        peer = group[op["root"]] if "root" in op and 0 <= op["root"] < len(group) else op.get("peer")
+def _field(op, name: str):
+    """Records are documents.OpRecord, or their JSON (a run document read back from the results folder)."""
+    return op[name] if isinstance(op, dict) else getattr(op, name)
+
+
+def recorded_tier(op, ranks_per_node: int) -> str:
+    """Tier of one recorded call (a run document's ``records`` entry; ``peer`` is a global rank)."""
+    if _field(op, "op") in ("send", "recv"):
+        peer = _field(op, "peer")
         if peer is None:
-            raise ValueError(f"recorded {op['op']} on rank {op['rank']} has no peer (root) to place it")
-        return tier_of((op["rank"], peer), ranks_per_node)
-    return tier_of(op["group"], ranks_per_node)
+            raise ValueError(f"recorded {_field(op, 'op')} on rank {_field(op, 'rank')} has no peer to place it")
+        return tier_of((_field(op, "rank"), peer), ranks_per_node)
+    return tier_of(_field(op, "group"), ranks_per_node)
 
 
 def _rows(table: dict) -> list[dict]:
     return [dict(zip(KEYS, k), count=v[0], bytes=v[1], wire_bytes=v[2]) for k, v in sorted(table.items())]
 
 
-def measured(ops: list[dict], ranks_per_node: int, rep: int = 0) -> list[dict]:
-    """Rows ``{tier, op, phase, site, count, bytes, wire_bytes}`` of one repetition, summed over ranks."""
+def measured(records: list, ranks_per_node: int, rep: int = 0) -> list[dict]:
+    """Rows ``{tier, op, phase, site, count, bytes, wire_bytes}`` of one repetition, summed over ranks,
+    from a run document's ``records`` (runs with ``keep_records``)."""
+    if records is None:
+        raise ValueError("the run document has no records: run with keep_records (--keep-records)")
     table: dict = defaultdict(lambda: [0, 0, 0])
-    for op in ops:
-        if op["rep"] != rep:
+    for op in records:
+        if _field(op, "rep") != rep:
             continue
-        acc = table[(recorded_tier(op, ranks_per_node), op["op"], op["phase"], site_class(op["site"]))]
+        key = (recorded_tier(op, ranks_per_node), _field(op, "op"), _field(op, "phase"), site_class(_field(op, "site")))
+        acc = table[key]
         acc[0] += 1
-        acc[1] += op["bytes"]
-        acc[2] += op["wire_bytes"]
+        acc[1] += _field(op, "bytes")
+        acc[2] += _field(op, "wire_bytes")
     return _rows(table)
 
 

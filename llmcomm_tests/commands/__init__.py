@@ -6,9 +6,10 @@ this module only wires them together and keeps torch out of ``--help``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+
+from .args import OneLineParser
 
 # name -> (module, help).  Each module defines add_arguments(parser) and main(args) -> int.
 COMMANDS = {
@@ -22,9 +23,10 @@ COMMANDS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Only the chosen subcommand's module is imported (``llmcomm --help`` stays instant)."""
-    parser = argparse.ArgumentParser(prog="llmcomm", description=__doc__.splitlines()[0])
+def build_parser(command: str | None = None) -> OneLineParser:
+    """Only the chosen subcommand's module is imported (``llmcomm --help`` stays instant).  Bad
+    arguments are one line and exit 2 (:class:`OneLineParser`), before anything is launched."""
+    parser = OneLineParser(prog="llmcomm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)

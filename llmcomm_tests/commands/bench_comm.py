@@ -18,6 +18,8 @@ import sys
 
 from .. import launch
 from ..contract import LATENCY_OPS, bus_factor
+from ..text import text_table
+from .args import byte_sizes, non_negative_int, output_file, positive_float, positive_int
 
 OPS = LATENCY_OPS
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
@@ -117,30 +119,42 @@ def table(rows: list[dict]) -> list[dict]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--world-size", type=positive_int, default=2)
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ", ".join(OPS))
-    parser.add_argument("--sizes", default=None, help="comma-separated byte sizes (default 1 KiB … 16 MiB, ×4)")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sizes", type=byte_sizes, default=None,
+                        help="comma-separated byte sizes, K/M suffixes allowed (default 1 KiB … 16 MiB, ×4)")
+    parser.add_argument("--repeats", type=positive_int, default=20)
+    parser.add_argument("--warmup", type=non_negative_int, default=3)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
-    parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--json", dest="json_path", default=None, help="write rows and the raw samples here")
+    parser.add_argument("--timeout", type=positive_float, default=600.0)
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
+                        help="write rows and the raw samples here")
 
 
 def main(args) -> int:
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES
+    sizes = args.sizes or DEFAULT_SIZES
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown or not ops:
+        print(f"llmcomm bench-comm: --ops: unknown op(s) {', '.join(unknown) or '(none given)'}; known: "
+              f"{', '.join(OPS)}", file=sys.stderr)
+        return 2
     if "send_recv" in ops and args.world_size < 2:
-        print("send_recv needs --world-size >= 2", file=sys.stderr)
+        print("llmcomm bench-comm: send_recv needs --world-size >= 2", file=sys.stderr)
+        return 2
+    try:
+        launch.resolve_backend(args.backend, args.world_size)  # nccl without a GPU per rank: refused now
+    except ValueError as exc:
+        print(f"llmcomm bench-comm: {exc}", file=sys.stderr)
         return 2
     rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup, args.dtype)
     summary = table(rows)
     print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}")
-    print(f"{'op':>15} {'size(B)':>10} {'min(us)':>10} {'median(us)':>11} {'max(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}")
-    for r in summary:
-        print(f"{r['op']:>15} {r['bytes']:>10} {r['time_min_s'] * 1e6:>10.1f} {r['time_median_s'] * 1e6:>11.1f} "
-              f"{r['time_max_s'] * 1e6:>10.1f} {r['algbw_GBps']:>12.3f} {r['busbw_GBps']:>12.3f}")
+    print(text_table(("op", "size(B)", "min(us)", "median(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)"),
+                     [(r["op"], r["bytes"], f"{r['time_min_s'] * 1e6:.1f}", f"{r['time_median_s'] * 1e6:.1f}",
+                       f"{r['time_max_s'] * 1e6:.1f}", f"{r['algbw_GBps']:.3f}", f"{r['busbw_GBps']:.3f}")
+                      for r in summary], left=1))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"schema": "llmcomm.bench-comm/1", "world_size": args.world_size, "dtype": args.dtype,

@@ -37,9 +37,11 @@ import sys
 from collections import defaultdict
 from dataclasses import replace
 
-from ..metrics import percentile
+from ..stats import percentile
+from ..text import text_table
 from ..analytic import latency
 from ..analytic.hardware import P2P_GROUP, HardwareProfile, OpFit, load_profile
+from .args import OneLineParser, byte_sizes, fraction, output_file, positive_float, positive_int, world_sizes
 
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB, ×4 (as bench-comm)
 
@@ -172,33 +174,51 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
 def quality_table(profile: HardwareProfile) -> str:
     """Per measured (op, group): points, α, β, R² and median relative error of the medians, k_hi
     (and, after ``--spread-from``, the sweep's k_hi and the engine records it rests on)."""
-    lines = [f"{'op':>15} {'group':>5} {'points':>6} {'samples':>7} {'alpha(us)':>10} {'beta(GB/s)':>11} {'R2':>7} "
-             f"{'med.rel.err':>11} {'k_hi':>6} {'k_hi_sweep':>10} {'records':>7}"]
+    rows = []
     for op, by_group in sorted(profile.tier("intra").ops.items()):
         for group, fit in by_group.items():
             if group == "default" or not fit.quality or "points" not in fit.quality:
                 continue
             q = fit.quality
             sweep = q.get("k_hi_sweep")
-            lines.append(f"{op:>15} {group:>5} {q['points']:>6} {q.get('samples', 0):>7} {fit.alpha_s * 1e6:>10.1f} "
-                         f"{fit.beta_Bps / 1e9:>11.3f} {q['r2']:>7.3f} {q['median_rel_err']:>11.3f} {fit.k_hi:>6.2f} "
-                         f"{'-' if sweep is None else f'{sweep:.2f}':>10} {q.get('k_hi_records', '-'):>7}")
-    return "\n".join(lines)
+            rows.append((op, group, q["points"], q.get("samples", 0), f"{fit.alpha_s * 1e6:.1f}",
+                         f"{fit.beta_Bps / 1e9:.3f}", f"{q['r2']:.3f}", f"{q['median_rel_err']:.3f}", f"{fit.k_hi:.2f}",
+                         "-" if sweep is None else f"{sweep:.2f}", q.get("k_hi_records", "-")))
+    return text_table(("op", "group", "points", "samples", "alpha(us)", "beta(GB/s)", "R2", "med.rel.err", "k_hi",
+                       "k_hi_sweep", "records"), rows, left=1)
 
 
-def _sizes(text: str) -> list[int]:
-    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-    out = []
-    for item in text.split(","):
-        item = item.strip().lower().removesuffix("ib").removesuffix("b")
-        if item:
-            scale = units.get(item[-1], 1)
-            out.append(int(float(item[:-1] if scale > 1 else item) * scale))
-    return out
+def _read_json(path: str):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
 
 
-def _world_sizes(text: "str | int") -> list[int]:
-    return [int(w) for w in str(text).split(",") if str(w).strip()]
+def _read_run_document(path: str):
+    from ..documents import RunDocument, from_json
+
+    data = _read_json(path)
+    try:
+        return from_json(RunDocument, data)
+    except (TypeError, AttributeError, KeyError) as exc:  # not the fields of a run document
+        raise ValueError(f"--spread-from {path}: not an `llmcomm run --json` document ({exc})") from None
+
+
+ROW_FIELDS = {"op", "world_size", "bytes", "times_s"}
+
+
+def _read_rows(path: str) -> list[dict]:
+    """The sweep rows of a ``llmcomm bench-comm --json`` file (or a bare list of rows)."""
+    data = _read_json(path)
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and ROW_FIELDS <= r.keys() for r in rows):
+        raise ValueError(f"--rows {path}: not `llmcomm bench-comm --json` rows (each with "
+                         f"{', '.join(sorted(ROW_FIELDS))})")
+    return rows
 
 
 def _run_paths(items: list[str]) -> list[str]:
@@ -217,63 +237,74 @@ def _run_paths(items: list[str]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-size", default="2", help="ranks in the sweep; several comma-separated, e.g. 2,4 "
+    parser.add_argument("--world-size", type=world_sizes, default=[2],
+                        help="ranks in the sweep, >= 2; several comma-separated, e.g. 2,4 "
                         "(one sweep each, fitted together; default 2)")
-    parser.add_argument("--out", default="calibrated-profile.yaml", help="profile YAML to write")
+    parser.add_argument("--out", type=output_file, default="calibrated-profile.yaml", help="profile YAML to write")
     parser.add_argument("--name", default=None, help="profile name (default: calibrated-w<N>)")
     parser.add_argument("--base", default="cpu-loopback",
                         help="profile to start from: compute peaks, inter tier, other group sizes")
-    parser.add_argument("--sizes", default=None, help="comma-separated sizes, K/M suffixes allowed (default 1K…16M ×4)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sizes", type=byte_sizes, default=None,
+                        help="comma-separated sizes, K/M suffixes allowed (default 1K…16M ×4)")
+    parser.add_argument("--repeats", type=positive_int, default=20)
     parser.add_argument("--ops", default=",".join(latency.OPS), help="comma-separated ops to sweep")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--timeout", type=positive_float, default=600.0)
     parser.add_argument("--rows", default=None,
                         help="fit saved `llmcomm bench-comm --json` file(s), comma-separated, instead of sweeping")
     parser.add_argument("--spread-from", action="append", default=[], metavar="RUNS",
                         help="run documents (`llmcomm run --json`; files or directories, comma-separated, "
                              "repeatable): re-measure each fit's k_hi on their bounded op records "
                              "(analytic.accuracy.fit_spread) — use runs you will not evaluate on")
-    parser.add_argument("--spread-quantile", type=float, default=0.999,
+    parser.add_argument("--spread-quantile", type=fraction, default=0.999,
                         help="quantile of recorded/fit that sets k_hi with --spread-from (default 0.999)")
 
 
 def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     if not isinstance(args, argparse.Namespace):
-        parser = argparse.ArgumentParser(prog="llmcomm calibrate", description=__doc__.splitlines()[0])
+        parser = OneLineParser(prog="llmcomm calibrate", description=__doc__.splitlines()[0])
         add_arguments(parser)
         args = parser.parse_args(args)
-    worlds = _world_sizes(args.world_size)
-    if args.rows:
-        rows = []
-        for path in args.rows.split(","):
-            with open(path.strip()) as fh:
-                data = json.load(fh)
-            rows.extend(data["rows"] if isinstance(data, dict) else data)
-        worlds = sorted({int(r["world_size"]) for r in rows}) or worlds
-        source = f"llmcomm calibrate --rows {args.rows}"
-    else:
+    worlds = args.world_size
+    try:  # everything that can be refused is, before a sweep launches anything
+        try:
+            base = load_profile(args.base)
+        except ValueError as exc:
+            raise ValueError(f"--base: {exc}") from None
+        ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+        unknown = sorted(set(ops) - set(latency.OPS))
+        if unknown or not ops:
+            raise ValueError(f"--ops: unknown op(s) {', '.join(unknown) or '(none given)'}; known: "
+                             f"{', '.join(latency.OPS)}")
+        docs = [_read_run_document(path) for path in _run_paths(args.spread_from)]
+        if args.rows:
+            rows = []
+            for path in args.rows.split(","):
+                rows.extend(_read_rows(path.strip()))
+            worlds = sorted({int(r["world_size"]) for r in rows}) or worlds
+            source = f"llmcomm calibrate --rows {args.rows}"
+        else:
+            from ..launch import resolve_backend
+
+            for world in worlds:  # nccl without a GPU per rank
+                resolve_backend(args.backend, world)
+    except ValueError as exc:
+        print(f"llmcomm calibrate: {exc}", file=sys.stderr)
+        return 2
+    if not args.rows:
         from . import bench_comm  # lazy: torch and the launcher only when sweeping
 
-        ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-        sizes = _sizes(args.sizes) if args.sizes else DEFAULT_SIZES
+        sizes = args.sizes or DEFAULT_SIZES
         rows = []
         for world in worlds:
-            world_ops = [o for o in ops if o != "send_recv"] if world < 2 else ops
-            rows += bench_comm.sweep(world, world_ops, sizes, args.repeats, backend=args.backend,
-                                     timeout_s=args.timeout)
+            rows += bench_comm.sweep(world, ops, sizes, args.repeats, backend=args.backend, timeout_s=args.timeout)
         source = (f"llmcomm calibrate --world-size {','.join(map(str, worlds))} --repeats {args.repeats} "
                   f"--sizes {','.join(map(str, sizes))} --backend {args.backend}")
     try:
-        profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", args.base, source)
-        if args.spread_from:
-            from .accuracy import fit_spread
+        profile = fit_profile(rows, args.name or f"calibrated-w{'-'.join(map(str, worlds))}", base, source)
+        if docs:
+            from ..analytic.accuracy import fit_spread
 
-            paths = _run_paths(args.spread_from)
-            docs = []
-            for path in paths:
-                with open(path) as fh:
-                    docs.append(json.load(fh))
             profile, _ = fit_spread(profile, docs, args.spread_quantile)
             profile = replace(profile, source=f"{source}; k_hi from {len(docs)} run document(s) "
                                               f"(--spread-from, q{args.spread_quantile:g})")

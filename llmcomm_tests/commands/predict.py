@@ -16,58 +16,35 @@ import json
 import sys
 from collections import defaultdict
 
-from ..engine.config import resolve_engine
 from ..engine.layout import Layout, LayoutError
 from ..analytic.e2e import predict_case
 from ..analytic.hardware import list_profiles, load_profile
+from ..text import nbytes, text_table
+from .args import OneLineParser, engine_shape, output_file, positive_int
 
 SCHEMA = "llmcomm.predict/1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default="llama-3.1-8b",
-                        help="engine preset name or a JSON shape mapping (default: llama-3.1-8b)")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (default 1)")
+    parser.add_argument("--engine", default="llama-3.1-8b", type=engine_shape,
+                        help="engine preset name, a shape mapping as in specs ('{preset: tiny, n_layers: 2}'), "
+                             "or a YAML/JSON file holding one (default: llama-3.1-8b)")
+    parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default 1)")
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel degree (default 1)")
     parser.add_argument("--layouts", help="comma-separated TxP layouts, e.g. 4x1,2x2,1x4 (overrides --tp/--pp)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--prompt-len", type=positive_int, default=128)
+    parser.add_argument("--gen-len", type=positive_int, default=128)
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
                         help="engine dtype (default: bf16 for public shapes, fp32 for tiny)")
     parser.add_argument("--hardware", default="h100-nvlink4",
                         help=f"hardware profile preset or YAML path (presets: {', '.join(list_profiles())})")
     parser.add_argument("--algorithm", choices=("ring", "tree"), help="collective algorithm (default: the profile's)")
-    parser.add_argument("--json", metavar="PATH", help="also write the prediction as JSON")
-
-
-def _engine(spec: str):
-    text = spec.strip()
-    return resolve_engine(json.loads(text) if text.startswith("{") else text)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return ""
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the prediction as JSON")
 
 
 def _ms(s: float) -> str:
     return f"{s * 1e3:.3f}"
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """Plain-text table; the first ``left`` columns are text (left-aligned), the rest numbers."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = []
-    for i, row in enumerate([header] + rows):
-        lines.append("  ".join(str(x).ljust(w) if j < left else str(x).rjust(w)
-                               for j, (x, w) in enumerate(zip(row, widths))).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _headline(pred: dict) -> str:
@@ -90,18 +67,18 @@ def format_single(pred: dict) -> str:
     for key in sorted(merged, key=lambda k: (k[2], k[0], k[1] != "prefill")):
         op, phase, site = key
         v, t = merged[key], lat.get(key)
-        rows.append([site, op, phase, str(v["count"]), str(t["count"]) if t else "-", _size(v["bytes"]),
-                     _size(v["wire_bytes"]), t["tiers"] if t else "-", _ms(t["time_s"]) if t else "-",
+        rows.append([site, op, phase, str(v["count"]), str(t["count"]) if t else "-", nbytes(v["bytes"]),
+                     nbytes(v["wire_bytes"]), t["tiers"] if t else "-", _ms(t["time_s"]) if t else "-",
                      f"{_ms(t['lower_s'])}-{_ms(t['upper_s'])}" if t else "-"])
     m, s = pred["metrics"], pred["volume_summary"]
     out = [_headline(pred)]
     if rows:
-        out.append(_table(["site", "op", "phase", "calls", "ops", "bytes", "wire", "tier", "time_ms",
+        out.append(text_table(["site", "op", "phase", "calls", "ops", "bytes", "wire", "tier", "time_ms",
                            "bounds_ms"], rows, left=3))
     else:
         out.append("(one rank: no communication)")
-    out.append(f"volume: {_size(s['bytes'])} recorded, {_size(s['wire_bytes'])} on the wire, "
-               f"{_size(s['wire_bytes_per_token'])} wire per generated token, {_size(s['wire_bytes_per_gpu'])} per GPU")
+    out.append(f"volume: {nbytes(s['bytes'])} recorded, {nbytes(s['wire_bytes'])} on the wire, "
+               f"{nbytes(s['wire_bytes_per_token'])} wire per generated token, {nbytes(s['wire_bytes_per_gpu'])} per GPU")
     out.append(f"TTFT {_ms(m['ttft_s'])} ms   TPOT {_ms(m['tpot_s'])} ms   E2E {_ms(m['e2e_s'])} ms   "
                f"comm share {100 * m['comm_share']:.1f} %  (comm {_ms(m['comm_lower_s'])}-{_ms(m['comm_upper_s'])} ms"
                f" bounds, model {_ms(m['comm_s'])} ms)")
@@ -124,14 +101,14 @@ def format_side_by_side(preds: list[dict]) -> str:
     c = preds[0]["case"]
     out = [f"{c['name']}  batch {c['batch']}  prompt {c['prompt_len']}  gen {c['gen_len']}  {c['dtype']}  "
            f"hardware {c['hardware']} ({preds[0]['metrics']['algorithm']})"]
-    rows = [[f"{site} {op}"] + [f"{_size(w[(site, op)])} / {_ms(t[(site, op)])}" if (site, op) in w else "-"
+    rows = [[f"{site} {op}"] + [f"{nbytes(w[(site, op)])} / {_ms(t[(site, op)])}" if (site, op) in w else "-"
                                 for w, t in zip(wire, time)]
             for site, op in sorted(keys)]
-    out.append(_table(["wire (all ranks) / time_ms"] + names, rows))
+    out.append(text_table(["wire (all ranks) / time_ms"] + names, rows))
     metric_rows = [
-        ["wire bytes, all ranks"] + [_size(p["volume_summary"]["wire_bytes"]) for p in preds],
-        ["wire bytes per GPU"] + [_size(p["volume_summary"]["wire_bytes_per_gpu"]) for p in preds],
-        ["wire bytes per token"] + [_size(p["volume_summary"]["wire_bytes_per_token"]) for p in preds],
+        ["wire bytes, all ranks"] + [nbytes(p["volume_summary"]["wire_bytes"]) for p in preds],
+        ["wire bytes per GPU"] + [nbytes(p["volume_summary"]["wire_bytes_per_gpu"]) for p in preds],
+        ["wire bytes per token"] + [nbytes(p["volume_summary"]["wire_bytes_per_token"]) for p in preds],
         ["calls per request"] + [str(p["volume_summary"]["calls"]) for p in preds],
         ["TTFT ms"] + [_ms(p["metrics"]["ttft_s"]) for p in preds],
         ["TPOT ms"] + [_ms(p["metrics"]["tpot_s"]) for p in preds],
@@ -140,7 +117,7 @@ def format_side_by_side(preds: list[dict]) -> str:
                                 f"{_ms(p['metrics']['comm_upper_s'])})" for p in preds],
         ["comm share %"] + [f"{100 * p['metrics']['comm_share']:.1f}" for p in preds],
     ]
-    out.append(_table(["metric"] + names, metric_rows))
+    out.append(text_table(["metric"] + names, metric_rows))
     return "\n".join(out)
 
 
@@ -151,18 +128,19 @@ def _json_prediction(pred: dict) -> dict:
 def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     """Run the command; ``args`` from the ``llmcomm`` parser, or an argv list (tests, scripts)."""
     if not isinstance(args, argparse.Namespace):
-        parser = argparse.ArgumentParser(prog="llmcomm predict", description=__doc__.splitlines()[0])
+        parser = OneLineParser(prog="llmcomm predict", description=__doc__.splitlines()[0])
         add_arguments(parser)
         args = parser.parse_args(args)
     try:
-        shape = _engine(args.engine)
+        shape = args.engine
+        shape.check_request(args.prompt_len, args.gen_len)
         layouts = ([Layout.parse(x) for x in args.layouts.split(",") if x.strip()] if args.layouts
                    else [Layout(args.tp, args.pp)])
         profile = load_profile(args.hardware)
         dtype = args.dtype or ("fp32" if shape.name == "tiny" else "bf16")
         preds = [predict_case(shape, layout, args.batch, args.prompt_len, args.gen_len, dtype, profile,
                               args.algorithm) for layout in layouts]
-    except (ValueError, LayoutError) as exc:  # LayoutError and JSONDecodeError are ValueErrors
+    except (ValueError, LayoutError) as exc:
         print(f"llmcomm predict: {exc}", file=sys.stderr)
         return 2
     print(format_single(preds[0]) if len(preds) == 1 else format_side_by_side(preds))

@@ -6,21 +6,24 @@ import json
 import sys
 from pathlib import Path
 
+from .args import output_file
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", type=Path,
                         help="report directory holding llmcomm-report.json (the plugin's --llmcomm-report-dir)")
-    parser.add_argument("--out", metavar="FILE", type=Path, default=None,
+    parser.add_argument("--out", metavar="FILE", type=lambda text: Path(output_file(text)), default=None,
                         help="where to write the HTML (default: DIR/llmcomm-report.html)")
 
 
 def main(args) -> int:
+    from ..documents import SessionReport
     from ..report import json_report
     from ..report.html import FILENAME, write_html
 
     source = args.dir / json_report.FILENAME
     try:
-        doc = json.loads(source.read_text(encoding="utf-8"))
+        data = json.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         print(f"llmcomm report: {source} not found (run pytest with --llmcomm-report-dir {args.dir} first)",
               file=sys.stderr)
@@ -28,10 +31,11 @@ def main(args) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"llmcomm report: cannot read {source}: {exc}", file=sys.stderr)
         return 2
-    if doc.get("schema") != json_report.SCHEMA:
-        print(f"llmcomm report: {source} has schema {doc.get('schema')!r}, expected {json_report.SCHEMA!r}",
-              file=sys.stderr)
+    schema = SessionReport.schema
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        print(f"llmcomm report: {source} has schema {found!r}, expected {schema!r}", file=sys.stderr)
         return 2
-    out = write_html(doc, args.out or args.dir / FILENAME)
+    out = write_html(json_report.load(source), args.out or args.dir / FILENAME)
     print(out)
     return 0

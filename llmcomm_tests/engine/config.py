@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+_FIELD_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string")}
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class EngineShape:
     vocab: int  # v
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    max_position: int = 4096  # context length in tokens (config.json's max_position_embeddings)
 
     @property
     def head_dim(self) -> int:
@@ -44,10 +46,21 @@ class EngineShape:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown engine field(s): {', '.join(sorted(unknown))}")
+        for f in fields(cls):  # annotations are strings here (postponed evaluation)
+            value = data.get(f.name)
+            wanted, what = _FIELD_TYPES[f.type]
+            if f.name in data and (isinstance(value, bool) or not isinstance(value, wanted)):
+                raise ValueError(f"engine field {f.name} must be {what}, got {value!r}")
         return cls(**data)
 
+    def check_request(self, prompt_len: int, gen_len: int) -> None:
+        """Refuse a request longer than the shape's context (the engine would allocate it all)."""
+        if prompt_len + gen_len > self.max_position:
+            raise ValueError(f"prompt_len + gen_len = {prompt_len} + {gen_len} exceeds the context of "
+                             f"{self.name}: max_position {self.max_position} tokens")
+
     def validate(self) -> None:
-        for name in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab"):
+        for name in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab", "max_position"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hidden % self.n_heads:
@@ -63,15 +76,15 @@ PRESETS: dict[str, EngineShape] = {
     s.name: s
     for s in (
         EngineShape("tiny", n_layers=4, hidden=256, n_heads=8, n_kv_heads=4, ffn=688, vocab=1024),
-        # Not a public model: the emulated two-node cluster's CPU shape (cluster/, slo_specs/
-        # emulated-2node.yaml) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
+        # Not a public model: the emulated two-node cluster's CPU shape (llmcomm_tests/cluster/,
+        # cluster_specs/emulated-2node.yaml) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
         # 200 mbit link costs milliseconds per token while 4 ranks still fit on 2 cores.
         EngineShape("cpu-link", n_layers=4, hidden=1024, n_heads=8, n_kv_heads=4, ffn=1024, vocab=2048),
-        EngineShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, rope_theta=500000.0),
-        EngineShape("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, rope_theta=500000.0),
-        EngineShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, rope_theta=500000.0),
-        EngineShape("llama-2-13b", 40, 5120, 40, 40, 13824, 32000),
-        EngineShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, rope_theta=500000.0),
+        EngineShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, rope_theta=500000.0, max_position=131072),
+        EngineShape("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, rope_theta=500000.0, max_position=131072),
+        EngineShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, rope_theta=500000.0, max_position=131072),
+        EngineShape("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, max_position=4096),
+        EngineShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, rope_theta=500000.0, max_position=131072),
     )
 }
 
@@ -95,3 +108,31 @@ def resolve_engine(spec: "str | dict | EngineShape") -> EngineShape:
         shape = EngineShape.from_dict(data)
     shape.validate()
     return shape
+
+
+def engine_from_text(text: str) -> EngineShape:
+    """A shape from the command line, in the forms a spec's ``engine:`` takes: a preset name, a
+    YAML (or JSON) mapping such as ``{preset: tiny, n_layers: 2}``, or a .yaml/.yml/.json file
+    holding such a mapping."""
+    text = text.strip()
+    source = "engine mapping"
+    if text.endswith((".yaml", ".yml", ".json")) and not text.startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text, source = f.read(), text
+        except OSError as exc:
+            raise ValueError(f"cannot read engine file {text}: {exc.strerror or exc}") from None
+    elif not text.startswith("{"):
+        return resolve_engine(text)
+    import yaml  # late: presets need no YAML
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} must be a mapping of shape fields, got {type(data).__name__}")
+    try:
+        return resolve_engine(data)
+    except TypeError as exc:  # a field of the wrong type
+        raise ValueError(f"{source}: {exc}") from None

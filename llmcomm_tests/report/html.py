@@ -1,5 +1,5 @@
 """The session's HTML report: one self-contained file (inline CSS, figures as base64 PNG, no scripts,
-no external references) built from the session JSON document (``llmcomm.session/1``).
+no external references) built from the session's typed report (``documents.SessionReport``).
 
 Sections: environment fingerprint, one summary row per case, baseline comparison (when verdict rows
 with check "baseline" exist), figures (``plots``), and each case's verdict table in a <details>.
@@ -15,7 +15,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .table import HEADER, cells, seconds
+from ..documents import CaseResult, SessionReport
+from ..text import fmt, nbytes, seconds
+from .table import HEADER, cells
 
 FILENAME = "llmcomm-report.html"
 
@@ -43,20 +45,11 @@ def esc(value) -> str:
 # -- formatting ----------------------------------------------------------------------------------
 
 
-def nbytes(x) -> str:
-    if x is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(x) >= size:
-            return f"{x / size:,.2f} {unit}"
-    return f"{x:,.0f} B"
-
-
-def status_of(item: dict) -> str:
+def status_of(item: CaseResult) -> str:
     """pass | fail | error (the case could not run)."""
-    if item.get("error") or not item.get("run"):
+    if item.error or item.run is None:
         return "error"
-    return "pass" if (item.get("verdict") or {}).get("passed") else "fail"
+    return "pass" if item.verdict.passed else "fail"
 
 
 def badge(status: str) -> str:
@@ -64,11 +57,10 @@ def badge(status: str) -> str:
     return f'<span class="badge {css}">{esc(status.upper())}</span>'
 
 
-def layout_text(item: dict) -> str:
-    case = (item.get("run") or {}).get("case") or {}
-    if "tp" in case and "pp" in case:
-        return f"TP {case['tp']} × PP {case['pp']}"
-    return str(item.get("case_id", "?")).split("-b")[0]
+def layout_text(item: CaseResult) -> str:
+    if item.run is not None:
+        return f"TP {item.run.case.tp} × PP {item.run.case.pp}"
+    return item.case_id.split("-b")[0]
 
 
 def anchor(index: int) -> str:
@@ -90,10 +82,10 @@ def _table(header, rows, row_classes=None, numeric=()) -> str:
 # -- sections --------------------------------------------------------------------------------------
 
 
-def environment(doc: dict) -> dict:
+def environment(doc: SessionReport) -> dict:
     """Session fingerprint, completed with what the ranks reported (devices, CUDA, world size)."""
-    env = dict(doc.get("env") or {})
-    run_envs = [(it.get("run") or {}).get("env") for it in doc.get("items", [])]
+    env = dict(doc.env or {})
+    run_envs = [it.run.env for it in doc.items if it.run is not None]
     run_env = next((e for e in run_envs if e), None) or {}
     for key in ("devices", "cuda", "nccl", "torch", "host", "driver"):
         if not env.get(key) and run_env.get(key):
@@ -101,27 +93,29 @@ def environment(doc: dict) -> dict:
     return env
 
 
-def header_section(doc: dict) -> str:
+def header_section(doc: SessionReport) -> str:
     env = environment(doc)
-    items = doc.get("items", [])
+    items = doc.items
     statuses = [status_of(it) for it in items]
     counts = {s: statuses.count(s) for s in ("pass", "fail", "error")}
-    complete = "complete" if doc.get("complete") else "INCOMPLETE (the session did not finish)"
+    complete = "complete" if doc.complete else "INCOMPLETE (the session did not finish)"
     status = (f'<p class="status">{len(items)} cases: {badge("pass")} {counts["pass"]} '
               f'{badge("fail")} {counts["fail"]} {badge("error")} {counts["error"]} '
-              f'<span class="muted">— session {esc(complete)}, exit status {esc(doc.get("exitstatus"))}</span></p>')
+              f'<span class="muted">— session {esc(complete)}, exit status {esc(doc.exitstatus)}</span></p>')
     devices = env.get("devices")
     if isinstance(devices, list):  # ["NVIDIA H100", "NVIDIA H100", ...] -> "2 × NVIDIA H100"
         devices = [d if devices.count(d) == 1 else f"{devices.count(d)} × {d}" for d in dict.fromkeys(devices)]
     fields = [
-        ("torch", env.get("torch")), ("backend", doc.get("backend")), ("hardware profile", doc.get("hardware")),
+        ("torch", env.get("torch")), ("backend", doc.backend), ("hardware profile", doc.hardware),
         ("host", env.get("host")), ("devices", ", ".join(devices) if isinstance(devices, list) else devices),
-        ("ranks available", doc.get("ranks")), ("CUDA", env.get("cuda")), ("NCCL", env.get("nccl")),
+        ("ranks available", doc.ranks), ("CUDA", env.get("cuda")), ("NCCL", env.get("nccl")),
         ("driver", env.get("driver")), ("python", env.get("python")), ("platform", env.get("platform")),
         ("llmcomm-tests", env.get("llmcomm_tests")),
-        ("NCCL_/GLOO_ variables", " ".join(f"{k}={v}" for k, v in (env.get("variables") or {}).items()) or None),
+        ("communication variables (NCCL_, GLOO_, CUDA_, UCX_, FI_)",
+         " ".join(f"{k}={v}" for k, v in (env.get("variables") or {}).items()) or None),
+        ("NCCL config files", " ".join(f"{k}: {v}" for k, v in (env.get("nccl_config") or {}).items()) or None),
     ]
-    options = doc.get("options") or {}
+    options = doc.options or {}
     chosen = {k: v for k, v in options.items() if v not in (None, "", [], ())}
     if chosen:
         fields.append(("options", ", ".join(f"{k}={v}" for k, v in sorted(chosen.items()))))
@@ -129,42 +123,41 @@ def header_section(doc: dict) -> str:
     return status + "<h2>Environment</h2>\n" + _table(None, rows)
 
 
-def failing_checks(item: dict) -> list[str]:
-    rows = (item.get("verdict") or {}).get("rows", [])
-    return [f"{r['check']}: {r['name']}" for r in rows if r.get("verdict") == "fail"]
+def failing_checks(item: CaseResult) -> list[str]:
+    return [f"{r.check}: {r.name}" for r in item.verdict.failed]
 
 
-def summary_section(items: list[dict]) -> str:
+def summary_section(items: list[CaseResult]) -> str:
     header = ("spec", "case", "layout", "result", "TTFT p50", "TPOT p50", "bytes / token", "failing checks")
     rows, classes = [], []
     for i, it in enumerate(items):
-        run = it.get("run") or {}
-        m, comm = run.get("metrics") or {}, run.get("comm") or {}
         status = status_of(it)
-        failing = failing_checks(it)
         if status == "error":
-            failing_html = esc(str(it.get("error") or "did not run").splitlines()[0])
+            failing_html = esc(str(it.error or "did not run").splitlines()[0])
         else:
-            failing_html = "<br>".join(esc(f) for f in failing) or '<span class="muted">none</span>'
-        rows.append((esc(it.get("spec")), f'<a href="#{anchor(i)}">{esc(it.get("case_id"))}</a>', esc(layout_text(it)),
-                     badge(status), esc(seconds((m.get("ttft") or {}).get("p50", m.get("ttft_s")))),
-                     esc(seconds((m.get("tpot") or {}).get("p50", m.get("tpot_s")))),
-                     esc(nbytes(comm.get("bytes_per_token"))), failing_html))
+            failing_html = "<br>".join(esc(f) for f in failing_checks(it)) or '<span class="muted">none</span>'
+        run = it.run
+        rows.append((esc(it.spec), f'<a href="#{anchor(i)}">{esc(it.case_id)}</a>', esc(layout_text(it)),
+                     badge(status), esc(seconds(run.metrics.ttft.p50 if run else None)),
+                     esc(seconds(run.metrics.tpot.p50 if run else None)),
+                     esc(nbytes(run.comm.bytes_per_token if run else None)), failing_html))
         classes.append(status if status != "pass" else "")
     return "<h2>Summary</h2>\n" + _table(header, rows, classes, numeric=(4, 5, 6))
 
 
-def baseline_section(items: list[dict]) -> str:
-    from .plots import baseline_change, baseline_rows
+def baseline_rows(item: CaseResult):
+    return [r for r in item.verdict.rows if r.check == "baseline"]
 
+
+def baseline_section(items: list[CaseResult]) -> str:
     rows, classes = [], []
     for it in items:
         for r in baseline_rows(it):
-            change, ci = baseline_change(r)
-            rows.append((esc(it.get("case_id")), esc(r.get("name")), esc("-" if change is None else f"{change:+.1%}"),
-                         esc(f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "-"), esc(r.get("budget") or "-"),
-                         badge(r.get("verdict", "n/a")), esc(r.get("detail"))))
-            classes.append("fail" if r.get("verdict") == "fail" else "")
+            rows.append((esc(it.case_id), esc(r.name), esc(fmt(r.measured, "change") if r.unit == "change" else "-"),
+                         esc(f"[{r.low:+.1%}, {r.high:+.1%}]" if r.low is not None and r.unit == "change" else "-"),
+                         esc(f"change <= {r.budget:.0%}" if r.budget is not None else "-"),
+                         badge(r.verdict), esc(r.detail)))
+            classes.append("fail" if r.verdict == "fail" else "")
     if not rows:
         return ""
     header = ("case", "compared", "change", "interval", "threshold", "verdict", "detail")
@@ -180,7 +173,7 @@ def baseline_section(items: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plots_section(items: list[dict]) -> str:
+def plots_section(items: list[CaseResult]) -> str:
     from .plots import all_plots
 
     out = ["<h2>Figures</h2>"]
@@ -195,32 +188,20 @@ def plots_section(items: list[dict]) -> str:
     return "\n".join(out)
 
 
-def row_cells(r: dict) -> tuple:
-    """A verdict row as the terminal table shows it (raw values where a row cannot be formatted)."""
-    try:
-        return cells(r)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return tuple(r.get(k) for k in ("check", "name", "measured", "model", "bound", "budget", "verdict"))
-
-
-def details_section(items: list[dict]) -> str:
+def details_section(items: list[CaseResult]) -> str:
     out = ["<h2>Cases</h2>"]
     for i, it in enumerate(items):
         status = status_of(it)
-        rows = (it.get("verdict") or {}).get("rows", [])
-        n_fail = sum(r.get("verdict") == "fail" for r in rows)
+        rows = it.verdict.rows
         opened = " open" if status != "pass" else ""
-        out.append(f'<details id="{anchor(i)}"{opened}><summary>{badge(status)} {esc(it.get("spec"))} '
-                   f'[{esc(it.get("case_id"))}] <span class="muted">{len(rows)} checks, {n_fail} failed'
-                   f'{" — " + esc(it.get("nodeid")) if it.get("nodeid") else ""}</span></summary>')
-        if it.get("error"):
-            out.append(f"<pre>{esc(it['error'])}</pre>")
+        out.append(f'<details id="{anchor(i)}"{opened}><summary>{badge(status)} {esc(it.spec)} '
+                   f'[{esc(it.case_id)}] <span class="muted">{len(rows)} checks, {len(it.verdict.failed)} failed'
+                   f'{" — " + esc(it.nodeid) if it.nodeid else ""}</span></summary>')
+        if it.error:
+            out.append(f"<pre>{esc(it.error)}</pre>")
         if rows:
-            body, classes = [], []
-            for r in rows:
-                body.append(tuple(esc(c) for c in row_cells(r)))
-                classes.append("fail" if r.get("verdict") == "fail" else "")
-            out.append(_table(HEADER, body, classes))
+            body = [tuple(esc(c) for c in cells(r)) for r in rows]
+            out.append(_table(HEADER, body, ["fail" if r.verdict == "fail" else "" for r in rows]))
         out.append("</details>")
     return "\n".join(out)
 
@@ -228,11 +209,11 @@ def details_section(items: list[dict]) -> str:
 # -- the page --------------------------------------------------------------------------------------
 
 
-def render(session_doc: dict) -> str:
-    items = session_doc.get("items", [])
+def render(session_doc: SessionReport) -> str:
+    items = session_doc.items
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = "llmcomm-tests report"
-    specs = sorted({str(it.get("spec")) for it in items})
+    specs = sorted({it.spec for it in items})
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -240,7 +221,7 @@ def render(session_doc: dict) -> str:
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         (f'<p class="muted">specs: {esc(", ".join(specs) or "-")} · generated {esc(now)} · '
-         f'schema {esc(session_doc.get("schema"))}</p>'),
+         f'schema {esc(session_doc.schema)}</p>'),
         header_section(session_doc),
         summary_section(items),
         baseline_section(items),
@@ -252,7 +233,7 @@ def render(session_doc: dict) -> str:
 
 
 def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | None:
-    """The plugin's session-end hook: the JSON document of ``state`` → ``<report dir>/llmcomm-report.html``.
+    """The plugin's session-end hook: the session report of ``state`` → ``<report dir>/llmcomm-report.html``.
 
     Never raises: a report that cannot be drawn is a warning, not a failed session."""
     import warnings
@@ -260,7 +241,6 @@ def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | N
     from . import json_report
 
     try:
-        # Results already arrive as plain JSON types (the plugin normalises each report).
         doc = json_report.document(state, complete, exitstatus)
         return write_html(doc, Path(state.options.report_dir) / FILENAME)
     except Exception as exc:  # noqa: BLE001
@@ -268,7 +248,7 @@ def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | N
         return None
 
 
-def write_html(session_doc: dict, path) -> Path:
+def write_html(session_doc: SessionReport, path) -> Path:
     """Render ``session_doc`` to ``path`` (atomically: a reader never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

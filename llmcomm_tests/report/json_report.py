@@ -13,26 +13,20 @@ import os
 import tempfile
 from pathlib import Path
 
-SCHEMA = "llmcomm.session/1"
+from ..documents import CaseResult, SessionReport, from_json, to_json
+
 FILENAME = "llmcomm-report.json"
 ITEMS_FILENAME = "llmcomm-items.jsonl"
 
 
-def document(state, complete: bool, exitstatus=None) -> dict:
-    verdicts = [r["verdict"] for r in state.results]
-    return {
-        "schema": SCHEMA,
-        "complete": complete,
-        "exitstatus": None if exitstatus is None else int(exitstatus),
-        "env": state.env,
-        "backend": state.backend,
-        "hardware": state.hardware,
-        "ranks": state.ranks,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(state.options).items()},
-        "summary": {"cases": len(verdicts), "passed": sum(v["passed"] for v in verdicts),
-                    "failed": sum(not v["passed"] for v in verdicts)},
-        "items": state.results,
-    }
+def document(state, complete: bool, exitstatus=None) -> SessionReport:
+    return SessionReport(state.env, state.backend, state.hardware, state.ranks,
+                         {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(state.options).items()},
+                         list(state.results), complete, None if exitstatus is None else int(exitstatus))
+
+
+def load(path: "str | Path") -> SessionReport:
+    return from_json(SessionReport, json.loads(Path(path).read_text()))
 
 
 def _out_dir(state) -> Path:
@@ -46,9 +40,9 @@ def start(state) -> None:
     (_out_dir(state) / ITEMS_FILENAME).write_text("")
 
 
-def append_item(state, result: dict) -> None:
+def append_item(state, result: CaseResult) -> None:
     with open(_out_dir(state) / ITEMS_FILENAME, "a") as f:
-        f.write(json.dumps(result, default=str) + "\n")
+        f.write(json.dumps(to_json(result)) + "\n")
 
 
 def write(state, complete: bool = False, exitstatus=None) -> Path:
@@ -57,7 +51,7 @@ def write(state, complete: bool = False, exitstatus=None) -> Path:
     path = out / FILENAME
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".llmcomm-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(document(state, complete, exitstatus), f, indent=1, default=str)
+        json.dump(to_json(document(state, complete, exitstatus)), f, indent=1)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from CI artifact uploaders
     os.replace(tmp, path)
     return path

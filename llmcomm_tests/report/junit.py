@@ -31,8 +31,7 @@ def enrich(path: "str | Path", state) -> None:
     _flatten("llmcomm.env", state.env, props)
     props += [("llmcomm.backend", state.backend), ("llmcomm.hardware", state.hardware),
               ("llmcomm.ranks", str(state.ranks))]
-    tables = {r["nodeid"].split("::")[-1]: (r["nodeid"], format_table(r["verdict"]["rows"]))
-              for r in state.results if r.get("nodeid")}
+    tables = {r.nodeid.split("::")[-1]: (r.nodeid, format_table(r.verdict.rows)) for r in state.results if r.nodeid}
     for suite in suites:
         for name, value in props:
             suite.add_property(name, value)

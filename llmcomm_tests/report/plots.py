@@ -1,6 +1,6 @@
-"""The HTML report's figures: matplotlib (Agg, no display) → PNG bytes, built from result documents.
+"""The HTML report's figures: matplotlib (Agg, no display) → PNG bytes, built from case results.
 
-Each ``*_plot(items)`` takes the session's result documents and returns a :class:`Plot`, or None when
+Each ``*_plot(items)`` takes the session's case results (``documents.CaseResult``) and returns a :class:`Plot`, or None when
 the data cannot support that figure (no run, one point, no baseline rows...).  Titles say what was
 chosen when the data left a choice (latency against prompt length, batch, or per layout).
 
@@ -11,7 +11,6 @@ opens a window, and nothing leaks between reports.
 from __future__ import annotations
 
 import io
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -23,8 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from ..metrics import percentile  # noqa: E402
-from ..contract import site_class  # noqa: E402
+from ..documents import CaseResult  # noqa: E402
 
 DPI = 100
 # One colour per op, stable across figures (ops not listed take the next free colour).
@@ -60,39 +58,38 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _ran(items: list[dict]) -> list[dict]:
-    return [it for it in items if it.get("run")]
+def _ran(items: list[CaseResult]) -> list[CaseResult]:
+    return [it for it in items if it.run is not None]
 
 
-def layout_of(item: dict) -> str:
-    case = (item.get("run") or {}).get("case") or {}
-    if "tp" in case and "pp" in case:
-        return f"tp{case['tp']}-pp{case['pp']}"
-    return item.get("case_id", "?").split("-b")[0]
+def layout_of(item: CaseResult) -> str:
+    if item.run is not None:
+        return f"tp{item.run.case.tp}-pp{item.run.case.pp}"
+    return item.case_id.split("-b")[0]
 
 
-def short_label(item: dict) -> str:
+def short_label(item: CaseResult) -> str:
     """The case id (figures that mix specs prefix the spec themselves)."""
-    return item.get("case_id", "?")
+    return item.case_id
 
 
 # -- volume ------------------------------------------------------------------------------------
 
 
-def volume_plot(items: list[dict]) -> Plot | None:
-    ran = [it for it in _ran(items) if it["run"].get("volume") is not None]
+def volume_plot(items: list[CaseResult]) -> Plot | None:
+    ran = _ran(items)
     if not ran:
         return None
-    specs = {it.get("spec") for it in ran}
-    labels = [(f"{it.get('spec')}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
+    specs = {it.spec for it in ran}
+    labels = [(f"{it.spec}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
     per_case = []
     ops: list[str] = []
     for it in ran:
         totals: dict[str, int] = defaultdict(int)
-        for r in it["run"]["volume"]:
-            totals[r["op"]] += r["wire_bytes"]
-            if r["op"] not in ops:
-                ops.append(r["op"])
+        for r in it.run.volume:
+            totals[r.op] += r.wire_bytes
+            if r.op not in ops:
+                ops.append(r.op)
         per_case.append(totals)
     fig = Figure(figsize=(max(6.0, 0.55 * len(ran) + 2.5), 4.2))
     ax = fig.add_subplot()
@@ -116,12 +113,12 @@ def volume_plot(items: list[dict]) -> Plot | None:
 # -- latency -----------------------------------------------------------------------------------
 
 
-def _workload(item: dict) -> dict:
-    case = item["run"]["case"]
-    return {"batch": case["batch"], "prompt_len": case["prompt_len"], "gen_len": case["gen_len"]}
+def _workload(item: CaseResult) -> dict:
+    case = item.run.case
+    return {"batch": case.batch, "prompt_len": case.prompt_len, "gen_len": case.gen_len}
 
 
-def latency_axis(items: list[dict]) -> tuple[str | None, list[str]]:
+def latency_axis(items: list[CaseResult]) -> tuple[str | None, list[str]]:
     """(x variable, other workload fields that vary and so split the series).
 
     The x variable is ``prompt_len`` when some layout ran several prompt lengths, else ``batch`` when
@@ -130,7 +127,7 @@ def latency_axis(items: list[dict]) -> tuple[str | None, list[str]]:
     for field in ("prompt_len", "batch", "gen_len"):
         by_layout: dict[str, set] = defaultdict(set)
         for it in ran:
-            by_layout[(it.get("spec"), layout_of(it))].add(_workload(it)[field])
+            by_layout[(it.spec, layout_of(it))].add(_workload(it)[field])
         if any(len(v) > 1 for v in by_layout.values()):
             others = [f for f in ("prompt_len", "batch", "gen_len") if f != field
                       and len({_workload(it)[f] for it in ran}) > 1]
@@ -142,20 +139,20 @@ _NAMES = {"prompt_len": "prompt length (tokens)", "batch": "batch size", "gen_le
 _SHORT = {"prompt_len": "s", "batch": "b", "gen_len": "g"}
 
 
-def latency_plot(items: list[dict]) -> Plot | None:
-    ran = [it for it in _ran(items) if it["run"].get("metrics", {}).get("ttft")]
+def latency_plot(items: list[CaseResult]) -> Plot | None:
+    ran = [it for it in _ran(items) if it.run.metrics.ttft.n]
     if not ran:
         return None
     x_field, others = latency_axis(ran)
-    specs = {it.get("spec") for it in ran}
+    specs = {it.spec for it in ran}
     fig = Figure(figsize=(11, 4.2))
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
     metrics = (("ttft", "TTFT"), ("tpot", "TPOT"))
     if x_field is None:
-        labels = [(f"{it.get('spec')}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
+        labels = [(f"{it.spec}:" if len(specs) > 1 else "") + short_label(it) for it in ran]
         for ax, (key, name) in zip(axes, metrics):
-            p50 = [it["run"]["metrics"][key]["p50"] * 1e3 for it in ran]
-            p99 = [it["run"]["metrics"][key]["p99"] * 1e3 for it in ran]
+            p50 = [getattr(it.run.metrics, key).p50 * 1e3 for it in ran]
+            p99 = [getattr(it.run.metrics, key).p99 * 1e3 for it in ran]
             ax.bar(range(len(ran)), p50, color="#1f77b4", label="p50")
             ax.scatter(range(len(ran)), p99, color="#d62728", marker="_", s=200, label="p99", zorder=3)
             ax.set_xticks(range(len(ran)), labels, rotation=35, ha="right", fontsize=8)
@@ -168,15 +165,15 @@ def latency_plot(items: list[dict]) -> Plot | None:
         series: dict[str, list[tuple]] = defaultdict(list)
         for it in ran:
             w = _workload(it)
-            name = (f"{it.get('spec')}:" if len(specs) > 1 else "") + layout_of(it)
+            name = (f"{it.spec}:" if len(specs) > 1 else "") + layout_of(it)
             name += "".join(f" {_SHORT[f]}{w[f]}" for f in others)
-            series[name].append((w[x_field], it["run"]["metrics"]))
+            series[name].append((w[x_field], it.run.metrics))
         for ax, (key, name) in zip(axes, metrics):
             for label, points in sorted(series.items()):
                 points.sort(key=lambda p: p[0])
                 xs = [p[0] for p in points]
-                p50 = [p[1][key]["p50"] * 1e3 for p in points]
-                p99 = [p[1][key]["p99"] * 1e3 for p in points]
+                p50 = [getattr(p[1], key).p50 * 1e3 for p in points]
+                p99 = [getattr(p[1], key).p99 * 1e3 for p in points]
                 line = ax.plot(xs, p50, marker="o", label=label)[0]
                 ax.fill_between(xs, p50, p99, color=line.get_color(), alpha=0.12)
             ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
@@ -195,37 +192,32 @@ def latency_plot(items: list[dict]) -> Plot | None:
 # -- measured vs predicted --------------------------------------------------------------------
 
 
-def op_class_points(item: dict) -> list[dict]:
+def op_class_points(item: CaseResult) -> list[dict]:
     """One point per op class of a case: measured per-op median, model, bound interval (or None).
 
     From the case's latency verdict rows when the latency check ran (what was gated), else from the
-    prediction's per-op-class latency rows and the recorded durations."""
-    rows = [r for r in (item.get("verdict") or {}).get("rows", []) if r["check"] == "latency"
-            and isinstance(r.get("measured"), dict) and r.get("model")]
+    prediction's per-op-class latency and the run's op summaries."""
+    rows = [r for r in item.verdict.rows if r.check == "latency" and r.model and r.measured]
     if rows:
-        return [{"op": r["name"].split()[0], "name": r["name"], "measured": r["measured"]["p50"],
-                 "model": r["model"], "bound": tuple(r["bound"]) if r.get("bound") else None}
-                for r in rows if r["measured"].get("p50")]
-    predicted = (item.get("prediction") or {}).get("latency")
-    run = item.get("run")
-    if not predicted or not run:
+        return [{"op": r.name.split()[0], "name": r.name, "measured": r.measured, "model": r.model,
+                 "bound": (r.low, r.high) if r.low is not None else None} for r in rows]
+    if not item.prediction.latency or item.run is None:
         return []
-    durations: dict[tuple, list[float]] = defaultdict(list)
-    for op in run.get("ops", []):
-        if op.get("duration_s") is not None:
-            durations[(op["op"], op["phase"], site_class(op["site"]))].append(op["duration_s"])
+    measured: dict[tuple, float] = {}
+    for s in item.run.ops:
+        if s.latency is not None:
+            key = (s.op, s.phase, s.site)
+            measured[key] = max(measured.get(key, 0.0), s.latency.p50)
     points = []
-    for p in predicted:
-        measured = durations.get((p["op"], p["phase"], p["site"]))
-        if not measured or not p.get("count"):
-            continue
-        bound = (p["lower_s"] / p["count"], p["upper_s"] / p["count"]) if "lower_s" in p else None
-        points.append({"op": p["op"], "name": f"{p['op']} {p['phase']} {p['site']}",
-                       "measured": percentile(measured, 50), "model": p["per_op_s"], "bound": bound})
+    for p in item.prediction.latency:
+        m = measured.get((p.op, p.phase, p.site))
+        if m and p.count:
+            points.append({"op": p.op, "name": f"{p.op} {p.phase} {p.site}", "measured": m, "model": p.per_op_s,
+                           "bound": (p.lower_s / p.count, p.upper_s / p.count)})
     return points
 
 
-def accuracy_plot(items: list[dict]) -> Plot | None:
+def accuracy_plot(items: list[CaseResult]) -> Plot | None:
     points = [pt for it in items for pt in op_class_points(it)
               if pt["measured"] > 0 and pt["model"] and pt["model"] > 0]
     if not points:
@@ -264,36 +256,36 @@ def accuracy_plot(items: list[dict]) -> Plot | None:
 MAX_TIMELINES = 6
 
 
-def timeline_step(item: dict) -> tuple[int, int] | None:
-    """(repetition, decode step) to draw: repetition 0, the middle decode step."""
-    steps = sorted({op["step"] for op in item["run"].get("ops", []) if op["phase"] == "decode" and op["rep"] == 0})
-    return (0, steps[len(steps) // 2]) if steps else None
+def timeline_step(item: CaseResult) -> tuple[int, int] | None:
+    """(repetition, decode step) the run document's timeline holds."""
+    timeline = item.run.timeline if item.run is not None else []
+    return (timeline[0].rep, timeline[0].step) if timeline else None
 
 
-def timeline_plot(items: list[dict]) -> Plot | None:
+def timeline_plot(items: list[CaseResult]) -> Plot | None:
     """One panel per layout (its first case with decode ops): one row per rank, a bar per op."""
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, CaseResult] = {}
     for it in _ran(items):
-        key = f"{it.get('spec')}:{layout_of(it)}"
+        key = f"{it.spec}:{layout_of(it)}"
         if key not in chosen and timeline_step(it) is not None:
             chosen[key] = it
     chosen_items = list(chosen.values())[:MAX_TIMELINES]
     if not chosen_items:
         return None
-    heights = [max(1, it["run"]["case"].get("world_size", 1)) * 0.45 + 1.0 for it in chosen_items]
+    heights = [max(1, it.run.case.world_size) * 0.45 + 1.0 for it in chosen_items]
     fig = Figure(figsize=(11, sum(heights) + 0.4))
     grid = fig.add_gridspec(len(chosen_items), 1, height_ratios=heights)
     seen = set()
     for i, it in enumerate(chosen_items):
         ax = fig.add_subplot(grid[i])
         rep, step = timeline_step(it)
-        ops = [op for op in it["run"]["ops"] if op["rep"] == rep and op["phase"] == "decode" and op["step"] == step]
-        t0 = min(op["start_ns"] for op in ops)
-        ranks = sorted({op["rank"] for op in ops} | set(range(it["run"]["case"].get("world_size", 1))))
+        ops = it.run.timeline
+        t0 = min(op.start_ns for op in ops)
+        ranks = sorted({op.rank for op in ops} | set(range(it.run.case.world_size)))
         bars: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)  # (op, rank) -> (left, width)
         for op in ops:
-            width = max((op["duration_s"] or 0.0) * 1e3, 1e-3)  # an op that never ended: a hairline
-            bars[(op["op"], op["rank"])].append(((op["start_ns"] - t0) / 1e6, width))
+            width = max((op.duration_s or 0.0) * 1e3, 1e-3)  # an op that never ended: a hairline
+            bars[(op.op, op.rank)].append(((op.start_ns - t0) / 1e6, width))
         for (name, rank), spans in sorted(bars.items()):
             ax.barh([rank] * len(spans), [w for _, w in spans], left=[x for x, _ in spans], height=0.6,
                     color=colour(name), edgecolor="black", linewidth=0.3, label=None if name in seen else name)
@@ -321,65 +313,21 @@ def timeline_plot(items: list[dict]) -> Plot | None:
 # -- baseline ----------------------------------------------------------------------------------
 
 
-def number(value) -> float | None:
-    """A scalar out of a measured/model cell: a number, or a summary dict's p50 (or value/mean/max)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("p50", "median", "value", "mean", "max"):
-            if isinstance(value.get(key), (int, float)):
-                return float(value[key])
-    return None
-
-
-def baseline_rows(item: dict) -> list[dict]:
-    return [r for r in (item.get("verdict") or {}).get("rows", []) if r.get("check") == "baseline"]
-
-
-_CI_TEXT = re.compile(r"CI ([+-]?[0-9.]+)%, ([+-]?[0-9.]+)%")
-
-
-def baseline_change(r: dict) -> tuple[float | None, tuple[float, float] | None]:
-    """(relative change current vs baseline, its confidence interval or None) of one baseline row.
-
-    The baseline module writes ``measured={"change": x}``, with the interval as ``bound`` or, failing
-    that, in the detail text (``... CI -12.0%, +30.1%]``); a row that carries two plain values
-    (current in ``measured``, baseline in ``model``) gives the change alone."""
-    measured = r.get("measured")
-    if isinstance(measured, dict) and isinstance(measured.get("change"), (int, float)):
-        bound = r.get("bound")
-        if isinstance(bound, (list, tuple)) and len(bound) == 2:
-            return float(measured["change"]), (float(bound[0]), float(bound[1]))
-        m = _CI_TEXT.search(str(r.get("detail") or ""))
-        return float(measured["change"]), ((float(m.group(1)) / 100, float(m.group(2)) / 100) if m else None)
-    base, cur = number(r.get("model")), number(measured)
-    if base and cur is not None:
-        return (cur - base) / base, None
-    return None, None
-
-
-def threshold_of(r: dict) -> float | None:
-    """The threshold a baseline row states in its budget cell (``change <= 10%``)."""
-    m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*%", str(r.get("budget") or ""))
-    return float(m.group(1)) / 100 if m else None
-
-
 _VERDICT_COLOURS = {"pass": "#2ca02c", "fail": "#d62728", "n/a": "#7f7f7f"}
 HEADLINE = ("ttft", "tpot", "e2e")
 
 
-def baseline_plot(items: list[dict]) -> Plot | None:
+def baseline_plot(items: list[CaseResult]) -> Plot | None:
     """Current / baseline ratio with its confidence interval (log axis): TTFT, TPOT, E2E of every case and
     every failing row (op classes included); the full list is the report's baseline table."""
     points = []
     for it in items:
-        for r in baseline_rows(it):
-            change, ci = baseline_change(r)
-            if change is None or change <= -1 or (r["name"] not in HEADLINE and r.get("verdict") != "fail"):
+        for r in it.verdict.rows:
+            if r.check != "baseline" or r.unit != "change" or r.measured is None or r.measured <= -1 \
+                    or (r.name not in HEADLINE and r.verdict != "fail"):
                 continue
-            points.append((f"{short_label(it)}  {r['name']}", change, ci, r.get("verdict"), threshold_of(r)))
+            ci = (r.low, r.high) if r.low is not None else None
+            points.append((f"{short_label(it)}  {r.name}", r.measured, ci, r.verdict, r.budget))
     if not points:
         return None
     fig = Figure(figsize=(9.5, max(2.6, 0.3 * len(points) + 1.3)))
@@ -417,7 +365,7 @@ def baseline_plot(items: list[dict]) -> Plot | None:
                 "Every compared row, op classes included, is in the baseline table above.")
 
 
-def all_plots(items: list[dict]) -> list[Plot]:
+def all_plots(items: list[CaseResult]) -> list[Plot]:
     """Every figure the data supports, in report order.  A figure that fails to build is left out
     (the report must still be written), with its error as the caption of an empty placeholder."""
     out = []

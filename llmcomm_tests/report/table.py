@@ -1,59 +1,30 @@
-"""The failure table: check, name, measured, model, bound, budget, verdict — plain text."""
+"""Verdict rows as text: the failure table (check, name, measured, model, bound, budget, verdict),
+and the plain-text table every CLI command prints."""
 
 from __future__ import annotations
+
+from ..documents import VerdictRow
+from ..text import fmt, text_table
 
 HEADER = ("check", "op / metric", "measured (p50 / p99, n)", "model", "bound", "budget", "verdict")
 
 
-def seconds(x) -> str:
-    """A duration in the unit a person reads it in (µs, ms, s)."""
-    if x is None:
-        return "-"
-    if x < 1e-3:
-        return f"{x * 1e6:.1f}us"
-    if x < 1:
-        return f"{x * 1e3:.3f}ms"
-    return f"{x:.3f}s"
-
-
-def _value(check: str, name: str, v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, dict) and "change" in v:
-        return f"{v['change']:+.1%}"
-    if isinstance(v, dict) and "count" in v:
-        return f"x{v['count']} {v['bytes']:,}B wire {v['wire_bytes']:,}B"
-    if isinstance(v, dict):
-        return " / ".join(_scalar(name, v.get(q)) for q in ("p50", "p99") if q in v)
-    return _scalar(name, v)
-
-
-def _scalar(name: str, v) -> str:
-    if v is None:
-        return "-"
-    if name.startswith("comm_share"):
-        return f"{v:.1%}"
-    if name.startswith("bytes_per_token"):
-        return f"{v:,.0f}B"
-    return seconds(v) if isinstance(v, float) else str(v)
-
-
-def cells(r: dict) -> tuple[str, ...]:
-    measured = _value(r["check"], r["name"], r["measured"])
-    if r.get("n"):
-        measured += f" (n={r['n']})"
-    if not r.get("bound"):
-        bound = "-"
-    elif r["check"] == "baseline":  # a confidence interval of the relative change
-        bound = f"[{r['bound'][0]:+.1%}, {r['bound'][1]:+.1%}]"
+def cells(r: VerdictRow) -> tuple[str, ...]:
+    if r.measured_wire is not None or r.model_wire is not None:  # a volume row: calls, bytes, wire bytes
+        measured = "-" if r.measured is None else f"x{r.n} {fmt(r.measured, 'B')} wire {fmt(r.measured_wire, 'B')}"
+        model = "-" if r.model is None else f"x{r.model_n} {fmt(r.model, 'B')} wire {fmt(r.model_wire, 'B')}"
     else:
-        bound = f"[{seconds(r['bound'][0])}, {seconds(r['bound'][1])}]"
-    return (r["check"], r["name"], measured, _value(r["check"], r["name"], r["model"]), bound,
-            r.get("budget") or "-", r["verdict"].upper() + (f" ({r['detail']})" if r.get("detail") else ""))
+        measured = fmt(r.measured, r.unit)
+        if r.measured_tail is not None:
+            measured += f" / {fmt(r.measured_tail, r.unit)}"
+        if r.n:
+            measured += f" (n={r.n})"
+        model = fmt(r.model, r.unit)
+    bound = "-" if r.low is None and r.high is None else f"[{fmt(r.low, r.unit)}, {fmt(r.high, r.unit)}]"
+    budget = "-" if r.budget is None else f"{r.budget_label} <= {fmt(r.budget, r.unit)}"
+    return (r.check, r.name, measured, model, bound, budget,
+            r.verdict.upper() + (f" ({r.detail})" if r.detail else ""))
 
 
-def format_table(rows: list[dict], only_failed: bool = False) -> str:
-    body = [cells(r) for r in rows if not only_failed or r["verdict"] == "fail"]
-    widths = [max(len(c[i]) for c in [HEADER] + body) for i in range(len(HEADER))]
-    line = lambda c: "  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(HEADER), line(tuple("-" * w for w in widths))] + [line(c) for c in body])
+def format_table(rows: list[VerdictRow], only_failed: bool = False) -> str:
+    return text_table(HEADER, [cells(r) for r in rows if not only_failed or r.verdict == "fail"])

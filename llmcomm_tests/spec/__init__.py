@@ -33,7 +33,7 @@ from .values import describe, parse_bytes, parse_duration
 
 __all__ = [
     "SpecError", "Spec", "Case", "Workload", "Budget", "Budgets", "Tolerances", "LatencyTolerance",
-    "Baseline", "Requires", "load_spec", "load_specs", "parse_spec", "parse_duration", "parse_bytes",
+    "Baseline", "Requires", "SpecNames", "load_spec", "load_specs", "parse_spec", "parse_duration", "parse_bytes",
     "spec_schema", "SCHEMA_PATH", "OP_CLASSES", "DURATION_METRICS", "BUDGET_METRICS", "SLO_PRESETS",
     "DEFAULT_HARDWARE",
 ]
@@ -86,13 +86,24 @@ def load_specs(paths: "Iterable[str | os.PathLike[str]]") -> list[Spec]:
         else:
             files.append(p)
     specs: list[Spec] = []
-    by_name: dict[str, Spec] = {}
+    names = SpecNames()
     for f in files:
         spec = load_spec(f)
-        if spec.name in by_name:
-            other = by_name[spec.name]
-            raise spec.error("name", f"duplicate spec name {spec.name!r} (also in "
-                                     f"{_display_path(other.path)}:{other.line_of('name')})")
-        by_name[spec.name] = spec
+        names.claim(spec)
         specs.append(spec)
     return specs
+
+
+class SpecNames:
+    """The spec names of one set of files (a pytest session's, or :func:`load_specs`'): a name
+    prefixes test ids and keys baselines, so two files must not share one."""
+
+    def __init__(self):
+        self._by_name: dict[str, Spec] = {}
+
+    def claim(self, spec: Spec) -> None:
+        """Raises a SpecError at ``spec``'s name naming the other file that has it."""
+        other = self._by_name.setdefault(spec.name, spec)
+        if other is not spec and Path(other.path).resolve() != Path(spec.path).resolve():
+            raise spec.error("name", f"duplicate spec name {spec.name!r} (also in "
+                                     f"{_display_path(other.path)}:{other.line_of('name')})")

@@ -65,6 +65,8 @@ class _Builder:
         engine = self._engine(d["engine"])
         layouts = self._layouts(d["layouts"], engine)
         workloads, gen_lens = self._workloads(d["workload"])
+        if engine is not None:
+            self._within_context(d["workload"], workloads, engine)
         hardware = d.get("hardware", DEFAULT_HARDWARE)
         budgets = self._budgets(d.get("budgets", {}), hardware, gen_lens)
         baseline = self._baseline(d.get("baseline"))
@@ -134,6 +136,18 @@ class _Builder:
                             break
                 self.fail(at, f"{message} ({engine.name})")
         return out
+
+    def _within_context(self, raw: dict, workloads, engine: EngineShape) -> None:
+        """The longest request must fit the shape's context (reported once, at prompt_len)."""
+        longest = max(workloads, key=lambda w: w.prompt_len + w.gen_len, default=None)
+        if longest is not None:
+            try:
+                engine.check_request(longest.prompt_len, longest.gen_len)
+            except ValueError as exc:
+                at: Key = ("workload", "prompt_len")
+                if isinstance(raw.get("prompt_len"), list):
+                    at = ("workload", "prompt_len", raw["prompt_len"].index(longest.prompt_len))
+                self.fail(at, str(exc))
 
     def _workloads(self, raw: dict) -> tuple[tuple[Workload, ...], list[tuple[int, Key]]]:
         def values(name: str, default: int) -> list[tuple[int, Key]]:
