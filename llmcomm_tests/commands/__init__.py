@@ -1,4 +1,4 @@
-"""llmcomm command line: run | predict | calibrate | bench-comm | report | budgets | ab.
+"""llmcomm command line: run | predict | calibrate | bench-comm | report | budgets | ab | cluster | advise.
 
 Every subcommand is a module of this package with ``add_arguments(parser)`` and ``main(args)``;
 this module only wires them together and keeps torch out of ``--help``.
@@ -20,6 +20,8 @@ COMMANDS = {
     "report": ("llmcomm_tests.commands.report", "build the HTML report from a report directory"),
     "budgets": ("llmcomm_tests.commands.budgets", "suggest SLO budgets from a measured session (a stated margin)"),
     "ab": ("llmcomm_tests.commands.ab", "A/B gate: pytest with every case run in two Python environments"),
+    "cluster": ("llmcomm_tests.commands.cluster", "emulated cluster: network namespaces with a shaped link"),
+    "advise": ("llmcomm_tests.commands.advise", "rank TP x PP layouts by predicted TTFT/TPOT and inter-node bytes"),
 }
 
 

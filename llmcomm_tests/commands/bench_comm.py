@@ -37,6 +37,11 @@ def sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 20, 
         raise ValueError(f"unknown op(s) {sorted(unknown)}; known: {', '.join(OPS)}")
     per_rank = launch.launch(_rank_sweep, (list(ops), list(sizes), repeats, warmup, dtype), world_size=world_size,
                              backend=backend, timeout_s=timeout_s)
+    return rows_from(per_rank, world_size, repeats)
+
+
+def rows_from(per_rank: list[dict], world_size: int, repeats: int) -> list[dict]:
+    """Every rank's ``_rank_sweep`` result → sweep rows (also used by the multi-node calibration)."""
     rows = []
     for i, (op, size) in enumerate(per_rank[0]["keys"]):
         times = [max(r["times"][i][k] for r in per_rank) for k in range(repeats)]

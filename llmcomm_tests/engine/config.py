@@ -76,6 +76,10 @@ PRESETS: dict[str, EngineShape] = {
     s.name: s
     for s in (
         EngineShape("tiny", n_layers=4, hidden=256, n_heads=8, n_kv_heads=4, ffn=688, vocab=1024),
+        # Not a public model: the emulated two-node cluster's CPU shape (llmcomm_tests/cluster/,
+        # cluster_specs/emulated-2node.yaml) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
+        # 200 mbit link costs milliseconds per token while 4 ranks still fit on 2 cores.
+        EngineShape("cpu-link", n_layers=4, hidden=1024, n_heads=8, n_kv_heads=4, ffn=1024, vocab=2048),
         EngineShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, rope_theta=500000.0, max_position=131072),
         EngineShape("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, rope_theta=500000.0, max_position=131072),
         EngineShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, rope_theta=500000.0, max_position=131072),
