@@ -170,13 +170,18 @@ def budget_rows(budgets, doc: RunDocument, hardware: str) -> list[VerdictRow]:
 # -- all together ---------------------------------------------------------------------------------
 
 
-def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile, hardware: str) -> Verdict:
+def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile, hardware: str,
+             no_latency: str | None = None) -> Verdict:
+    """Volume, latency and budget rows of one case; ``no_latency`` says why the latency rows do not
+    apply (the profile describes another transport than the one that ran)."""
     verdict = Verdict(case.id)
     verdict.rows += volume_rows(doc.volume, predicted_volume)
     if not doc.volume_stable:
         verdict.rows.append(VerdictRow("volume", "repetitions identical", FAIL,
                                        detail="repetitions moved different ops or bytes"))
-    if profile is not None:
+    if no_latency:
+        verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
+    elif profile is not None:
         verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
