@@ -58,7 +58,9 @@ def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],
     rank_ops = [r["ops"] for r in per_rank]
     splits = arrival.split(rank_ops, {r: o for r, (o, _) in (offsets or {}).items()},
                            max((e for _, e in (offsets or {}).values()), default=0))
-    generations, recorded = driver["generations"], driver["recorded_generations"]
+    generations = driver["generations"]
+    # Our ranks also time repetitions with the recorder off; a framework's run is recorded throughout.
+    recorded = driver.get("recorded_generations", generations)
     sampler = next((r for r in per_rank if r.get("logits") is not None), None)
     return RunDocument(
         case=cfg.case_info(backend), env=driver["env"], tokens=generations[0]["tokens"],
