@@ -247,6 +247,7 @@ def test_llmcomm_report_command(session_doc, tmp_path):
     assert Path(done.stdout.strip()) == tmp_path / "llmcomm-report.html"
     assert "Summary" in (tmp_path / "llmcomm-report.html").read_text(encoding="utf-8")
     out = tmp_path / "elsewhere" / "page.html"
+    out.parent.mkdir()  # an output's folder must exist (a missing one is refused: tests/test_cli.py)
     done = subprocess.run(cmd + [str(tmp_path), "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and out.is_file()
     done = subprocess.run(cmd + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)

@@ -91,7 +91,7 @@ class _Builder:
             requires=requires,
             marks=tuple(d.get("marks", [])),
             framework=d.get("framework", "ours"),
-            xfails={i: item["xfail"] for i, item in enumerate(d["layouts"]) if isinstance(item, dict) and "xfail" in item},
+            xfails=tuple((i, item["xfail"]) for i, item in enumerate(d["layouts"]) if isinstance(item, dict) and "xfail" in item),
             description=d.get("description", ""),
             lines=self.doc.field_lines(),
         )

@@ -259,7 +259,7 @@ class Spec:
     marks: tuple[str, ...] = ()
     description: str = ""
     framework: str = "ours"
-    xfails: Mapping[int, str] = field(default_factory=dict)  # layout index -> known failure's reason
+    xfails: tuple[tuple[int, str], ...] = ()  # (layout index, the known failure's reason)
     # field path ("layouts[1].tp", "budgets.ttft.p99") -> 1-based line, for messages that point back.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -290,7 +290,7 @@ class Spec:
                     hardware_given=self.hardware_given,
                     budgets=self.budgets, tolerances=self.tolerances, baseline=self.baseline,
                     requires=self.requires, marks=self.marks, line=line, framework=self.framework,
-                    xfail=self.xfails.get(i),
+                    xfail=dict(self.xfails).get(i),
                 )
                 if case.id in seen:
                     raise SpecError(
