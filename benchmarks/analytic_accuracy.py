@@ -2,7 +2,7 @@
 
     python benchmarks/analytic_accuracy.py [--profile cpu-loopback] [--layouts 2x1,4x1,1x2,2x2]
         [--workloads 1:16:8,4:64:8] [--repeats 5] [--warmup 1] [--by-phase]
-        [--save DIR] [--load DIR] [--json rows.json]
+        [--save DIR] [--load DIR] [--json rows.json] [--before OLD_PROFILE.yaml] [--transfer-only]
 
 Runs the tiny engine under each layout and workload (batch:prompt_len:gen_len) and, per op class
 (recorded op, group size, role; ``--by-phase`` also splits prefill/decode), prints: records n,
@@ -16,6 +16,17 @@ a non-root rank, gather at the root) are listed apart as "includes pipeline wait
 the goals: their duration is the pipeline's schedule, not the link.
 
 Goals (issue 4): median error ≤ 10 % and ≥ 99 % of records inside the bounds, bounded classes.
+
+Transfer centre (issue 10, ``transfer_rows``): what the latency check now judges.  For every
+class the check judges (op, phase, site, group, role, bytes per call) in every run document — a
+*case* — the error of the centre is |median transfer − model| / model (transfer: completion − the
+last peer's arrival, ``arrival.py``), and per op class (op, group size, role) the table gives the
+median and p90 of that error over the cases, the share of cases whose median sits inside the
+profile's band [band_lo, band_hi] × model, and whose ``tail_q`` quantile stays under tail_k ×
+model.  ``--before OLD.yaml`` adds the same error for the *whole call duration* against the old
+profile's model — how the check judged before (e.g. the shipped profile before the engine-conditions
+calibration: ``git show a171516:llmcomm_tests/analytic/profiles/cpu-loopback.yaml > before.yaml``).
+Target: median |error| of the transfer centre ≤ 15 % per op class.
 ``--save DIR`` keeps the run documents (e.g. as a calibration set for
 ``llmcomm calibrate --spread-from DIR``: then evaluate on *other* workloads); ``--load DIR``
 re-evaluates saved documents without running.
@@ -30,7 +41,12 @@ import sys
 import time
 from pathlib import Path
 
-from llmcomm_tests.analytic.accuracy import WAITING, accuracy_rows, format_rows, summary
+import statistics
+
+from collections import defaultdict
+
+from llmcomm_tests.analytic import latency
+from llmcomm_tests.analytic.accuracy import WAITING, accuracy_rows, format_rows, instance, summary
 from llmcomm_tests.documents import RunDocument, from_json, to_json
 from llmcomm_tests.analytic.hardware import load_profile
 
@@ -65,6 +81,113 @@ def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str
     return docs
 
 
+TRANSFER_GOAL = 0.15  # median |median transfer - model| / model per op class (issue 10)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _band(profile, summary, variant: bool, world: int):
+    """``latency.transfer_band`` of one judged class: the pooled fit, or (``variant``) the fit's
+    variant for the class's role and the run's world size.  None where the model times nothing."""
+    inst = instance(summary.op, summary.ranks, summary.bytes)
+    if inst is None:
+        return None
+    role = latency.transfer_role(summary.op, summary.role) if variant else ""
+    band = latency.transfer_band(profile, inst["op"], inst["group_size"], inst["msg_bytes"],
+                                 profile.tier_of(inst["ranks"]), role=role, world_size=world if variant else None)
+    return band if band[0] > 0 else None
+
+
+def transfer_rows(docs, profile, before=None) -> list[dict]:
+    """Per op class (op, group size, role) and world size: over the cases (each judged class of
+    each document), the median and p90 of |median transfer − model| / model against the pooled fit
+    (what the check reads today) and against the fit's variant for the role and world size, the
+    share of cases whose median sits in the band and whose tail quantile stays under the tail
+    allowance; with ``before`` (a profile), the same error of the whole call's median against
+    that profile's model (how the whole call was judged before)."""
+    per_class: dict = {}
+    for doc in docs:
+        world = doc.case.world_size
+        merged: dict = {}
+        for s in doc.ops:
+            key = (s.name, s.role, s.bytes)
+            if key in merged:
+                first, transfer, duration = merged[key]
+                merged[key] = (first, _merge(transfer, s.transfer), _merge(duration, s.latency))
+            else:
+                merged[key] = (s, s.transfer, s.latency)
+        for s, transfer, duration in merged.values():
+            pooled, variant = _band(profile, s, False, world), _band(profile, s, True, world)
+            if pooled is None or transfer is None or not transfer.count:
+                continue
+            op_class = (s.op, "p2p" if s.op in ("send", "recv") else len(s.ranks), s.role, world)
+            acc = per_class.setdefault(op_class, defaultdict(list))
+            centre = transfer.p50
+            acc["n"].append(transfer.count)
+            for name, band in (("pooled", pooled), ("variant", variant)):
+                model, low, high, tail_q, tail_s = band
+                acc[name].append(abs(centre - model) / model)
+                acc[name + "_ratio"].append(centre / model)
+                acc[name + "_in_band"].append(low <= centre <= high)
+                acc[name + "_tail_ok"].append(transfer.quantile(tail_q) <= tail_s)
+            if before is not None and duration is not None and duration.count:
+                old = _band(before, s, False, world)
+                if old is not None:
+                    acc["before"].append(abs(duration.p50 - old[0]) / old[0])
+    rows = []
+    for (op, group, role, world), acc in sorted(per_class.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        row = {"op": op, "group_size": group, "role": role, "world_size": world, "cases": len(acc["n"]),
+               "n": sum(acc["n"])}
+        for name in ("before", "pooled", "variant"):
+            errs = acc[name]
+            row[f"{name}_median_err"] = statistics.median(errs) if errs else None
+            row[f"{name}_p90_err"] = _quantile(errs, 0.9) if errs else None
+        for name in ("pooled", "variant"):
+            row[f"{name}_median_ratio"] = statistics.median(acc[name + "_ratio"])
+            row[f"{name}_in_band"] = sum(acc[name + "_in_band"]) / len(acc["n"])
+            row[f"{name}_tail_ok"] = sum(acc[name + "_tail_ok"]) / len(acc["n"])
+        rows.append(row)
+    return rows
+
+
+def _merge(a, b):
+    return b if a is None else a if b is None else a.merge(b)
+
+
+def compute_gaps(docs) -> list[tuple[str, int, float]]:
+    """Per run document with kept records: (layout, calls, median decode gap between one call's
+    completion and the rank's next issue) — the compute between calls that
+    ``llmcomm calibrate --engine-conditions --compute-ms`` should match."""
+    out = []
+    for doc in docs:
+        recs = sorted((r for r in doc.records or () if r.phase == "decode" and r.duration_s is not None),
+                      key=lambda r: (r.rank, r.rep, r.start_ns))
+        gaps = [(b.start_ns - a.start_ns) / 1e9 - a.duration_s for a, b in zip(recs, recs[1:])
+                if a.rank == b.rank and a.rep == b.rep and a.step == b.step]
+        if gaps:
+            out.append((f"tp{doc.case.tp}-pp{doc.case.pp} b{doc.case.batch}", len(gaps), statistics.median(gaps)))
+    return out
+
+
+def format_transfer_rows(rows: list[dict]) -> str:
+    from llmcomm_tests.text import text_table
+
+    def pct(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    body = [(r["op"], r["group_size"], r["role"] or "-", r["world_size"], r["cases"], r["n"],
+             pct(r["before_median_err"]), pct(r["before_p90_err"]), pct(r["pooled_median_err"]),
+             pct(r["pooled_p90_err"]), pct(r["pooled_in_band"]), pct(r["variant_median_err"]),
+             pct(r["variant_p90_err"]), f"{r['variant_median_ratio']:.2f}", pct(r["variant_in_band"]),
+             pct(r["variant_tail_ok"])) for r in rows]
+    return text_table(("op", "t", "role", "W", "cases", "samples", "BEFORE med", "BEFORE p90", "pooled med",
+                       "pooled p90", "pooled in band", "variant med", "variant p90", "centre/model", "in band",
+                       "tail ok"), body, left=4)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu-loopback", help="hardware profile name or YAML path")
@@ -77,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, default=None, help="write each run document into this directory")
     parser.add_argument("--load", type=Path, default=None, help="evaluate saved run documents (*.json) instead")
     parser.add_argument("--json", dest="json_path", default=None, help="write the rows and summary here")
+    parser.add_argument("--before", default=None,
+                        help="profile (name or YAML) the whole call was judged against before: adds BEFORE columns")
+    parser.add_argument("--transfer-only", action="store_true", help="print only the transfer-centre table")
     args = parser.parse_args(argv)
 
     profile = load_profile(args.profile)
+    before = load_profile(args.before) if args.before else None
     if args.load:
         docs = [from_json(RunDocument, json.loads(p.read_text())) for p in sorted(args.load.glob("*.json"))]
         what = f"{len(docs)} saved run documents from {args.load}"
@@ -88,10 +215,32 @@ def main(argv: list[str] | None = None) -> int:
                        args.warmup, args.dtype, args.save)
         what = (f"tiny engine, layouts {args.layouts}, workloads {args.workloads} (batch:prompt:gen), "
                 f"{args.dtype}, repeats {args.repeats}, warmup {args.warmup}")
-    rows = accuracy_rows(docs, profile, by_phase=args.by_phase)
-    s = summary(rows)
+    trows = transfer_rows(docs, profile, before)
     print(f"# analytic accuracy: {what}")
     print(f"# profile {profile.name} ({profile.source or profile.description}); host: {os.cpu_count()} cores")
+    print("\n## transfer centre: |median transfer - model| / model over cases (judged class x run)"
+          + (f"; BEFORE = whole call vs {before.name} ({args.before})" if before else ""))
+    print(format_transfer_rows(trows))
+    print("(BEFORE: whole call vs the old model; pooled: transfer vs the op's fit, what the check reads without a "
+          "role; variant: transfer vs the fit's variant for the role and world size; in band / tail ok: the variant's)")
+    for name in ("pooled", "variant"):
+        misses = [r for r in trows if r[f"{name}_median_err"] > TRANSFER_GOAL]
+        print(f"goal median |error| of the transfer centre <= {TRANSFER_GOAL:.0%} per op class ({name}): "
+              + ("met" if not misses else "missed by " + ", ".join(
+                  f"{r['op']}/{r['group_size']}{'/' + r['role'] if r['role'] else ''}/W{r['world_size']}"
+                  for r in misses)))
+    gaps = compute_gaps(docs)
+    if gaps:
+        print("engine's median decode compute gap between calls (same step): "
+              + ", ".join(f"{name} {gap * 1e3:.2f} ms" for name, _, gap in gaps))
+    if args.transfer_only:
+        if args.json_path:
+            with open(args.json_path, "w") as f:
+                json.dump({"profile": profile.name, "what": what, "transfer_rows": trows}, f, indent=1)
+        return 0
+    print("\n## whole call duration against [lower, upper] (the issue-4 check)")
+    rows = accuracy_rows(docs, profile, by_phase=args.by_phase)
+    s = summary(rows)
     print(format_rows(rows))
     print()
     print(f"bounded classes: {s['classes']}, records {s['records']}: {s['inside_share']:.2%} inside "
@@ -104,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {op}{' at the ' + role if role else ''}: {why}")
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"profile": profile.name, "what": what, "rows": rows,
+            json.dump({"profile": profile.name, "what": what, "rows": rows, "transfer_rows": trows,
                        "summary": {k: v for k, v in s.items() if not k.endswith("misses")}}, f, indent=1)
     return 0
 

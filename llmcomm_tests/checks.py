@@ -54,7 +54,7 @@ def volume_rows(measured: list[VolumeRow], predicted: list[VolumeRow]) -> list[V
 MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row says n/a
 
 
-def latency_rows(summaries: list[OpSummary], profile, tolerance) -> list[VerdictRow]:
+def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None) -> list[VerdictRow]:
     """Per op class: the transfer's centre against the model's band, and its tail against the
     tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link."""
     classes: dict[tuple, list[OpSummary]] = {}
@@ -64,7 +64,7 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance) -> list[Verdict
     rows = []
     for (name, role, _), parts in sorted(classes.items()):
         label = f"{name} {role}".rstrip()
-        band = class_transfer(profile, parts[0].op, parts[0].ranks, parts[0].bytes)
+        band = class_transfer(profile, parts[0].op, parts[0].ranks, parts[0].bytes, role, world_size)
         transfer = _merged([s.transfer for s in parts])
         if band is None:
             rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", transfer.p50, transfer.p99,
@@ -182,7 +182,7 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
     if no_latency:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:
-        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency)
+        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
                                        detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

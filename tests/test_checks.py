@@ -51,7 +51,7 @@ def test_transfer_centre_and_tail_fail_for_their_own_reasons(monkeypatch):
 
     import llmcomm_tests.checks as checks
 
-    monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
+    monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes, role, world_size: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
     tol = LatencyTolerance(inside_fraction=0.9)
     rng = random.Random(1)
     typical = [rng.uniform(0.8e-3, 1.2e-3) for _ in range(200)]

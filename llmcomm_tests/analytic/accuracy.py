@@ -102,15 +102,18 @@ def class_bounds(profile: "HardwareProfile", op: str, span: list[int], nbytes: i
     return lower, upper, predicted
 
 
-def class_transfer(profile: "HardwareProfile", op: str, span: list[int], nbytes: int, algorithm: str | None = None
+def class_transfer(profile: "HardwareProfile", op: str, span: list[int], nbytes: int, role: str = "",
+                   world_size: int | None = None, algorithm: str | None = None
                    ) -> tuple[float, float, float, float, float] | None:
     """``latency.transfer_band`` of one call — (model, band low, band high, tail quantile, tail
-    limit), seconds — or None for ops the model does not time and groups of one rank."""
+    limit), seconds — or None for ops the model does not time and groups of one rank.  ``role`` and
+    ``world_size`` pick a calibrated variant (a broadcast's peer, a 4-rank run) where there is one."""
     inst = instance(op, span, nbytes)
     if inst is None:
         return None
     band = latency.transfer_band(profile, inst["op"], inst["group_size"], inst["msg_bytes"],
-                                 profile.tier_of(inst["ranks"]), algorithm)
+                                 profile.tier_of(inst["ranks"]), algorithm, latency.transfer_role(op, role),
+                                 world_size)
     return band if band[0] > 0 else None
 
 

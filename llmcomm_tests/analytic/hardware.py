@@ -11,7 +11,12 @@ an op uses follows from ``ranks_per_node``) — and per tier:
 * ``band_lo`` / ``band_hi`` – where the *median transfer* of an op class may sit, as multiples of
   the model, and ``tail_k`` – the multiple of the model the transfer's ``tail_q`` quantile stays
   under (a fit may carry its own).  From a calibration under the engine's conditions
-  (``llmcomm calibrate --engine-conditions``) or, on datasheet presets, a stated assumption.
+  (``llmcomm calibrate --engine-conditions``) or, on datasheet presets, a stated assumption;
+* a fit's ``variants`` – the same fields measured for one *role* of the call (``root`` / ``peer``
+  of a broadcast or gather, ``send`` / ``recv`` of a p2p pair) and/or one world size (``w4``,
+  ``w4/root``): under engine conditions a broadcast's root and its peer see different transfers,
+  and so do the same 2-rank groups on a host with 2 or 4 ranks.  ``fit(..., role=, world_size=)``
+  picks the most specific variant there is, else the fit itself.
 
 ``compute`` holds the device peaks for the what-if compute terms of e2e.py.  Shipped presets live
 in ``analytic/profiles/*.yaml`` (datasheet / public numbers, never tuned to a published result);
@@ -42,9 +47,32 @@ class OpFit:
     band_hi: float | None = None
     tail_k: float | None = None
     quality: dict | None = None  # calibration: r2, median_rel_err, points, samples
+    variants: dict | None = None  # "root" | "w4" | "w4/root" ... -> OpFit (see the module docstring)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "base_s" and v == 0.0)}
+        out = {k: v for k, v in asdict(self).items()
+               if v is not None and k != "variants" and not (k == "base_s" and v == 0.0)}
+        if self.variants:
+            out["variants"] = {key: fit.to_dict() for key, fit in self.variants.items()}
+        return out
+
+    def variant(self, role: str = "", world_size: int | None = None) -> "OpFit":
+        """The most specific variant for ``role`` in a world of ``world_size`` ranks, else this fit."""
+        for key in variant_keys(role, world_size):
+            if self.variants and key in self.variants:
+                return self.variants[key]
+        return self
+
+
+def variant_keys(role: str = "", world_size: int | None = None) -> list[str]:
+    """Variant keys from the most specific: ``w4/root``, ``w4``, ``root``."""
+    keys = []
+    if world_size is not None:
+        keys += [f"w{world_size}/{role}"] if role else []
+        keys.append(f"w{world_size}")
+    if role:
+        keys.append(role)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -101,8 +129,10 @@ class HardwareProfile:
             raise KeyError(f"profile {self.name!r} has no tier {name!r}")
         return self.tiers[name]
 
-    def fit(self, op: str, group_size: int, tier: str = "intra") -> OpFit:
-        """The α-β fit for ``op`` over ``group_size`` ranks on ``tier``, with fallbacks."""
+    def fit(self, op: str, group_size: int, tier: str = "intra", role: str = "",
+            world_size: int | None = None) -> OpFit:
+        """The α-β fit for ``op`` over ``group_size`` ranks on ``tier``, with fallbacks; with ``role``
+        / ``world_size``, its most specific variant (``OpFit.variant``)."""
         ops = self.tier(tier).ops
         group = P2P_GROUP if op == "send_recv" else group_size
         for key in (op, "default"):
@@ -110,7 +140,7 @@ class HardwareProfile:
             if by_group:
                 for g in (group, "default"):
                     if g in by_group:
-                        return by_group[g]
+                        return by_group[g].variant(role, world_size)
         raise KeyError(f"profile {self.name!r}: no fit for {op} over {group_size} ranks on tier {tier}")
 
     def tier_of(self, ranks) -> str:
@@ -133,7 +163,7 @@ class HardwareProfile:
             if tier.k_hi < 1.0:
                 raise ValueError(f"profile {self.name!r} {tier_name}: k_hi must be >= 1")
             for op, by_group in tier.ops.items():
-                for g, fit in by_group.items():
+                for g, fit in _with_variants(by_group):
                     where = f"profile {self.name!r} {tier_name} {op}[{g}]"
                     if fit.beta_Bps <= 0 or fit.alpha_s < 0 or fit.base_s < 0:
                         raise ValueError(f"{where}: alpha/base must be >= 0 and beta > 0")
@@ -171,8 +201,17 @@ def _model(device: str) -> str:
     return name[len("nvidia "):] if name.startswith("nvidia ") else name
 
 
+def _with_variants(by_group: dict):
+    """(label, fit) for every fit of an op and each of its variants (``2/root``)."""
+    for g, fit in by_group.items():
+        yield g, fit
+        for key, variant in (fit.variants or {}).items():
+            yield f"{g}/{key}", variant
+
+
 def _fit_from(data: dict) -> OpFit:
-    known = {"alpha_s", "beta_Bps", "base_s", "k_hi", "slack_s", "band_lo", "band_hi", "tail_k", "quality"}
+    known = {"alpha_s", "beta_Bps", "base_s", "k_hi", "slack_s", "band_lo", "band_hi", "tail_k", "quality",
+             "variants"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown op-fit field(s): {', '.join(sorted(unknown))}")
@@ -182,6 +221,7 @@ def _fit_from(data: dict) -> OpFit:
         slack_s=None if data.get("slack_s") is None else float(data["slack_s"]),
         band_lo=_optional(data, "band_lo"), band_hi=_optional(data, "band_hi"), tail_k=_optional(data, "tail_k"),
         quality=data.get("quality"),
+        variants={str(k): _fit_from(v) for k, v in data["variants"].items()} if data.get("variants") else None,
     )
 
 

@@ -101,9 +101,9 @@ def tier_of(ranks: Iterable[int], ranks_per_node: int) -> str:
 
 
 def op_time(profile: "HardwareProfile", op: str, group_size: int, nbytes: float, tier: str = "intra",
-            algorithm: str | None = None) -> float:
-    """Calibrated (or preset) α-β time of one op."""
-    fit = profile.fit(op, group_size, tier)
+            algorithm: str | None = None, role: str = "", world_size: int | None = None) -> float:
+    """Calibrated (or preset) α-β time of one op (``role`` / ``world_size``: a fit's variant)."""
+    fit = profile.fit(op, group_size, tier, role, world_size)
     return hockney_time(op, group_size, nbytes, fit.alpha_s, fit.beta_Bps, algorithm or profile.algorithm,
                         fit.base_s)
 
@@ -122,13 +122,21 @@ def bounds(profile: "HardwareProfile", op: str, group_size: int, nbytes: float, 
     return lower, estimate * k_hi + slack
 
 
+def transfer_role(op: str, role: str = "") -> str:
+    """The variant role of a recorded call: ``send`` / ``recv`` for p2p, else its role (``root`` /
+    ``peer`` of a rooted op, ``""``)."""
+    return op if op in ("send", "recv") else role
+
+
 def transfer_band(profile: "HardwareProfile", op: str, group_size: int, nbytes: float, tier: str = "intra",
-                  algorithm: str | None = None) -> tuple[float, float, float, float, float]:
+                  algorithm: str | None = None, role: str = "", world_size: int | None = None
+                  ) -> tuple[float, float, float, float, float]:
     """``(model_s, low_s, high_s, tail_q, tail_s)`` of one op's *transfer* (after the last peer
-    arrived): the band its median may sit in, and the time its ``tail_q`` quantile stays under."""
+    arrived): the band its median may sit in, and the time its ``tail_q`` quantile stays under.
+    ``role`` (``transfer_role``) and ``world_size`` pick a calibrated variant where there is one."""
     tier_params = profile.tier(tier)
-    fit = profile.fit(op, group_size, tier)
-    model = op_time(profile, op, group_size, nbytes, tier, algorithm)
+    fit = profile.fit(op, group_size, tier, role, world_size)
+    model = op_time(profile, op, group_size, nbytes, tier, algorithm, role, world_size)
     lo = fit.band_lo if fit.band_lo is not None else tier_params.band_lo
     hi = fit.band_hi if fit.band_hi is not None else tier_params.band_hi
     k = fit.tail_k if fit.tail_k is not None else tier_params.tail_k

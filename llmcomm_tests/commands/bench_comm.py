@@ -8,11 +8,30 @@ gathered output, the reduce-scatter input, the broadcast buffer, the p2p message
 round it down to a multiple of world_size elements (at least one per rank); the others take it as
 asked, so 8 B is an 8-byte message (the engine's int64 token transfers).  Each row also keeps every
 rank's own samples (``rank_times_s``) next to the slowest rank's (``times_s``).
+
+Engine conditions (``--compute-ms X``, ``engine_sweep``).  The barrier-aligned sweep times an op
+whose ranks arrive together on an idle host; the engine does neither.  In this mode each rank
+spins real compute (a small matmul loop) for X ms of wall time before every call and issues the
+call as soon as its own compute is done — no barrier per call, so the ranks drift apart as they
+do between the engine's layers.  ``--group-size G`` splits the world into W/G groups that run the
+op concurrently, each on its own group (TP2×PP2's two TP groups on 4 ranks), so the same number
+of ranks share the cores as in the engine.  ``--order burst`` (default) repeats each (op, size)
+back to back, as the engine's layers repeat one call (prefill's burst of 256 KiB all-reduces,
+decode's burst of 1 KiB ones); ``interleaved`` visits every op and size in each repetition, so load
+drift lands on all sizes alike — but measured here it made the 256 KiB all-reduce 2× slower than
+the engine's (1.0–1.6 ms against 0.5–0.6 ms), the 1 KiB one 1.2× (docs/calibration.md).  Every call's issue and completion are read on the host's
+monotonic clock (``perf_counter_ns``, shared by all processes on one host); per call instance
+(group, repetition) the *transfer* of each participating rank is its completion − the last
+participant's issue (clipped at 0), as ``arrival.py`` splits the engine's records.  Rows gain
+``group_size``, ``compute_ms``, ``transfer_s`` with a parallel ``transfer_role`` (``root`` /
+``peer`` for gather and broadcast, ``send`` / ``recv`` for send_recv, ``""`` otherwise) and the
+raw ``calls`` (per rank: [issue_ns], [completion_ns]).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 
@@ -106,16 +125,166 @@ def _rank_sweep(ctx, ops, sizes, repeats, warmup, dtype):
     return {"keys": keys, "times": times}
 
 
+ROLE_OPS = ("gather", "broadcast")  # rooted: the root (the group's first rank) and its peers differ
+
+
+def engine_sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 40, *, group_size: int | None = None,
+                 compute_ms: float = 0.3, warmup: int = 3, dtype: str = "fp32", backend: str = "auto",
+                 timeout_s: float = 600.0, launch_id: int = 0, order: str = "burst") -> list[dict]:
+    """One launch of the engine-conditions sweep (module docstring): rows ``{"op", "world_size",
+    "group_size", "bytes", "compute_ms", "launch", "times_s", "rank_times_s", "transfer_s",
+    "transfer_role", "calls"}``; ``times_s`` holds, per (group, repetition), the slowest member's
+    call time and ``transfer_s`` one sample per participating rank and repetition."""
+    group_size = group_size or world_size
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"unknown op(s) {sorted(unknown)}; known: {', '.join(OPS)}")
+    if group_size < 2 or world_size % group_size:
+        raise ValueError(f"--group-size {group_size} must be >= 2 and divide the world size {world_size}")
+    if compute_ms < 0:
+        raise ValueError("--compute-ms must be >= 0")
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}")
+    per_rank = launch.launch(_rank_engine_sweep, (list(ops), list(sizes), repeats, warmup, dtype, group_size,
+                                                  compute_ms, order), world_size=world_size, backend=backend,
+                             timeout_s=timeout_s)
+    groups = [list(range(g, g + group_size)) for g in range(0, world_size, group_size)]
+    rows = []
+    for i, (op, size) in enumerate(per_rank[0]["keys"]):
+        times, transfers, roles = [], [], []
+        for group in groups:
+            members = _participants(op, group)
+            for k in range(repeats):
+                issue = {r: per_rank[r]["issue_ns"][i][k] for r in members}
+                done = {r: per_rank[r]["done_ns"][i][k] for r in members}
+                last = max(issue.values())
+                times.append(max(done[r] - issue[r] for r in members) / 1e9)
+                for r in members:
+                    transfers.append(max(done[r] - last, 0) / 1e9)
+                    roles.append(_role(op, r, group))
+        rows.append({"op": op, "world_size": world_size, "group_size": group_size, "bytes": size,
+                     "compute_ms": compute_ms, "launch": launch_id, "cores": os.cpu_count(), "order": order, "times_s": times,
+                     "rank_times_s": [[(d - s) / 1e9 for s, d in zip(r["issue_ns"][i], r["done_ns"][i])]
+                                      for r in per_rank],
+                     "transfer_s": transfers, "transfer_role": roles,
+                     "calls": [[r["issue_ns"][i], r["done_ns"][i]] for r in per_rank]})
+    return rows
+
+
+def _participants(op: str, group: list[int]) -> list[int]:
+    """The ranks of ``group`` that take part in ``op``: a send_recv is its first two ranks (one way,
+    first → second), every other op the whole group."""
+    return group[:2] if op == "send_recv" else group
+
+
+def _role(op: str, rank: int, group: list[int]) -> str:
+    if op == "send_recv":
+        return "send" if rank == group[0] else "recv"
+    if op in ROLE_OPS:
+        return "root" if rank == group[0] else "peer"
+    return ""
+
+
+ORDERS = ("burst", "interleaved")
+
+
+def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, compute_ms, order="burst"):
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from ..engine.parallel import TORCH_DTYPES
+
+    torch_dtype = TORCH_DTYPES[dtype]
+    elem = torch.empty((), dtype=torch_dtype).element_size()
+    n, rank, world = group_size, ctx.rank, ctx.world_size
+    groups = [list(range(g, g + n)) for g in range(0, world, n)]
+    handles = [dist.new_group(g) if n < world else None for g in groups]  # every rank creates every group
+    mine = rank // n
+    group, pg = groups[mine], handles[mine]
+    root, first, second = group[0], group[0], group[1]
+    sync = torch.cuda.synchronize if ctx.backend == "nccl" else (lambda: None)
+    a = torch.randn(64, 64, device=ctx.device)
+    c = torch.empty_like(a)
+    spin_ns = int(compute_ms * 1e6)
+
+    def compute():  # real work for compute_ms of wall time, as a layer's compute would be
+        end = time.perf_counter_ns() + spin_ns
+        while time.perf_counter_ns() < end:
+            torch.mm(a, a, out=c)
+
+    calls, keys = [], []
+    for op in ops:
+        for size in sizes:
+            if op in GATHER_TYPE:  # the per-rank part must divide evenly: a multiple of n elements
+                numel = max(n, size // elem // n * n)
+            else:
+                numel = max(1, size // elem)
+            buf = torch.ones(numel, dtype=torch_dtype, device=ctx.device)
+            part = torch.ones(numel // n, dtype=torch_dtype, device=ctx.device)
+            gathered = [torch.empty_like(part) for _ in range(n)] if rank == root else None
+
+            def call(op=op, buf=buf, part=part, gathered=gathered):
+                if op == "all_reduce":
+                    dist.all_reduce(buf, group=pg)
+                elif op == "all_gather":
+                    dist.all_gather_into_tensor(buf, part, group=pg)
+                elif op == "reduce_scatter":
+                    dist.reduce_scatter_tensor(part, buf, group=pg)
+                elif op == "broadcast":
+                    dist.broadcast(buf, root, group=pg)
+                elif op == "gather":
+                    dist.gather(part, gathered, dst=root, group=pg)
+                elif op == "send_recv":  # one way, the group's first rank → its second; the rest idle
+                    if rank == first:
+                        dist.send(buf, second, group=pg)
+                    elif rank == second:
+                        dist.recv(buf, first, group=pg)
+
+            keys.append((op, numel * elem))
+            calls.append(call)
+    for call in calls:  # connections up, buffers touched
+        for _ in range(warmup):
+            call()
+    sync()
+    dist.barrier()  # once, before the timed calls: from here on every rank runs at its own pace
+    issue = [[0] * repeats for _ in calls]
+    done = [[0] * repeats for _ in calls]
+    clock = time.perf_counter_ns
+    if order == "burst":  # each (op, size) repeated back to back, as the engine's layers repeat one call
+        sequence = [(i, k) for i in range(len(calls)) for k in range(repeats)]
+    else:  # every repetition visits every op and size: load drift lands on all sizes alike
+        sequence = [(i, k) for k in range(repeats) for i in range(len(calls))]
+    for i, k in sequence:
+        compute()
+        t0 = clock()
+        calls[i]()
+        sync()
+        issue[i][k], done[i][k] = t0, clock()
+    return {"keys": keys, "issue_ns": issue, "done_ns": done}
+
+
 def table(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         ts = row["times_s"]
         med = statistics.median(ts)
+        group = row.get("group_size", row["world_size"])
         algbw = row["bytes"] / med if med > 0 else 0.0
-        out.append({"op": row["op"], "world_size": row["world_size"], "bytes": row["bytes"],
-                    "time_min_s": min(ts), "time_median_s": med, "time_max_s": max(ts), "n": len(ts),
-                    "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * bus_factor(row["op"], row["world_size"]) / 1e9})
+        entry = {"op": row["op"], "world_size": row["world_size"], "bytes": row["bytes"],
+                 "time_min_s": min(ts), "time_median_s": med, "time_max_s": max(ts), "n": len(ts),
+                 "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * bus_factor(row["op"], group) / 1e9}
+        if "transfer_s" in row:
+            entry.update(group_size=group, transfer_median_s=statistics.median(row["transfer_s"]),
+                         transfer_p90_s=_quantile(row["transfer_s"], 0.9))
+        out.append(entry)
     return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def add_arguments(parser) -> None:
@@ -130,6 +299,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=600.0)
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write rows and the raw samples here")
+    parser.add_argument("--compute-ms", type=float, default=None,
+                        help="engine conditions: each rank computes this many ms before every call, no barrier "
+                             "per call; rows gain transfer_s (completion - last arrival)")
+    parser.add_argument("--order", default="burst", choices=ORDERS,
+                        help="engine conditions: repeat each (op, size) back to back (burst, as the engine's layers "
+                             "do) or visit every op and size in each repetition (interleaved)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="engine conditions: split the world into groups of this size, each running the op "
+                             "concurrently (default: the world)")
 
 
 def main(args) -> int:
@@ -148,15 +326,32 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"llmcomm bench-comm: {exc}", file=sys.stderr)
         return 2
-    rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup, args.dtype)
+    engine = args.compute_ms is not None or args.group_size is not None
+    try:
+        if engine:
+            rows = engine_sweep(args.world_size, ops, sizes, args.repeats, group_size=args.group_size,
+                                compute_ms=args.compute_ms or 0.0, warmup=args.warmup, dtype=args.dtype,
+                                backend=args.backend, timeout_s=args.timeout, order=args.order)
+        else:
+            rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup,
+                         args.dtype)
+    except ValueError as exc:
+        print(f"llmcomm bench-comm: {exc}", file=sys.stderr)
+        return 2
     summary = table(rows)
-    print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}")
-    print(text_table(("op", "size(B)", "min(us)", "median(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)"),
-                     [(r["op"], r["bytes"], f"{r['time_min_s'] * 1e6:.1f}", f"{r['time_median_s'] * 1e6:.1f}",
-                       f"{r['time_max_s'] * 1e6:.1f}", f"{r['algbw_GBps']:.3f}", f"{r['busbw_GBps']:.3f}")
-                      for r in summary], left=1))
+    mode = (f"  engine conditions: group_size={args.group_size or args.world_size} compute_ms={args.compute_ms or 0:g}"
+            if engine else "  barrier before each call")
+    print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}{mode}")
+    head = ("op", "size(B)", "min(us)", "median(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)")
+    head += ("transfer p50(us)", "transfer p90(us)") if engine else ()
+    print(text_table(head, [(r["op"], r["bytes"], f"{r['time_min_s'] * 1e6:.1f}", f"{r['time_median_s'] * 1e6:.1f}",
+                             f"{r['time_max_s'] * 1e6:.1f}", f"{r['algbw_GBps']:.3f}", f"{r['busbw_GBps']:.3f}")
+                            + ((f"{r['transfer_median_s'] * 1e6:.1f}", f"{r['transfer_p90_s'] * 1e6:.1f}")
+                               if engine else ()) for r in summary], left=1))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"schema": "llmcomm.bench-comm/1", "world_size": args.world_size, "dtype": args.dtype,
+                       "group_size": args.group_size or args.world_size if engine else None,
+                       "compute_ms": args.compute_ms if engine else None,
                        "summary": summary, "rows": rows}, f, indent=1)
     return 0

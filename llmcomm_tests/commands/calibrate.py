@@ -22,6 +22,24 @@ The sweep is ``llmcomm_tests.commands.bench_comm.sweep`` (rows ``{op, world_size
   (``analytic.accuracy.fit_spread``): a sweep times ops with ranks aligned by a barrier, the engine
   does not, and on an oversubscribed host the recorded durations carry the peers' lateness.
 
+Engine conditions (``--engine-conditions``, ``fit_engine_conditions``): the model the latency check
+holds the engine's *transfers* to (``arrival.py``: each call's time after the last peer arrived),
+calibrated on its own data under the conditions the engine creates — the same ranks per core,
+compute between calls, no barrier before each call (``bench_comm.engine_sweep``) — in ``--launches
+K`` separate launches (fresh rank processes each), since the check must tolerate the drift between
+sessions, not only the spread within one:
+
+* α, β: ``fit_line`` through the per-size *median transfers* (pooled over launches, world sizes,
+  ranks and roles), per (op, group size); send_recv is one pair and pools every configuration;
+* band: per (launch, world size, role) the median of transfer / fit over that launch's samples
+  of the op; ``band_lo`` = their minimum ÷ ``--margin``, ``band_hi`` = their maximum × margin,
+  clipped to [1/3, 3] (a note says so when clipping bit: the host drifts more than a check may
+  allow);
+* tail: ``tail_k`` = the ``tail_q`` quantile of transfer / fit pooled over every sample × margin
+  (at least ``band_hi``), ``tail_q`` the tier's (0.9);
+* ``source`` and ``notes`` carry the command, compute-ms, world sizes, ranks per core, launches,
+  margin and date; each fit's ``quality`` keeps the per-launch medians it rests on.
+
 The fits land in the base profile's ``intra`` tier (one host: every rank is intra) under the group
 size and as that op's ``default``; compute peaks and the ``inter`` tier are kept from the base.
 """
@@ -139,7 +157,7 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
         times = [float(t) for t in row["times_s"]]
         if times:
             # send_recv is one pair whatever the world size: sweeps of several sizes pool into one fit
-            group = P2P_GROUP if row["op"] == "send_recv" else int(row["world_size"])
+            group = P2P_GROUP if row["op"] == "send_recv" else int(row.get("group_size", row["world_size"]))
             grouped[(row["op"], group)][int(row["bytes"])].extend(times)
             worlds.add(int(row["world_size"]))
     if not grouped:
@@ -172,6 +190,153 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
                       source=source or "llmcomm calibrate", notes=notes)
     profile.validate()
     return profile
+
+
+ENGINE_SIZES = [2 ** k for k in range(3, 19)]  # 8 B … 256 KiB, ×2: the tiny engine's messages
+ENGINE_OPS = ["all_reduce", "all_gather", "gather", "broadcast", "send_recv"]  # what the engine issues
+BAND_LIMITS = (1 / 3, 3.0)  # the widest band a check may use (issue 10): the model is within 3×
+DEFAULT_MARGIN = 1.25
+
+
+def _fit_group(row: dict) -> int:
+    return P2P_GROUP if row["op"] == "send_recv" else int(row.get("group_size", row["world_size"]))
+
+
+def _transfer_fit(op: str, group: int, samples: list[tuple], margin: float, q: float) -> tuple[OpFit, list[str]]:
+    """One transfer fit from ``samples`` = [(launch, world, role, msg_bytes, seconds)]: α-β through
+    the per-size medians (``fit_op``), band from the per-(launch, world, role) medians of
+    transfer / fit, tail from the pooled ratios (module docstring).  Returns (fit, clip notes)."""
+    points: dict = defaultdict(list)
+    for _, _, _, size, t in samples:
+        points[size].append(t)
+    fit = fit_op(op, group, points)
+    n_alpha, n_beta = latency.coefficients(op, group, "ring")
+    per_launch: dict = defaultdict(list)
+    pooled = []
+    for launch, world, role, size, t in samples:
+        model = n_alpha * fit.alpha_s + (n_beta * size / fit.beta_Bps if fit.beta_Bps != float("inf") else 0.0)
+        ratio = t / model
+        per_launch[(launch, world, role)].append(ratio)
+        pooled.append(ratio)
+    medians = {key: statistics.median(v) for key, v in per_launch.items()}
+    lo_raw, hi_raw = min(medians.values()), max(medians.values())
+    band_lo, band_hi = lo_raw / margin, hi_raw * margin
+    clipped = []
+    if band_lo < BAND_LIMITS[0]:
+        clipped.append(f"band_lo {band_lo:.3g} -> {BAND_LIMITS[0]:.3g}")
+        band_lo = BAND_LIMITS[0]
+    if band_hi > BAND_LIMITS[1]:
+        clipped.append(f"band_hi {band_hi:.3g} -> {BAND_LIMITS[1]:.3g}")
+        band_hi = BAND_LIMITS[1]
+    band_lo, band_hi = min(band_lo, 1.0), max(band_hi, 1.0)  # the band holds the model itself
+    tail_raw = percentile(pooled, 100 * q)
+    notes = [f"clipped to the widest band allowed ({'; '.join(clipped)}): the per-launch medians span "
+             f"{lo_raw:.2f}x-{hi_raw:.2f}x the fit, so a check may fail an unchanged run"] if clipped else []
+    quality = dict(fit.quality or {})
+    quality.update(
+        what="transfer (completion - last arrival) under engine conditions",
+        launches=len({k[0] for k in medians}), worlds=sorted({k[1] for k in medians}),
+        launch_median_ratio=[round(lo_raw, 4), round(hi_raw, 4)],
+        launch_medians={f"{launch}/w{world}{'/' + role if role else ''}": round(v, 4)
+                        for (launch, world, role), v in sorted(medians.items())},
+        tail_ratio=round(tail_raw, 4), tail_q=q, margin=margin)
+    return replace(fit, band_lo=band_lo, band_hi=band_hi, tail_k=max(tail_raw * margin, band_hi),
+                   quality=quality), notes
+
+
+def fit_engine_conditions(rows: list[dict], name: str, base: "HardwareProfile | str | None" = "cpu-loopback",
+                          source: str = "", margin: float = DEFAULT_MARGIN, tail_q: float | None = None,
+                          notes: list[str] | None = None, variants: bool = True) -> HardwareProfile:
+    """A profile whose ``intra`` fits model the *transfer* under engine conditions (module
+    docstring): α-β through the median transfers, ``band_lo``/``band_hi`` from the spread of the
+    per-launch medians, ``tail_k`` from the pooled ``tail_q`` quantile, both widened by ``margin``.
+    With ``variants``, each fit also carries one per role (when the op has several: root / peer,
+    send / recv), per world size (when the group ran in several) and per (world, role), each fitted
+    the same way on its own samples (``OpFit.variants``).  ``rows`` are
+    ``bench_comm.engine_sweep`` rows (``transfer_s``, ``transfer_role``, ``launch``; rows from
+    separate files must carry distinct ``launch`` keys).  Pure: no torch."""
+    if margin < 1:
+        raise ValueError(f"margin must be >= 1, got {margin:g}")
+    rows = [r for r in rows if r.get("transfer_s")]
+    if not rows:
+        raise ValueError("no engine-conditions rows (with transfer_s): run bench-comm with --compute-ms")
+    base = load_profile(base or "cpu-loopback") if base is None or isinstance(base, str) else base
+    tier = base.tier("intra")
+    q = tail_q if tail_q is not None else tier.tail_q
+    samples: dict = defaultdict(list)  # (op, group) -> [(launch, world, role, size, t)]
+    for r in rows:
+        roles = r.get("transfer_role") or [""] * len(r["transfer_s"])
+        for t, role in zip(r["transfer_s"], roles):
+            samples[(r["op"], _fit_group(r))].append((str(r.get("launch", 0)), int(r["world_size"]), role,
+                                                      int(r["bytes"]), float(t)))
+    ops = {op: dict(by_group) for op, by_group in tier.ops.items()}
+    out_notes = []
+    peak, alpha_min = tier.peak_Bps, tier.alpha_min_s
+    for (op, group), items in sorted(samples.items()):  # the largest group becomes the op's default
+        fit, clip = _transfer_fit(op, group, items, margin, q)
+        out_notes += [f"{op}[{group}]: {n}" for n in clip]
+        found = {}
+        roles, worlds = sorted({i[2] for i in items}), sorted({i[1] for i in items})
+        if variants:
+            subsets = {}
+            if len(roles) > 1:
+                subsets.update({role: [i for i in items if i[2] == role] for role in roles})
+            if len(worlds) > 1:
+                subsets.update({f"w{w}": [i for i in items if i[1] == w] for w in worlds})
+                if len(roles) > 1:
+                    subsets.update({f"w{w}/{role}": [i for i in items if i[1] == w and i[2] == role]
+                                    for w in worlds for role in roles})
+            for key, subset in subsets.items():
+                if len({i[3] for i in subset}) >= 2:
+                    found[key], clip = _transfer_fit(op, group, subset, margin, q)
+                    out_notes += [f"{op}[{group}] {key}: {n}" for n in clip]
+        fit = replace(fit, variants=found or None)
+        for key, f in [("", fit)] + sorted(found.items()):
+            label = f"{op}[{group}]{' ' + key if key else ''}"
+            if f.beta_Bps == float("inf"):
+                out_notes.append(f"{label}: transfer did not grow with size; beta set to the tier peak")
+            elif f.beta_Bps > peak:
+                out_notes.append(f"{label}: fitted beta {f.beta_Bps:.3g} B/s above peak {peak:.3g}; peak raised")
+                peak = f.beta_Bps
+            alpha_min = min(alpha_min, max(f.alpha_s, 0.0))
+        ops.setdefault(op, {})
+        ops[op][group] = ops[op]["default"] = fit
+    ops = {op: {g: _finite(f, peak) for g, f in by_group.items()} for op, by_group in ops.items()}
+    if alpha_min < tier.alpha_min_s:
+        out_notes.append(f"alpha_min_s lowered {tier.alpha_min_s:.3g} -> {alpha_min:.3g} s: a fit beats it")
+    intra = replace(tier, ops=ops, tail_q=q, peak_Bps=peak, alpha_min_s=alpha_min)
+    worlds = sorted({int(r["world_size"]) for r in rows})
+    profile = replace(base.with_tier("intra", intra), name=name,
+                      description=f"Calibrated under engine conditions on this host ({'/'.join(map(str, worlds))} ranks; "
+                                  f"base: {base.name}).",
+                      source=source or "llmcomm calibrate --engine-conditions", notes=list(notes or []) + out_notes)
+    profile.validate()
+    return profile
+
+
+def _finite(fit: OpFit, peak: float) -> OpFit:
+    """β = ∞ (no growth with size) → the tier's peak, in the fit and its variants."""
+    variants = {k: _finite(v, peak) for k, v in fit.variants.items()} if fit.variants else fit.variants
+    return replace(fit, beta_Bps=peak if fit.beta_Bps == float("inf") else fit.beta_Bps, variants=variants)
+
+
+def band_table(profile: HardwareProfile) -> str:
+    """Per engine-conditions fit and variant: α, β, the per-launch median ratios, band and tail allowance."""
+    tier = profile.tier("intra")
+    fits = [(op, f"{group}{' ' + key if key else ''}", fit)
+            for op, by_group in sorted(tier.ops.items()) for group, top in by_group.items() if group != "default"
+            for key, fit in [("", top)] + sorted((top.variants or {}).items())]
+    rows = []
+    for op, label, fit in fits:
+        q = fit.quality or {}
+        if "launch_median_ratio" not in q:
+            continue
+        lo, hi = q["launch_median_ratio"]
+        rows.append((op, label, q.get("launches", "-"), q.get("samples", "-"), f"{fit.alpha_s * 1e6:.1f}",
+                     f"{fit.beta_Bps / 1e9:.3f}", f"{q['median_rel_err']:.1%}", f"{lo:.2f}-{hi:.2f}",
+                     f"{fit.band_lo:.2f}-{fit.band_hi:.2f}", f"{q['tail_ratio']:.2f}", f"{fit.tail_k:.2f}"))
+    return text_table(("op", "group", "launches", "samples", "alpha(us)", "beta(GB/s)", "med.rel.err",
+                       "launch med/fit", "band", f"q{tier.tail_q:g}/fit", "tail_k"), rows, left=1)
 
 
 def quality_table(profile: HardwareProfile) -> str:
@@ -263,6 +428,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(analytic.accuracy.fit_spread) — use runs you will not evaluate on")
     parser.add_argument("--spread-quantile", type=fraction, default=0.999,
                         help="quantile of recorded/fit that sets k_hi with --spread-from (default 0.999)")
+    engine = parser.add_argument_group("engine conditions (the model of the transfer the latency check judges)")
+    engine.add_argument("--engine-conditions", action="store_true",
+                        help="sweep with compute between calls and no barrier per call, fit the transfer "
+                             "(completion - last arrival), and set band_lo/band_hi/tail_k from --launches launches")
+    engine.add_argument("--compute-ms", default="0.3",
+                        help="compute each rank spins before every call, ms: one value, or per world size "
+                             "(2:0.6,4:1.2) — the engine's own gap between calls, printed by "
+                             "benchmarks/analytic_accuracy.py (default 0.3)")
+    engine.add_argument("--launches", type=int, default=5, help="separate launches per configuration (default 5)")
+    engine.add_argument("--group-sizes", default=None,
+                        help="group sizes per world size, e.g. 2,4 (default: every divisor >= 2 of each world)")
+    engine.add_argument("--configs", default=None,
+                        help="explicit world:group pairs, e.g. 2:2,4:4 (overrides --world-size/--group-sizes); "
+                             "W:G=op+op limits that configuration's ops (4:4=all_reduce+gather)")
+    engine.add_argument("--order", default="burst", choices=("burst", "interleaved"),
+                        help="each (op, size) repeated back to back as the engine's layers do (burst, default), "
+                             "or every op and size visited in each repetition (interleaved)")
+    engine.add_argument("--save-rows", default=None,
+                        help="also write the sweep rows (every launch) here, to refit later with --rows")
+    engine.add_argument("--no-variants", action="store_true",
+                        help="one fit per (op, group): no per-role / per-world-size variants")
+    engine.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help=f"factor widening the band and the tail allowance (default {DEFAULT_MARGIN:g})")
 
 
 def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
@@ -271,6 +459,8 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
         add_arguments(parser)
         args = parser.parse_args(args)
     worlds = args.world_size
+    if args.engine_conditions:
+        return _main_engine_conditions(args, worlds)
     name = args.name or Path(args.out).stem
     try:  # everything that can be refused is, before a sweep launches anything
         if not PROFILE_NAME.match(name):
@@ -328,4 +518,134 @@ def main(args: "argparse.Namespace | list[str] | None" = None) -> int:
     print(f"wrote {args.out} (profile {profile.name!r}): judge runs on it with --llmcomm-hardware {args.out}, or copy "
           f"it to .llmcomm/profiles/{profile.name}.yaml so specs naming `hardware: {profile.name}` find it; "
           f"budgets written with `hardware: {profile.name}` apply on it")
+    return 0
+
+
+def _configs(worlds: list[int], group_sizes: "str | None") -> list[tuple[int, int]]:
+    """(world size, group size) pairs: the given group sizes that divide each world, or all its divisors >= 2."""
+    wanted = [int(g) for g in group_sizes.split(",") if g.strip()] if group_sizes else None
+    out = []
+    for world in worlds:
+        for g in range(2, world + 1):
+            if world % g == 0 and (wanted is None or g in wanted):
+                out.append((world, g))
+    if not out:
+        raise ValueError(f"no group size fits world sizes {worlds} (group sizes {group_sizes})")
+    return out
+
+
+def _parse_configs(text: str) -> list[tuple[int, int, "list[str] | None"]]:
+    """``W:G[=op+op]`` items → (world, group, ops or None for every op)."""
+    out = []
+    for item in text.split(","):
+        pair, _, ops = item.strip().partition("=")
+        try:
+            world, group = (int(x) for x in pair.split(":"))
+        except ValueError:
+            raise ValueError(f"--configs: {item.strip()!r} is not WORLD:GROUP[=op+op]") from None
+        if group < 2 or world % group:
+            raise ValueError(f"--configs: group {group} must be >= 2 and divide world {world}")
+        out.append((world, group, [o for o in ops.split("+") if o] or None))
+    return out
+
+
+def _compute_per_world(text: "str | float") -> dict:
+    """``0.6`` → {None: 0.6}; ``2:0.6,4:1.2`` → {2: 0.6, 4: 1.2}."""
+    text = str(text)
+    if ":" not in text:
+        return {None: float(text)}
+    out = {}
+    for item in text.split(","):
+        world, ms = item.split(":")
+        out[int(world)] = float(ms)
+    return out
+
+
+def _main_engine_conditions(args, worlds: list[int]) -> int:
+    import os
+
+    cores = os.cpu_count() or 1
+    today = _dt.date.today().isoformat()
+    try:
+        if args.rows:
+            rows = []
+            for index, path in enumerate(p.strip() for p in args.rows.split(",")):
+                with open(path) as fh:
+                    data = json.load(fh)
+                for row in (data["rows"] if isinstance(data, dict) else data):
+                    rows.append({**row, "launch": f"{index}.{row.get('launch', 0)}"})
+            worlds = sorted({int(r["world_size"]) for r in rows})
+            compute = sorted({r.get("compute_ms") for r in rows if r.get("compute_ms") is not None})
+            cores = max((int(r.get("cores", cores)) for r in rows), default=cores)
+            launches = len({r["launch"] for r in rows})
+            command = f"llmcomm calibrate --engine-conditions --rows {args.rows} --margin {args.margin:g}"
+            by_world = sorted({(int(r["world_size"]), r["compute_ms"]) for r in rows if r.get("compute_ms") is not None})
+            compute_text = (",".join(f"{c:g}" for c in compute) if len(compute) <= 1
+                            else ",".join(f"{w}:{c:g}" for w, c in by_world)) or "?"
+            configs = sorted({(int(r["world_size"]), int(r.get("group_size", r["world_size"]))) for r in rows})
+        else:
+            from . import bench_comm  # lazy: torch and the launcher only when sweeping
+
+            if args.launches < 1:
+                raise ValueError("--launches must be >= 1")
+            ops = [o.strip() for o in (args.ops.split(",") if args.ops != ",".join(latency.OPS) else ENGINE_OPS)
+                   if o.strip()]
+            full = (_parse_configs(args.configs) if args.configs
+                    else [(w, g, None) for w, g in _configs(worlds, args.group_sizes)])
+            configs = [(w, g) for w, g, _ in full]
+            worlds = sorted({w for w, _ in configs})
+            compute = _compute_per_world(args.compute_ms)
+            missing = [w for w in worlds if w not in compute and None not in compute]
+            if missing:
+                raise ValueError(f"--compute-ms gives no value for world size(s) {missing}")
+            sizes = args.sizes or ENGINE_SIZES  # parsed by args.byte_sizes
+            rows = []
+            for k in range(args.launches):  # configurations interleaved: drift lands on all of them
+                for world, group, only in full:
+                    rows += bench_comm.engine_sweep(world, [o for o in ops if only is None or o in only], sizes,
+                                                    args.repeats, group_size=group,
+                                                    compute_ms=compute.get(world, compute.get(None)),
+                                                    backend=args.backend, timeout_s=args.timeout, launch_id=k,
+                                                    order=args.order)
+                    print(f"  launch {k + 1}/{args.launches}: world {world}, groups of {group} done", file=sys.stderr)
+            launches = args.launches
+            compute_text = str(args.compute_ms)
+            if args.save_rows:
+                with open(args.save_rows, "w") as fh:
+                    json.dump({"schema": "llmcomm.bench-comm/1", "engine_conditions": True, "rows": rows}, fh)
+            command = (f"llmcomm calibrate --engine-conditions --world-size {','.join(map(str, worlds))} "
+                       f"--compute-ms {args.compute_ms} --launches {args.launches} --repeats {args.repeats} "
+                       f"--sizes {','.join(map(str, sizes))} --ops {','.join(ops)} --order {args.order} "
+                       f"--margin {args.margin:g}")
+            if args.configs:
+                command += f" --configs {args.configs}"
+            elif args.group_sizes:
+                command += f" --group-sizes {args.group_sizes}"
+        per_core = ", ".join(f"{w} ranks/{cores} cores (groups of {g})" for w, g in configs)
+        notes = [f"engine-conditions calibration {today}: {command}",
+                 f"compute {compute_text} ms before every call, no barrier per call; world sizes "
+                 f"{','.join(map(str, worlds))}; {per_core}; {launches} launch(es) per configuration; margin "
+                 f"{args.margin:g}",
+                 "alpha, beta: fit_line through the per-size median transfer (completion - last arrival); "
+                 "band = [min, max] over (launch, world, role) of median(transfer/fit), / and x margin, clipped to "
+                 "[1/3, 3]; tail_k = q(tail_q) of pooled transfer/fit x margin"]
+        if args.no_variants:
+            command += " --no-variants"
+        else:
+            notes.append("variants: per role (root/peer, send/recv), per world size (wN) and per (world, role), each "
+                         "fitted the same way on its own samples")
+        source = f"{command} ({today}, {cores} cores, compute {compute_text} ms, margin {args.margin:g})"
+        profile = fit_engine_conditions(rows, args.name or "calibrated-engine", args.base, source, args.margin,
+                                        notes=notes, variants=not args.no_variants)
+    except (ValueError, OSError) as exc:
+        print(f"llmcomm calibrate: {exc}", file=sys.stderr)
+        return 2
+    profile = replace(profile, description=f"Calibrated on this host under engine conditions ({compute_text} ms "
+                                           f"compute between calls, no barrier; {per_core}; {launches} launches).")
+    print(f"# {profile.name}: {profile.description}")
+    print(band_table(profile))
+    for note in profile.notes[len(notes):]:
+        print(f"note: {note}")
+    profile.dump(args.out)
+    print(f"wrote {args.out}")
     return 0
