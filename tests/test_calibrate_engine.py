@@ -9,7 +9,8 @@ import pytest
 
 from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.hardware import load_profile
-from llmcomm_tests.commands.calibrate import BAND_LIMITS, fit_engine_conditions, main as calibrate_main
+from llmcomm_tests.commands.calibrate import BAND_LIMITS, fit_engine_conditions
+from llmcomm_tests.commands.calibrate import main as calibrate_main
 from llmcomm_tests.stats import percentile
 
 ALPHA, BETA = 100e-6, 2e9  # all_reduce over 2: T = 2α + M/β

@@ -40,7 +40,7 @@ def wide_profile(tmp_path_factory) -> Path:
         tier["band_lo"], tier["band_hi"], tier["tail_k"] = 1e-6, 1e6, 1e6
         for by_group in tier["ops"].values():
             for fit in by_group.values():
-                for key in ("k_hi", "slack_s", "band_lo", "band_hi", "tail_k"):
+                for key in ("k_hi", "slack_s", "band_lo", "band_hi", "tail_k", "variants"):
                     fit.pop(key, None)
     path = tmp_path_factory.mktemp("profiles") / "wide.yaml"
     path.write_text(yaml.safe_dump(data))
