@@ -143,8 +143,13 @@ def predict_volume(shape: EngineShape, layout: Layout, batch: int, prompt_len: i
                    dtype: str = "fp32") -> list[dict]:
     """Rows ``{op, phase, site, count, bytes, wire_bytes}``: calls summed over ranks for one request
     batch, site = site class, sorted by (op, phase, site).  Empty for a single rank."""
+    return volume_rows(forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype))
+
+
+def volume_rows(kinds) -> list[dict]:
+    """The calls of ``(phase, forwards, logical ops)`` kinds summed per (op, phase, site class)."""
     table: dict = defaultdict(lambda: [0, 0, 0])
-    for phase, n, ops in forward_kinds(shape, layout, batch, prompt_len, gen_len, dtype):
+    for phase, n, ops in kinds:
         for op in ops:
             for call in op.calls:
                 acc = table[(call.op, phase, site_class(op.site))]

@@ -42,13 +42,11 @@ collectives are not rings; the convention keeps frameworks comparable.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import replace
 
 from ..engine.config import EngineShape
 from ..engine.layout import Layout
-from ..contract import site_class
-from .volume import Call, LogicalOp, _rows, forward_kinds
+from .volume import Call, LogicalOp, forward_kinds, volume_rows
 
 FRAMEWORKS = ("ours", "vllm", "transformers")
 # Sites of ours with no data-plane op in the framework.
@@ -97,14 +95,6 @@ def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, 
         return predict_volume(shape, layout, batch, prompt_len, gen_len, dtype)
     if framework not in DROPPED_SITES:
         raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
-    table: dict = defaultdict(lambda: [0, 0, 0])
-    for phase, n, ops in framework_forward_kinds(framework, shape, layout, batch, prompt_len, gen_len, dtype,
-                                                 tp_plan):
-        for op in ops:
-            for call in op.calls:
-                acc = table[(call.op, phase, site_class(op.site))]
-                acc[0] += n
-                acc[1] += n * call.bytes
-                acc[2] += n * call.wire_bytes
-    return _rows(table, ("op", "phase", "site"))
+    return volume_rows(framework_forward_kinds(framework, shape, layout, batch, prompt_len, gen_len, dtype,
+                                               tp_plan))
 
