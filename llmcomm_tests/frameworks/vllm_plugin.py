@@ -247,6 +247,17 @@ def _boundary_site(pp_group, receiving: bool) -> str:
     return f"pp.boundary{stage}"
 
 
+def _timed(fn, *args):
+    """``(fn(*args), start_ns, end_ns)``, with the calls it makes underneath not recorded again."""
+    start = time.perf_counter_ns()
+    state.busy = True
+    try:
+        out = fn(*args)
+    finally:
+        state.busy = False
+    return out, start, time.perf_counter_ns()
+
+
 def _patch_tensor_dicts(GC) -> None:
     isend, irecv, bcast = GC.isend_tensor_dict, GC.irecv_tensor_dict, GC.broadcast_tensor_dict
 
@@ -255,13 +266,7 @@ def _patch_tensor_dicts(GC) -> None:
             return isend(self, tensor_dict, dst, all_gather_group, all_gather_tensors)
         site = _boundary_site(self, receiving=False)
         peer = self.ranks[(self.rank_in_group + 1) % self.world_size if dst is None else dst]
-        start = time.perf_counter_ns()
-        state.busy = True
-        try:
-            out = isend(self, tensor_dict, dst, all_gather_group, all_gather_tensors)
-        finally:
-            state.busy = False
-        end = time.perf_counter_ns()
+        out, start, end = _timed(isend, self, tensor_dict, dst, all_gather_group, all_gather_tensors)
         meta, tensors = _split(tensor_dict)
         _record("send_object", None, 0, None, start, end, site=site, plane="control",
                 nbytes=len(pickle.dumps(meta)))
@@ -277,13 +282,7 @@ def _patch_tensor_dicts(GC) -> None:
             return irecv(self, src, all_gather_group, all_gather_tensors)
         site = _boundary_site(self, receiving=True)
         peer = self.ranks[(self.rank_in_group - 1) % self.world_size if src is None else src]
-        start = time.perf_counter_ns()
-        state.busy = True
-        try:
-            tensor_dict, handles, post = irecv(self, src, all_gather_group, all_gather_tensors)
-        finally:
-            state.busy = False
-        end = time.perf_counter_ns()
+        (tensor_dict, handles, post), start, end = _timed(irecv, self, src, all_gather_group, all_gather_tensors)
         if tensor_dict is not None:
             meta, tensors = _split(tensor_dict)
             _record("recv_object", None, 0, None, start, end, site=site, plane="control",
@@ -302,13 +301,7 @@ def _patch_tensor_dicts(GC) -> None:
     def bcast_wrapped(self, tensor_dict=None, src=0, group=None, metadata_group=None):
         if self.world_size == 1 or not state.active:
             return bcast(self, tensor_dict, src, group, metadata_group)
-        start = time.perf_counter_ns()
-        state.busy = True
-        try:
-            out = bcast(self, tensor_dict, src, group, metadata_group)
-        finally:
-            state.busy = False
-        end = time.perf_counter_ns()
+        out, start, end = _timed(bcast, self, tensor_dict, src, group, metadata_group)
         if out is not None:
             meta, tensors = _split(out)
             _record("broadcast_object", self, 0, None, start, end, plane="control", nbytes=len(pickle.dumps(meta)))
