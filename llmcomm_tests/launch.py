@@ -372,3 +372,15 @@ def teardown_rank() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> None:
+    """End a torchrun-started rank without interpreter finalization, as multiprocessing ends ours.
+
+    Gloo's threads can still hold tensors when the interpreter tears down, and about one exit in
+    twenty then aborts ("terminate called without an active exception", SIGABRT) after the work and
+    its documents are done; torchrun reports that as a failed rank (two-node runs here: 3 of 35
+    aborted before, 0 of 75 with this exit)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

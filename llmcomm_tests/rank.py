@@ -55,4 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llmcomm_tests.launch import exit_rank
+
+    exit_rank(main())

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / f"rank{rank}.start.json").write_text(json.dumps(start))
     stacks = open(results / f"stacks{rank}.txt", "w")
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    faulthandler.enable(all_threads=True)  # a rank dying on SIGSEGV/SIGABRT leaves its stack in the node log
     module_name, func_name = args.target.split(":")
     try:
         code = int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
@@ -52,4 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llmcomm_tests.launch import exit_rank
+
+    exit_rank(main())
