@@ -52,7 +52,7 @@ def main() -> int:
     for rate in args.rates.split(","):
         cluster = netns.up_owned(2, 2, rate)
         try:
-            profile, rows = study.calibrated_profile(cluster, shape, w, compute_doc, args.sweep_repeats)
+            profile, rows = study.calibrated_profile(cluster, shape, compute_doc, args.sweep_repeats)
             profiles[rate] = profile.to_dict()
             docs = {layout: [] for layout in study.LAYOUTS}
             for _ in range(args.rounds):  # interleaved: drift of the host's load hits every layout alike

@@ -49,6 +49,29 @@ def volume_rows(measured: list[VolumeRow], predicted: list[VolumeRow]) -> list[V
     return rows
 
 
+def tier_rows(case, doc: RunDocument) -> list[VerdictRow]:
+    """Per link tier (intra: within a node, inter: across nodes), the recorded calls of one
+    repetition classified by the nodes they span against the model's calls classified the same way
+    (cluster/tiers.py): exact, like the volume rows.  Wire bytes are what a tier's links carry."""
+    from .cluster import tiers
+
+    per_node = case.topology.ranks_per_node
+    predicted = tiers.predicted(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype,
+                                per_node)
+    measured = tiers.measured(doc.records, per_node)
+    differ = tiers.diff(predicted, measured)
+    got, want = tiers.per_tier_totals(measured, 1), tiers.per_tier_totals(predicted, 1)
+    rows = []
+    for tier in ("intra", "inter"):
+        lines = [ln for ln in differ if ln.startswith(f"{tier}/")]
+        rows.append(VerdictRow("volume", f"{tier}-node tier ({per_node} ranks per node)", FAIL if lines else PASS,
+                               "B", measured=got[tier]["wire_bytes"], n=got[tier]["calls"],
+                               model=want[tier]["wire_bytes"], model_n=want[tier]["calls"],
+                               measured_wire=got[tier]["wire_bytes"], model_wire=want[tier]["wire_bytes"],
+                               detail="; ".join(lines[:3]) + (f"; {len(lines) - 3} more" if len(lines) > 3 else "")))
+    return rows
+
+
 # -- latency --------------------------------------------------------------------------------------
 
 MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row says n/a
@@ -182,6 +205,8 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
     if not doc.volume_stable:
         verdict.rows.append(VerdictRow("volume", "repetitions identical", FAIL,
                                        detail="repetitions moved different ops or bytes"))
+    if getattr(case, "topology", None) is not None:
+        verdict.rows += tier_rows(case, doc)
     if no_latency:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:

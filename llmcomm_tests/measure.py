@@ -6,10 +6,11 @@ specs, checks or reports.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from . import arrival, launch, metrics
@@ -41,13 +42,42 @@ class RunConfig:
 
 
 def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
-             available_ranks: int | None = None, threads_per_rank: int = 1) -> RunDocument:
-    """Launch ``cfg`` and return its run document."""
+             available_ranks: int | None = None, threads_per_rank: int = 1, nodes=None) -> RunDocument:
+    """Launch ``cfg`` and return its run document.  ``nodes`` (a ``cluster.node_launch.NodeLaunch``)
+    starts the ranks with torchrun on each node instead of forking them here."""
     cfg.layout.validate(cfg.engine, available_ranks)
     backend = launch.resolve_backend(backend, cfg.layout.world_size)
+    if nodes is not None:
+        return _run_on_nodes(cfg, backend, timeout_s, nodes)
     per_rank = launch.launch(rank_run, (cfg,), world_size=cfg.layout.world_size, backend=backend,
                              timeout_s=timeout_s, threads_per_rank=threads_per_rank)
     return assemble(cfg, backend, per_rank)
+
+
+def _run_on_nodes(cfg: RunConfig, backend: str, timeout_s: float, nodes) -> RunDocument:
+    """Rank r on node r // ranks_per_node, on as many nodes as the layout needs; the ranks run
+    ``llmcomm_tests.rank`` (this module's rank_run, then assemble on rank 0) and the document comes
+    back through the node launcher's shared folder."""
+    from .cluster import node_launch
+    from .documents import from_json
+
+    world, per_node = cfg.layout.world_size, nodes.ranks_per_node
+    placed = node_launch.subset(replace(nodes, timeout_s=timeout_s), -(-world // per_node), min(per_node, world))
+    run = node_launch.run_on_nodes(placed, "llmcomm_tests.rank:main",
+                                   rank_arguments(cfg, backend, timeout_s) + ["--json", "{results}/run.json"])
+    return from_json(RunDocument, run.document())
+
+
+def rank_arguments(cfg: RunConfig, backend: str, timeout_s: float) -> list[str]:
+    """``cfg`` as ``python -m llmcomm_tests.rank`` arguments (commands/run.py parses them back)."""
+    args = ["--engine", json.dumps(cfg.engine.to_dict()), "--tp", str(cfg.layout.tp), "--pp", str(cfg.layout.pp),
+            "--batch", str(cfg.batch), "--prompt-len", str(cfg.prompt_len), "--gen-len", str(cfg.gen_len),
+            "--dtype", cfg.dtype, "--repeats", str(cfg.repeats), "--warmup", str(cfg.warmup), "--seed", str(cfg.seed),
+            "--backend", backend, "--timeout", f"{timeout_s:g}"]
+    args += ["--keep-records"] * cfg.keep_records + ["--cross-check"] * cfg.cross_check
+    for fault in cfg.inject:
+        args += ["--inject", str(fault)]
+    return args
 
 
 def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],

@@ -80,6 +80,19 @@ def _python(text: str) -> str | None:
     return os.path.abspath(found) if os.sep in text else found
 
 
+def _rates(text: str) -> tuple[str, ...]:
+    from .cluster.netns import rate_bytes_per_s
+
+    rates = tuple(r.strip() for r in text.split(",") if r.strip())
+    for rate in rates:
+        rate_bytes_per_s(rate)  # raises ValueError naming the bad rate
+    return rates
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in text.split(",") if h.strip())
+
+
 OPTIONS = (
     Option("gpus", "--gpus", "LLMCOMM_GPUS", "llmcomm_gpus", None, _positive_int,
            "ranks available to a case, >= 1 (default: the CUDA devices torch sees, else 4 CPU ranks on gloo)"),
@@ -108,6 +121,21 @@ OPTIONS = (
            "seeded AB/BA pairs; the same Python twice is an A/A calibration"),
     Option("ab_pairs", "--llmcomm-ab-pairs", "LLMCOMM_AB_PAIRS", "llmcomm_ab_pairs", 40, _positive_int,
            "A/B pair budget per case (sequential stopping may use fewer)"),
+    Option("emulate_nodes", "--llmcomm-emulate-nodes", "LLMCOMM_EMULATE_NODES", "llmcomm_emulate_nodes", None,
+           _positive_int, "run every case on N nodes emulated on this host (network namespaces, a shaped link; "
+                          "needs CAP_NET_ADMIN), unless its spec has a topology:"),
+    Option("ranks_per_node", "--llmcomm-ranks-per-node", "LLMCOMM_RANKS_PER_NODE", "llmcomm_ranks_per_node", None,
+           _positive_int, "ranks on each node with --llmcomm-emulate-nodes / --llmcomm-node-cmd "
+                          "(default: a spec's widest layout over the nodes)"),
+    Option("inter_rate", "--llmcomm-inter-rate", "LLMCOMM_INTER_RATE", "llmcomm_inter_rate", (), _rates,
+           "emulated inter-node link rate(s), comma-separated tc rates (e.g. 200mbit,1gbit): every case on "
+           "emulated nodes runs once per rate (overrides a spec's inter_rates)"),
+    Option("node_cmd", "--llmcomm-node-cmd", "LLMCOMM_NODE_CMD", "llmcomm_node_cmd", None, _optional_str,
+           "real nodes: the template that starts torchrun on one node, e.g. 'ssh {host}' (with --llmcomm-hosts)"),
+    Option("hosts", "--llmcomm-hosts", "LLMCOMM_HOSTS", "llmcomm_hosts", (), _hosts,
+           "real nodes: comma-separated hosts, node 0 (the rendezvous host) first"),
+    Option("results_dir", "--llmcomm-results-dir", "LLMCOMM_RESULTS_DIR", "llmcomm_results_dir", None, _optional_str,
+           "real nodes: a folder every node sees, where the ranks leave their results"),
     Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, _seed,
            "seed of the A/B pair order"),
 )
@@ -129,6 +157,12 @@ class LLMCommOptions:
     ab: str | None = None
     ab_pairs: int = 40
     ab_seed: int = 0
+    emulate_nodes: int | None = None
+    ranks_per_node: int | None = None
+    inter_rate: tuple[str, ...] = ()
+    node_cmd: str | None = None
+    hosts: tuple[str, ...] = ()
+    results_dir: str | None = None
     inject: tuple[str, ...] = ()
 
 
@@ -160,7 +194,12 @@ def resolve(config) -> LLMCommOptions:
                 break
         else:
             values[opt.name] = opt.default
-    return LLMCommOptions(**values, inject=tuple(config.getoption("llmcomm_inject") or ()))
+    options = LLMCommOptions(**values, inject=tuple(config.getoption("llmcomm_inject") or ()))
+    if options.emulate_nodes and options.node_cmd:
+        raise ValueError("--llmcomm-emulate-nodes and --llmcomm-node-cmd: give one (emulated nodes or real ones)")
+    if options.node_cmd and not options.hosts:
+        raise ValueError("--llmcomm-node-cmd needs --llmcomm-hosts (node 0, the rendezvous host, first)")
+    return options
 
 
 CPU_RANKS_DEFAULT = 4  # gloo ranks a CPU host offers when --gpus is not given

@@ -20,7 +20,8 @@ def run_config(case, state):
     repeats = state.options.repeats if state.options.repeats is not None else case.repeats
     return RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len, gen_len=case.gen_len,
                      dtype=case.dtype, repeats=max(1, repeats), warmup=case.warmup,
-                     keep_records=state.options.keep_records or state.options.trace,
+                     # the tier volume check classifies every call by the nodes it spans
+                     keep_records=state.options.keep_records or state.options.trace or case.topology is not None,
                      inject=tuple(parse_faults(state.options.inject)))
 
 
@@ -40,6 +41,7 @@ def prediction(case, profile) -> Prediction:
 def run_and_check(case, state) -> CaseResult:
     from .inject import never_fired
     from .frameworks.base import run_case
+    from .cluster.netns import ClusterError
     from .launch import LaunchError
 
     if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
@@ -60,8 +62,14 @@ def run_and_check(case, state) -> CaseResult:
                         Verdict(case.id), hardware_how=hw.how)
     cfg = run_config(case, state)
     try:
+        nodes = state.node_launch_for(case)  # None: ranks forked on this host
+    except ClusterError as exc:
+        result.verdict.rows.append(VerdictRow("run", "nodes", FAIL, detail=str(exc)))
+        result.error, result.properties = str(exc), [("llmcomm.error", str(exc))]
+        return result
+    try:
         doc = run_case(getattr(case, "framework", "ours"), cfg, backend=state.backend,
-                       timeout_s=state.options.timeout, available_ranks=state.ranks)
+                       timeout_s=state.options.timeout, available_ranks=state.ranks, nodes=nodes)
     except LaunchError as exc:
         result.verdict.rows.append(VerdictRow("run", "launch", FAIL, detail=str(exc).splitlines()[0]))
         result.error = str(exc)
@@ -83,6 +91,10 @@ def run_and_check(case, state) -> CaseResult:
     # (vLLM's shared-memory all-reduce, …) are another transport: no bound from it.
     other = (f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
              f"{state.backend}: not bounded" if case.framework != "ours" else None)
+    if case.multi_node and profile is not None and profile.ranks_per_node != case.topology.ranks_per_node:
+        other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, this case "
+                 f"{case.topology.ranks_per_node}: its inter-node link is not calibrated (llmcomm cluster "
+                 f"calibrate, then name the profile with hardware: or --llmcomm-hardware)")
     verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin

@@ -90,6 +90,9 @@ def pytest_unconfigure(config):
     gate = sys.modules.get("llmcomm_tests.ab.gate")  # A/B arm servers, if this session started any
     if gate is not None:
         gate.close_arms()
+    state = config.stash.get(SESSION_KEY, None)
+    if state is not None:
+        state.close()  # emulated clusters this process brought up
 
 
 def pytest_report_header(config):

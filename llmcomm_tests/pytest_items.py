@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 import pytest
 
 from .report.table import format_table
@@ -12,11 +15,13 @@ class SpecFile(pytest.File):
         from .session import SESSION_KEY
         from .spec import SpecError, load_spec
 
+        state = self.config.stash[SESSION_KEY]
         try:
             spec = load_spec(self.path)
-            self.config.stash[SESSION_KEY].spec_names.claim(spec)
+            state.spec_names.claim(spec)
         except SpecError as exc:
             raise SpecCollectError(str(exc)) from None
+        spec = replace(spec, topology=state.topology_for(spec))
         for case in spec.cases():
             item = CaseItem.from_parent(self, name=case.id, case=case)
             for marker in _markers(case):
@@ -101,6 +106,10 @@ def skip_reason(case, state) -> str | None:
         reason = missing(case.framework)
         if reason:
             return reason
+    if case.topology is not None:
+        reason = _topology_skip(case)
+        if reason:
+            return reason
     required = case.requires.backend
     if required and required != state.backend:
         return (f"needs backend {required} (requires.backend in {case.path.name}); this run uses {state.backend}"
@@ -110,3 +119,22 @@ def skip_reason(case, state) -> str | None:
     if case.world_size > state.ranks:
         return f"needs {case.world_size} ranks (tp {case.layout.tp} x pp {case.layout.pp}); {state.ranks} available: {state.ranks_reason}"
     return None
+
+
+def _topology_skip(case) -> str | None:
+    t = case.topology
+    if case.world_size > t.world_size:
+        return (f"needs {case.world_size} ranks (tp {case.layout.tp} x pp {case.layout.pp}); the topology has "
+                f"{t.nodes} nodes x {t.ranks_per_node} ranks ({t.where})")
+    if t.emulate:
+        ok, why = _namespaces_here()
+        if not ok:
+            return f"emulated nodes need network namespaces, unavailable here: {why}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _namespaces_here() -> tuple[bool, str]:
+    from .cluster.netns import can_create_namespaces
+
+    return can_create_namespaces()  # a probe namespace per call: once per process is enough

@@ -114,6 +114,43 @@ class LLMCommSession:
             cache[case.hardware] = ProfileChoice(profile, profile.name, f"hardware: of {case.path.name}")
         return cache[case.hardware]
 
+    # -- nodes: a spec's topology, or the session's; emulated clusters live as long as the session ---
+
+    def topology_for(self, spec):
+        """The topology a spec's cases run on: its own ``topology:``, else the one the options give
+        (``--llmcomm-emulate-nodes`` / ``--llmcomm-node-cmd``); ``--llmcomm-inter-rate`` replaces
+        the rates of any emulated one."""
+        from .cluster.topology import for_session
+
+        o = self.options
+        widest = max(layout.world_size for layout in spec.layouts)
+        return for_session(spec.topology, widest, o.emulate_nodes, o.ranks_per_node, o.inter_rate, o.node_cmd,
+                           o.hosts, o.results_dir)
+
+    def node_launch_for(self, case):
+        """How a case with a topology starts its ranks (a ``NodeLaunch``), or None (fork them here).
+        An emulated cluster is brought up at its first case and kept for the session's others."""
+        from .cluster import netns, node_launch
+
+        t = case.topology
+        if t is None:
+            return None
+        if not t.emulate:
+            nodes = tuple(node_launch.NodeTarget(h, h, h) for h in t.hosts)
+            return node_launch.NodeLaunch(t.node_cmd, nodes, t.ranks_per_node, results_dir=t.results_dir)
+        key = (t.nodes, t.ranks_per_node, case.inter_rate)
+        clusters = self.__dict__.setdefault("_clusters", {})
+        if key not in clusters:
+            clusters[key] = netns.up_owned(*key)  # removed at session end, or by its atexit/signal handler
+        return node_launch.emulated_nodes(clusters[key])
+
+    def close(self) -> None:
+        """Take down the emulated clusters this session brought up."""
+        from .cluster import netns
+
+        for cluster in self.__dict__.pop("_clusters", {}).values():
+            netns.release(cluster)
+
     @property
     def hardware_option(self) -> str:
         """How the machine's profile was chosen (for the header and the report)."""

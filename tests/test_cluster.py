@@ -304,7 +304,7 @@ def study_200mbit():
                                      gen_len=w.gen_len, dtype=w.dtype, repeats=w.repeats, warmup=w.warmup))
     c = netns.up_owned(2, RPN, "200mbit")
     try:
-        profile, _ = study.calibrated_profile(c, shape, w, compute_doc)
+        profile, _ = study.calibrated_profile(c, shape, compute_doc)
         docs = {layout: study.run_layout(c, layout, w) for layout in STUDY_LAYOUTS}
     finally:
         netns.release(c)
@@ -369,7 +369,7 @@ def test_topology_section_parses_and_refuses_bad_input():
 
     from llmcomm_tests.cluster import topology
 
-    spec = Path(__file__).resolve().parents[1] / "cluster_specs" / "emulated-2node.yaml"
+    spec = Path(__file__).resolve().parents[1] / "slo_specs" / "emulated-2node.yaml"
     topo = topology.parse(yaml.safe_load(spec.read_text())["topology"], str(spec))
     assert (topo.nodes, topo.ranks_per_node, topo.emulate, topo.inter_rates) == (2, 2, True, ("200mbit", "1gbit"))
     for bad, words in [({"nodes": 2, "ranks_per_node": 2}, "needs emulate: true or node_cmd"),
@@ -440,3 +440,117 @@ def test_cluster_command_up_status_down():
         down = cli("down", "--id", cid)
     assert down.returncode == 0 and "removed 3 namespace(s)" in down.stdout
     assert not [ns for ns in netns.existing_namespaces() if cid in ns]
+
+
+# -- the plugin: a spec's topology, the session's node options ----------------------------------------
+
+TOPO_SPEC = """\
+name: two-node
+engine: {preset: tiny, n_layers: 2}
+workload: {batch: 1, prompt_len: 8, gen_len: 3}
+layouts: ["2x2", "2x1"]
+repeats: 2
+warmup: 0
+"""
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
+def _rows(pytester) -> dict:
+    report = json.loads((pytester.path / "reports" / "llmcomm-report.json").read_text())
+    return {item["case_id"]: {(r["check"], r["name"]): r for r in item["verdict"]["rows"]} for item in report["items"]}
+
+
+def test_topology_spec_gives_one_case_per_rate_and_located_errors(tmp_path):
+    from llmcomm_tests.spec import SpecError, load_spec
+
+    path = tmp_path / "t.yaml"
+    path.write_text(TOPO_SPEC + "topology: {nodes: 2, ranks_per_node: 2, emulate: true, inter_rates: [200mbit, 1gbit]}\n")
+    cases = load_spec(path).cases()
+    assert [c.id for c in cases] == ["tp2-pp2-b1-s8-g3-200mbit", "tp2-pp2-b1-s8-g3-1gbit",
+                                     "tp2-pp1-b1-s8-g3-200mbit", "tp2-pp1-b1-s8-g3-1gbit"]
+    assert [c.multi_node for c in cases] == [True, True, False, False]
+    for topo, line, words in [("{nodes: 2, ranks_per_node: 1, emulate: true}", 4, "layouts[0]: tp2-pp2 needs 4 ranks"),
+                              ("{nodes: 2, ranks_per_node: 2, emulate: true, inter_rates: fast}", 7,
+                               "topology.inter_rates: a link rate is"),
+                              ("{nodes: 2, ranks_per_node: 2, node_cmd: 'ssh {host}', hosts: [a]}", 7,
+                               "topology.hosts: lists 1 hosts for 2 nodes")]:
+        path.write_text(TOPO_SPEC + f"topology: {topo}\n")
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        assert info.value.line == line and words in str(info.value), str(info.value)
+    path.write_text(TOPO_SPEC + "framework: vllm\ntopology: {nodes: 2, ranks_per_node: 2, emulate: true}\n")
+    with pytest.raises(SpecError, match="several nodes need framework: ours"):
+        load_spec(path)
+
+
+def test_session_options_give_a_topology_and_a_spec_keeps_its_own():
+    from llmcomm_tests.cluster.topology import Topology, for_session
+
+    emulated = for_session(None, 4, 2, None, ("1gbit",), None, (), None)
+    assert (emulated.nodes, emulated.ranks_per_node, emulated.emulate, emulated.inter_rates) == (2, 2, True, ("1gbit",))
+    real = for_session(None, 4, None, 1, (), "ssh {host}", ("a", "b"), "/shared")
+    assert (real.nodes, real.ranks_per_node, real.node_cmd, real.hosts, real.results_dir) == \
+        (2, 1, "ssh {host}", ("a", "b"), "/shared")
+    own = Topology(2, 2, emulate=True, inter_rates=("200mbit",))
+    assert for_session(own, 4, 3, None, (), None, (), None) == own  # the spec's own wins
+    assert for_session(own, 4, None, None, ("5mbit",), None, (), None).inter_rates == ("5mbit",)
+    assert for_session(None, 4, None, None, ("5mbit",), None, (), None) is None
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--llmcomm-emulate-nodes", "2", "--llmcomm-node-cmd", "ssh {host}"], "give one"),
+    (["--llmcomm-node-cmd", "ssh {host}"], "needs --llmcomm-hosts"),
+    (["--llmcomm-inter-rate", "fast"], "--llmcomm-inter-rate='fast': bad link rate"),
+])
+def test_bad_node_options_are_usage_errors(pytester, args, words):
+    pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})
+    result = pytester.runpytest_inprocess(*QUIET, "--collect-only", "-q", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert words in result.stderr.str()
+
+
+def test_plugin_runs_cases_on_two_nodes_through_a_node_command(pytester):
+    """--llmcomm-node-cmd with a plain local command (no namespaces): rank r on node r // 2, the
+    volume per tier exact, latency n/a with the reason (cpu-loopback has no inter-node tier); a
+    larger all-reduce (planted) fails the intra-node tier row and nothing else's tier."""
+    pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})
+    nodes = ("--llmcomm-node-cmd", "env", "--llmcomm-hosts", "127.0.0.1,127.0.0.1")
+    result = pytester.runpytest_subprocess(*QUIET, *nodes, "-k", "tp2-pp2")
+    result.assert_outcomes(passed=1, deselected=1)
+    rows = _rows(pytester)["tp2-pp2-b1-s8-g3"]
+    intra, inter = rows[("volume", "intra-node tier (2 ranks per node)")], rows[("volume", "inter-node tier (2 ranks per node)")]
+    assert intra["verdict"] == inter["verdict"] == "pass"
+    assert intra["n"] == intra["model_n"] > 0 and inter["n"] == inter["model_n"] > 0  # TP inside, PP across
+    assert rows[("latency", "all op classes")]["verdict"] == "n/a"
+    assert "inter-node link is not calibrated" in rows[("latency", "all op classes")]["detail"]
+
+    result = pytester.runpytest_subprocess(*QUIET, *nodes, "-k", "tp2-pp2", "--llmcomm-inject", "all_reduce@mlp:size=2")
+    result.assert_outcomes(failed=1, deselected=1)
+    rows = _rows(pytester)["tp2-pp2-b1-s8-g3"]
+    assert rows[("volume", "intra-node tier (2 ranks per node)")]["verdict"] == "fail"
+    assert "intra/all_reduce/decode/mlp" in rows[("volume", "intra-node tier (2 ranks per node)")]["detail"]
+    assert rows[("volume", "inter-node tier (2 ranks per node)")]["verdict"] == "pass"
+
+
+def test_emulated_cases_skip_with_the_reason_where_namespaces_are_unavailable(pytester, monkeypatch):
+    import importlib
+
+    # from sys.modules: an earlier in-process pytester run may have left a stale package attribute
+    pytest_items = importlib.import_module("llmcomm_tests.pytest_items")
+    monkeypatch.setattr(pytest_items, "_namespaces_here", lambda: (False, "cannot create a network namespace: EPERM"))
+    pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})
+    result = pytester.runpytest_inprocess(*QUIET, "-rs", "--llmcomm-emulate-nodes", "2")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*emulated nodes need network namespaces, unavailable here: cannot create*EPERM*"])
+
+
+@needs_netns
+def test_emulated_spec_runs_through_the_plugin_and_leaves_no_namespace(pytester):
+    before = set(netns.existing_namespaces())
+    pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC + "topology: {nodes: 2, ranks_per_node: 2, "
+                                                                 "emulate: true, inter_rates: 1gbit}\n"})
+    result = pytester.runpytest_subprocess(*QUIET, "-k", "tp2-pp2")
+    result.assert_outcomes(passed=1, deselected=1)
+    rows = _rows(pytester)["tp2-pp2-b1-s8-g3-1gbit"]
+    assert rows[("volume", "inter-node tier (2 ranks per node)")]["verdict"] == "pass"
+    assert set(netns.existing_namespaces()) == before  # the session's cluster went with it

@@ -120,3 +120,16 @@ def two_tier_profile(rows: dict, name: str, ranks_per_node: int, inter_rate_Bps:
                       description=f"Two tiers measured on an emulated cluster ({link}).", notes=notes)
     profile.validate()
     return profile
+
+
+def calibrate_cluster(cluster, name: str, compute: Compute | None = None, repeats: int = 6):
+    """(profile, sweep rows) of an emulated cluster (netns.Cluster): both tiers' sweeps through the
+    node launcher, the inter tier's floor at the shaped rate."""
+    from .netns import rate_bytes_per_s
+
+    rows = tier_sweeps(node_launch.emulated_nodes(cluster, 600), repeats=repeats)
+    link = f"veth + tbf {cluster.inter_rate or 'unshaped'} per node egress"
+    rate = rate_bytes_per_s(cluster.inter_rate) if cluster.inter_rate else None
+    profile = two_tier_profile(rows, name, cluster.ranks_per_node, rate, link, compute=compute,
+                               source="cluster.calibrate: tier sweeps through the node launcher + a 1-rank run")
+    return profile, rows

@@ -89,6 +89,7 @@ class NodeLaunch:
     env: dict = field(default_factory=dict)  # every node
     python: str = sys.executable
     port: int | None = None  # rendezvous port on node 0 (None: picked per launch)
+    results_dir: str | None = None  # a folder every node sees; each launch's folder is made in it
 
     @property
     def world_size(self) -> int:
@@ -159,7 +160,7 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
     The JSON files named in ``collect`` that the ranks wrote there are read into the NodeRun.
     Raises NodeRankFailed / NodeRankTimeout naming ranks and nodes; nothing is left running."""
     own = results is None
-    results = Path(tempfile.mkdtemp(prefix="llmcomm-nodes-")) if own else Path(results)
+    results = Path(tempfile.mkdtemp(prefix="llmcomm-nodes-", dir=launch.results_dir)) if own else Path(results)
     results.mkdir(parents=True, exist_ok=True)
     os.chmod(results, 0o755)
     local = all(n.addr.startswith("127.") for n in launch.nodes)

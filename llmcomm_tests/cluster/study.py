@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from ..engine.config import EngineShape
+from ..engine.config import EngineShape, resolve_engine
 from ..engine.layout import Layout
 from . import calibrate, netns, node_launch, predict, tiers
 
@@ -43,34 +43,23 @@ class Workload:
 class LayoutRun:
     doc: "RunDocument"
     link_tx_bytes: int  # kernel counters of the nodes' shaped interfaces over the whole launch
-    rank_nodes: dict
 
 
 def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: float = 300.0) -> LayoutRun:
     """One layout through the node launcher on as many nodes as it needs (records kept)."""
-    from ..documents import RunDocument, from_json
+    from ..measure import RunConfig, run_case
 
-    nodes = -(-layout.world_size // cluster.ranks_per_node)
-    launch = node_launch.subset(node_launch.emulated_nodes(cluster, timeout_s), nodes,
-                                min(cluster.ranks_per_node, layout.world_size))
+    cfg = RunConfig(resolve_engine(w.engine), layout, batch=w.batch, prompt_len=w.prompt_len, gen_len=w.gen_len,
+                    dtype=w.dtype, repeats=w.repeats, warmup=w.warmup, keep_records=True)
     before = netns.link_tx_bytes(cluster)
-    run = node_launch.run_on_nodes(
-        launch, "llmcomm_tests.rank:main",
-        ["--engine", w.engine, "--tp", str(layout.tp), "--pp", str(layout.pp), "--batch", str(w.batch),
-         "--prompt-len", str(w.prompt_len), "--gen-len", str(w.gen_len), "--dtype", w.dtype,
-         "--repeats", str(w.repeats), "--warmup", str(w.warmup), "--keep-records", "--json", "{results}/run.json"])
+    doc = run_case(cfg, backend="gloo", timeout_s=timeout_s, nodes=node_launch.emulated_nodes(cluster))
     after = netns.link_tx_bytes(cluster)
-    return LayoutRun(from_json(RunDocument, run.document()), sum(after[k] - before[k] for k in after), run.rank_nodes)
+    return LayoutRun(doc, sum(after[k] - before[k] for k in after))
 
 
-def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, w: Workload, compute_doc,
-                       repeats: int = 6):
-    rows = calibrate.tier_sweeps(node_launch.emulated_nodes(cluster, 600), repeats=repeats)
-    link = f"veth + tbf {cluster.inter_rate} per node egress"
-    return calibrate.two_tier_profile(rows, f"emulated-{len(cluster.nodes)}node-{cluster.inter_rate}",
-                                      cluster.ranks_per_node, netns.rate_bytes_per_s(cluster.inter_rate), link,
-                                      compute=calibrate.compute_from_run(compute_doc, shape),
-                                      source="cluster.study: calibrate.tier_sweeps + a 1-rank run"), rows
+def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, compute_doc, repeats: int = 6):
+    return calibrate.calibrate_cluster(cluster, f"emulated-{len(cluster.nodes)}node-{cluster.inter_rate}",
+                                       calibrate.compute_from_run(compute_doc, shape), repeats)
 
 
 def best(runs: list[LayoutRun], metric: str) -> float:

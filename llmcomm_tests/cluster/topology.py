@@ -10,14 +10,14 @@
       hosts: [node-a, node-b]    # real cluster: {host} per node, node 0 first
       results_dir: /shared/llmcomm    # real cluster: a folder every node sees (node_launch.py)
 
-Parsed into a typed ``Topology``; errors are one line naming the file and the field.  The plugin
-side (turning a spec with a topology into cases launched by cluster/node_launch.py) is the lead's
-integration — see ``docs/cluster.md``.
+Parsed into a typed ``Topology``; errors are one line naming the file and the field.  The session's
+options can give a topology to specs without one (:func:`for_session`).  A case with a topology
+starts its ranks through cluster/node_launch.py (measure.run_case), rank r on node r // ranks_per_node.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .netns import rate_bytes_per_s
 
@@ -78,3 +78,20 @@ def parse(data: dict, where: str = "spec") -> Topology:
         raise TopologyError(f"{where}: topology.nics_per_node must be an integer >= 1")
     return Topology(data["nodes"], data["ranks_per_node"], emulate, tuple(str(r) for r in rates), nics,
                     data.get("node_cmd"), hosts, data.get("results_dir"), where)
+
+
+def for_session(given: Topology | None, widest: int, emulate_nodes: int | None, ranks_per_node: int | None,
+                inter_rates: tuple, node_cmd: str | None, hosts: tuple, results_dir: str | None) -> Topology | None:
+    """A spec's topology under the session's options: ``given`` (the spec's own) wins over
+    ``--llmcomm-emulate-nodes`` / ``--llmcomm-node-cmd``; ``--llmcomm-inter-rate`` replaces an emulated
+    topology's rates.  Without ``--llmcomm-ranks-per-node`` the spec's widest layout (``widest``
+    ranks) is spread over the nodes."""
+    topology = given
+    nodes = emulate_nodes or (len(hosts) if node_cmd else None)
+    if topology is None and nodes:
+        per_node = ranks_per_node or -(-widest // nodes)
+        topology = Topology(nodes, per_node, emulate=bool(emulate_nodes), node_cmd=node_cmd, hosts=tuple(hosts),
+                            results_dir=results_dir, where="the --llmcomm-* node options")
+    if topology is not None and topology.emulate and inter_rates:
+        topology = replace(topology, inter_rates=tuple(inter_rates))
+    return topology

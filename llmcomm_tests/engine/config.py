@@ -77,7 +77,7 @@ PRESETS: dict[str, EngineShape] = {
     for s in (
         EngineShape("tiny", n_layers=4, hidden=256, n_heads=8, n_kv_heads=4, ffn=688, vocab=1024),
         # Not a public model: the emulated two-node cluster's CPU shape (llmcomm_tests/cluster/,
-        # cluster_specs/emulated-2node.yaml) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
+        # benchmarks/two_tier_study.py) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
         # 200 mbit link costs milliseconds per token while 4 ranks still fit on 2 cores.
         EngineShape("cpu-link", n_layers=4, hidden=1024, n_heads=8, n_kv_heads=4, ffn=1024, vocab=2048),
         EngineShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, rope_theta=500000.0, max_position=131072),
@@ -124,12 +124,17 @@ def engine_from_text(text: str) -> EngineShape:
             raise ValueError(f"cannot read engine file {text}: {exc.strerror or exc}") from None
     elif not text.startswith("{"):
         return resolve_engine(text)
+    import json
+
     import yaml  # late: presets need no YAML
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
+    try:  # JSON first: PyYAML reads a JSON number such as 1e-05 as a string (YAML 1.1)
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source} must be a mapping of shape fields, got {type(data).__name__}")
     try:

@@ -28,12 +28,15 @@ def missing(framework: str) -> str | None:
 
 
 def run_case(framework: str, cfg, *, backend: str = "auto", timeout_s: float = 300.0,
-             available_ranks: int | None = None) -> dict:
-    """Run ``cfg`` in ``framework`` and return its run document."""
+             available_ranks: int | None = None, nodes=None) -> dict:
+    """Run ``cfg`` in ``framework`` and return its run document; ``nodes`` (a NodeLaunch) puts
+    our engine's ranks on several nodes (the frameworks start their own ranks on one host)."""
     if framework == "ours":
         from ..measure import run_case as ours
 
-        return ours(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
+        return ours(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks, nodes=nodes)
+    if nodes is not None:
+        raise ValueError(f"framework {framework} starts its own ranks on one host; several nodes need framework: ours")
     if framework == "vllm":
         from .vllm_adapter import run_case as vllm_run
 

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..cluster.topology import Topology, TopologyError
+from ..cluster.topology import parse as parse_topology
 from ..engine.config import EngineShape, resolve_engine
 from ..engine.layout import Layout, LayoutError
 from .types import (
@@ -71,6 +73,7 @@ class _Builder:
         budgets = self._budgets(d.get("budgets", {}), hardware, gen_lens)
         baseline = self._baseline(d.get("baseline"))
         requires = self._requires(d, layouts)
+        topology = self._topology(d.get("topology"), layouts, d.get("framework", "ours"))
         self._marks(d.get("marks", []))
         if self.errors:
             raise min(self.errors, key=lambda e: e.line or 0)
@@ -91,6 +94,7 @@ class _Builder:
             requires=requires,
             marks=tuple(d.get("marks", [])),
             framework=d.get("framework", "ours"),
+            topology=topology,
             xfails=tuple((i, item["xfail"]) for i, item in enumerate(d["layouts"]) if isinstance(item, dict) and "xfail" in item),
             description=d.get("description", ""),
             lines=self.doc.field_lines(),
@@ -260,6 +264,24 @@ class _Builder:
                                   f"{lay} needs {lay.world_size} ranks, but nccl runs one rank per GPU and "
                                   f"the spec requires {gpus}")
         return Requires(gpus=gpus or 0, backend=backend)
+
+    def _topology(self, raw: dict | None, layouts: list[Layout], framework: str) -> Topology | None:
+        if raw is None:
+            return None
+        try:
+            topology = parse_topology(raw, where=str(self.doc.display))
+        except TopologyError as exc:
+            named = re.search(r"topology\.(\w+)", str(exc))
+            at: Key = ("topology", named.group(1)) if named and named.group(1) in raw else ("topology",)
+            self.fail(at, re.sub(r"^topology(\.\w+)?:? ", "", str(exc).split(": ", 1)[1]))
+            return None
+        for i, layout in enumerate(layouts):
+            if layout.world_size > topology.world_size:
+                self.fail(("layouts", i), f"{layout} needs {layout.world_size} ranks; the topology has "
+                                          f"{topology.nodes} nodes x {topology.ranks_per_node} ranks")
+        if framework != "ours" and topology.nodes > 1:
+            self.fail(("topology",), f"framework {framework} starts its own ranks; several nodes need framework: ours")
+        return topology
 
     _ARG_MARKS = {"parametrize", "skipif", "usefixtures", "filterwarnings"}
 

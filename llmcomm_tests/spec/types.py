@@ -4,6 +4,7 @@ tolerances, the located :class:`SpecError`, and the constants a spec may name.  
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from ..cluster.topology import Topology
 from ..contract import BUDGET_OPS
 from ..engine.config import DTYPE_BYTES, EngineShape
 from ..engine.layout import Layout
@@ -219,10 +221,18 @@ class Case:
     line: int = field(default=0, compare=False)  # line of the case's layout entry
     framework: str = "ours"  # whose engine runs it: ours | vllm | transformers
     xfail: str | None = None  # a known failure of this layout (its reason): run as xfail(strict=True)
+    topology: Topology | None = None  # ranks on several nodes (emulated or real); None: one host
+    inter_rate: str | None = None  # emulated nodes: this case's shaped inter-node link rate
 
     @property
     def id(self) -> str:
-        return f"{self.layout}-b{self.batch}-s{self.prompt_len}-g{self.gen_len}"
+        rate = f"-{self.inter_rate}" if self.inter_rate else ""
+        return f"{self.layout}-b{self.batch}-s{self.prompt_len}-g{self.gen_len}{rate}"
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether the case's ranks span more than one node (the node launcher starts them)."""
+        return self.topology is not None and self.world_size > self.topology.ranks_per_node
 
     @property
     def world_size(self) -> int:
@@ -260,6 +270,7 @@ class Spec:
     description: str = ""
     framework: str = "ours"
     xfails: tuple[tuple[int, str], ...] = ()  # (layout index, the known failure's reason)
+    topology: Topology | None = None
     # field path ("layouts[1].tp", "budgets.ttft.p99") -> 1-based line, for messages that point back.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -277,28 +288,28 @@ class Spec:
         return SpecError(self.path, self.line_of(field_path or ""), field_path, message)
 
     def cases(self) -> list[Case]:
-        """Layouts × workloads (layout-major), refusing two cases with the same id."""
+        """Layouts × workloads × emulated link rates (layout-major), refusing two cases with the same id."""
         out: list[Case] = []
         seen: dict[str, int] = {}
-        for i, layout in enumerate(self.layouts):
+        rates = (self.topology.inter_rates or (None,)) if self.topology and self.topology.emulate else (None,)
+        for (i, layout), w, rate in itertools.product(enumerate(self.layouts), self.workloads, rates):
             line = self.lines.get(f"layouts[{i}]", 0)
-            for w in self.workloads:
-                case = Case(
-                    spec_name=self.name, path=self.path, engine=self.engine, dtype=self.dtype,
-                    layout=layout, batch=w.batch, prompt_len=w.prompt_len, gen_len=w.gen_len,
-                    repeats=self.repeats, warmup=self.warmup, hardware=self.hardware,
-                    hardware_given=self.hardware_given,
-                    budgets=self.budgets, tolerances=self.tolerances, baseline=self.baseline,
-                    requires=self.requires, marks=self.marks, line=line, framework=self.framework,
-                    xfail=dict(self.xfails).get(i),
+            case = Case(
+                spec_name=self.name, path=self.path, engine=self.engine, dtype=self.dtype,
+                layout=layout, batch=w.batch, prompt_len=w.prompt_len, gen_len=w.gen_len,
+                repeats=self.repeats, warmup=self.warmup, hardware=self.hardware,
+                hardware_given=self.hardware_given,
+                budgets=self.budgets, tolerances=self.tolerances, baseline=self.baseline,
+                requires=self.requires, marks=self.marks, line=line, framework=self.framework,
+                xfail=dict(self.xfails).get(i), topology=self.topology, inter_rate=rate,
+            )
+            if case.id in seen:
+                raise SpecError(
+                    self.path, line or None, f"layouts[{i}]",
+                    f"duplicate case id {case.id} (layout {layout} already listed at line {seen[case.id]})",
                 )
-                if case.id in seen:
-                    raise SpecError(
-                        self.path, line or None, f"layouts[{i}]",
-                        f"duplicate case id {case.id} (layout {layout} already listed at line {seen[case.id]})",
-                    )
-                seen[case.id] = line
-                out.append(case)
+            seen[case.id] = line
+            out.append(case)
         return out
 
 
