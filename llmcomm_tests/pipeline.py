@@ -91,10 +91,13 @@ def run_and_check(case, state) -> CaseResult:
     # (vLLM's shared-memory all-reduce, …) are another transport: no bound from it.
     other = (f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
              f"{state.backend}: not bounded" if case.framework != "ours" else None)
-    if case.multi_node and profile is not None and profile.ranks_per_node != case.topology.ranks_per_node:
-        other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, this case "
-                 f"{case.topology.ranks_per_node}: its inter-node link is not calibrated (llmcomm cluster "
-                 f"calibrate, then name the profile with hardware: or --llmcomm-hardware)")
+    # A case on a topology is judged by a profile of that cluster (both tiers, its nodes' own
+    # transport), never by one calibrated on a single host: even inside one emulated node a TP2's
+    # first prefill all-reduce ran 11x cpu-loopback's model.
+    if case.topology is not None and profile is not None and profile.ranks_per_node != case.topology.ranks_per_node:
+        other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, the topology "
+                 f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "
+                 f"name the profile with hardware: or --llmcomm-hardware)")
     verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin

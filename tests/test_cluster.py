@@ -522,7 +522,7 @@ def test_plugin_runs_cases_on_two_nodes_through_a_node_command(pytester):
     assert intra["verdict"] == inter["verdict"] == "pass"
     assert intra["n"] == intra["model_n"] > 0 and inter["n"] == inter["model_n"] > 0  # TP inside, PP across
     assert rows[("latency", "all op classes")]["verdict"] == "n/a"
-    assert "inter-node link is not calibrated" in rows[("latency", "all op classes")]["detail"]
+    assert "not calibrated on this cluster" in rows[("latency", "all op classes")]["detail"]
 
     result = pytester.runpytest_subprocess(*QUIET, *nodes, "-k", "tp2-pp2", "--llmcomm-inject", "all_reduce@mlp:size=2")
     result.assert_outcomes(failed=1, deselected=1)

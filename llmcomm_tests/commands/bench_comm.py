@@ -256,8 +256,14 @@ def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, comp
         sequence = [(i, k) for i in range(len(calls)) for k in range(repeats)]
     else:  # every repetition visits every op and size: load drift lands on all sizes alike
         sequence = [(i, k) for k in range(repeats) for i in range(len(calls))]
+    # A pipeline stage receiving a boundary has nothing to compute before it: it waits, blocked
+    # (this engine runs one micro-batch, so stages take turns).  Its recv is posted idle and the
+    # transfer includes waking it; computing first, as every collective's member does, would post
+    # it late and hide that.
+    waits = {i for i, (op, _) in enumerate(keys) if op == "send_recv"} if rank == second else set()
     for i, k in sequence:
-        compute()
+        if i not in waits:
+            compute()
         t0 = clock()
         calls[i]()
         sync()
