@@ -91,6 +91,22 @@ def test_send_recv_pools_every_configuration_and_defaults_follow_the_largest_gro
     assert profile.fit("all_reduce", 4).band_lo is not None
 
 
+def test_variants_for_named_ops_only():
+    """--variants-for send_recv: the handoff gets a fit per world size and role (an idle receiver at
+    4 ranks on 2 cores is woken late: 4x here), the collectives keep one fit."""
+    rows = _rows("send_recv", world=2, roles=("send", "recv"))
+    rows += [{**r, "launch": 9} for r in _rows("send_recv", world=4, roles=("send", "recv"), launch_factors=(4.0,))]
+    rows += _rows("broadcast", roles=("root", "peer"))
+    profile = fit_engine_conditions(rows, "t", margin=1.0, variants=("send_recv",))
+    assert profile.fit("broadcast", 2).variants is None
+    sr = profile.fit("send_recv", 2)
+    assert {"w2", "w4", "w2/recv", "w4/recv", "send", "recv"} <= set(sr.variants)
+    w2, w4 = profile.fit("send_recv", 2, role="recv", world_size=2), profile.fit("send_recv", 2, role="recv", world_size=4)
+    assert latency.hockney_time("send_recv", 2, 1024, w4.alpha_s, w4.beta_Bps) == pytest.approx(
+        4 * latency.hockney_time("send_recv", 2, 1024, w2.alpha_s, w2.beta_Bps), rel=1e-2)
+    assert fit_engine_conditions(rows, "t", margin=1.0, variants=False).fit("send_recv", 2).variants is None
+
+
 def test_refuses_rows_without_transfers_and_a_margin_below_one():
     rows = _rows()
     with pytest.raises(ValueError, match="margin"):

@@ -246,13 +246,13 @@ def _transfer_fit(op: str, group: int, samples: list[tuple], margin: float, q: f
 
 def fit_engine_conditions(rows: list[dict], name: str, base: "HardwareProfile | str | None" = "cpu-loopback",
                           source: str = "", margin: float = DEFAULT_MARGIN, tail_q: float | None = None,
-                          notes: list[str] | None = None, variants: bool = True) -> HardwareProfile:
+                          notes: list[str] | None = None, variants: "bool | tuple[str, ...]" = True) -> HardwareProfile:
     """A profile whose ``intra`` fits model the *transfer* under engine conditions (module
     docstring): α-β through the median transfers, ``band_lo``/``band_hi`` from the spread of the
     per-launch medians, ``tail_k`` from the pooled ``tail_q`` quantile, both widened by ``margin``.
     With ``variants``, each fit also carries one per role (when the op has several: root / peer,
     send / recv), per world size (when the group ran in several) and per (world, role), each fitted
-    the same way on its own samples (``OpFit.variants``).  ``rows`` are
+    the same way on its own samples (``OpFit.variants``); a tuple of op names: those ops only.  ``rows`` are
     ``bench_comm.engine_sweep`` rows (``transfer_s``, ``transfer_role``, ``launch``; rows from
     separate files must carry distinct ``launch`` keys).  Pure: no torch."""
     if margin < 1:
@@ -277,7 +277,7 @@ def fit_engine_conditions(rows: list[dict], name: str, base: "HardwareProfile | 
         out_notes += [f"{op}[{group}]: {n}" for n in clip]
         found = {}
         roles, worlds = sorted({i[2] for i in items}), sorted({i[1] for i in items})
-        if variants:
+        if variants is True or (variants and op in variants):
             subsets = {}
             if len(roles) > 1:
                 subsets.update({role: [i for i in items if i[2] == role] for role in roles})
@@ -449,6 +449,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the sweep rows (every launch) here, to refit later with --rows")
     engine.add_argument("--no-variants", action="store_true",
                         help="one fit per (op, group): no per-role / per-world-size variants")
+    engine.add_argument("--variants-for", default=None, metavar="OPS",
+                        help="variants for these ops only (comma-separated, e.g. send_recv); the others get one fit")
     engine.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                         help=f"factor widening the band and the tail allowance (default {DEFAULT_MARGIN:g})")
 
@@ -629,14 +631,19 @@ def _main_engine_conditions(args, worlds: list[int]) -> int:
                  "alpha, beta: fit_line through the per-size median transfer (completion - last arrival); "
                  "band = [min, max] over (launch, world, role) of median(transfer/fit), / and x margin, clipped to "
                  "[1/3, 3]; tail_k = q(tail_q) of pooled transfer/fit x margin"]
+        variants = tuple(o.strip() for o in args.variants_for.split(",") if o.strip()) if args.variants_for else True
         if args.no_variants:
             command += " --no-variants"
+            variants = False
+        elif args.variants_for:
+            command += f" --variants-for {args.variants_for}"
+            notes.append(f"variants for {args.variants_for} only: per role, per world size (wN) and per (world, role)")
         else:
             notes.append("variants: per role (root/peer, send/recv), per world size (wN) and per (world, role), each "
                          "fitted the same way on its own samples")
         source = f"{command} ({today}, {cores} cores, compute {compute_text} ms, margin {args.margin:g})"
         profile = fit_engine_conditions(rows, args.name or "calibrated-engine", args.base, source, args.margin,
-                                        notes=notes, variants=not args.no_variants)
+                                        notes=notes, variants=variants)
     except (ValueError, OSError) as exc:
         print(f"llmcomm calibrate: {exc}", file=sys.stderr)
         return 2
