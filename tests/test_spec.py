@@ -452,6 +452,16 @@ def test_alias_bomb_is_refused(tmp_path):
         load_spec(write(tmp_path, "\n".join(rows) + "\n"))
 
 
+def test_exponent_floats_are_numbers_as_in_yaml_1_2(tmp_path):
+    path = tmp_path / "eps.yaml"
+    path.write_text('name: eps\nengine: {preset: tiny, norm_eps: 1e-5}\nworkload: {batch: 1, prompt_len: 8, gen_len: 3}\n'
+                    'layouts: ["1x1"]\ndescription: 2e3\n')
+    with pytest.raises(SpecError, match="description"):  # a number where text belongs is still refused
+        load_spec(path)
+    path.write_text(path.read_text().replace("description: 2e3", "description: '2e3'"))
+    assert load_spec(path).engine.norm_eps == 1e-5
+
+
 def test_date_like_name_stays_a_string(tmp_path):
     spec = load_spec(write(tmp_path, "name: 2024-01-01\nengine: tiny\nworkload: {prompt_len: 8, gen_len: 4}\n"
                                      "layouts: ['1x1']\n"))
