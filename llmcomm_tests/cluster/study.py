@@ -94,7 +94,10 @@ def compare(runs: "LayoutRun | list[LayoutRun]", profile, shape: EngineShape, la
         "intra_bytes_per_token_measured": meas_tot["intra"]["wire_bytes_per_token"],
         "intra_bytes_per_token_predicted": pred.bytes_per_token["intra"],
         "tier_volume_diff": tiers.diff(pred_rows, meas_rows),
-        "link_tx_bytes_per_token": runs[0].link_tx_bytes / (tokens * (w.repeats + w.warmup)),
+        # every generation of the launch crossed the link: warm-up, then each repetition twice
+        # (recorded and clean, measure.rank_run).  A ring's hops inside a node never reach the
+        # counters, so for a collective spanning nodes they see only its crossing share.
+        "link_tx_bytes_per_token": runs[0].link_tx_bytes / (tokens * (2 * w.repeats + w.warmup)),
         "dominant_tpot": pred.dominant_tpot, "parts": pred.parts,
     }
 
