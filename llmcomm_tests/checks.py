@@ -52,7 +52,8 @@ def volume_rows(measured: list[VolumeRow], predicted: list[VolumeRow]) -> list[V
 def tier_rows(case, doc: RunDocument) -> list[VerdictRow]:
     """Per link tier (intra: within a node, inter: across nodes), the recorded calls of one
     repetition classified by the nodes they span against the model's calls classified the same way
-    (cluster/tiers.py): exact, like the volume rows.  Wire bytes are what a tier's links carry."""
+    (cluster/tiers.py): exact, like the volume rows (bytes as called, and wire bytes: what the
+    tier's links carry)."""
     from .cluster import tiers
 
     per_node = case.topology.ranks_per_node
@@ -65,8 +66,8 @@ def tier_rows(case, doc: RunDocument) -> list[VerdictRow]:
     for tier in ("intra", "inter"):
         lines = [ln for ln in differ if ln.startswith(f"{tier}/")]
         rows.append(VerdictRow("volume", f"{tier}-node tier ({per_node} ranks per node)", FAIL if lines else PASS,
-                               "B", measured=got[tier]["wire_bytes"], n=got[tier]["calls"],
-                               model=want[tier]["wire_bytes"], model_n=want[tier]["calls"],
+                               "B", measured=got[tier]["bytes"], n=got[tier]["calls"],
+                               model=want[tier]["bytes"], model_n=want[tier]["calls"],
                                measured_wire=got[tier]["wire_bytes"], model_wire=want[tier]["wire_bytes"],
                                detail="; ".join(lines[:3]) + (f"; {len(lines) - 3} more" if len(lines) > 3 else "")))
     return rows

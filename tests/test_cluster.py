@@ -521,6 +521,8 @@ def test_plugin_runs_cases_on_two_nodes_through_a_node_command(pytester):
     intra, inter = rows[("volume", "intra-node tier (2 ranks per node)")], rows[("volume", "inter-node tier (2 ranks per node)")]
     assert intra["verdict"] == inter["verdict"] == "pass"
     assert intra["n"] == intra["model_n"] > 0 and inter["n"] == inter["model_n"] > 0  # TP inside, PP across
+    # bytes as called and wire bytes apart (the LM-head gather puts (n-1)/n of its bytes on the wire)
+    assert intra["measured"] == intra["model"] != intra["measured_wire"] == intra["model_wire"]
     assert rows[("latency", "all op classes")]["verdict"] == "n/a"
     assert "not calibrated on this cluster" in rows[("latency", "all op classes")]["detail"]
 

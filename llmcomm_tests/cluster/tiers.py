@@ -83,9 +83,10 @@ def predicted(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, g
 
 
 def per_tier_totals(rows: list[dict], tokens: int) -> dict:
-    """``{tier: {"wire_bytes", "wire_bytes_per_token", "calls"}}`` for both tiers (zeros included)."""
-    out = {t: {"wire_bytes": 0, "calls": 0} for t in ("intra", "inter")}
+    """``{tier: {"bytes", "wire_bytes", "wire_bytes_per_token", "calls"}}`` for both tiers (zeros included)."""
+    out = {t: {"bytes": 0, "wire_bytes": 0, "calls": 0} for t in ("intra", "inter")}
     for r in rows:
+        out[r["tier"]]["bytes"] += r["bytes"]
         out[r["tier"]]["wire_bytes"] += r["wire_bytes"]
         out[r["tier"]]["calls"] += r["count"]
     for t in out.values():
