@@ -80,17 +80,17 @@ def _python(text: str) -> str | None:
     return os.path.abspath(found) if os.sep in text else found
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _rates(text: str) -> tuple[str, ...]:
     from .cluster.netns import rate_bytes_per_s
 
-    rates = tuple(r.strip() for r in text.split(",") if r.strip())
+    rates = _names(text)
     for rate in rates:
         rate_bytes_per_s(rate)  # raises ValueError naming the bad rate
     return rates
-
-
-def _hosts(text: str) -> tuple[str, ...]:
-    return tuple(h.strip() for h in text.split(",") if h.strip())
 
 
 OPTIONS = (
@@ -132,7 +132,7 @@ OPTIONS = (
            "emulated nodes runs once per rate (overrides a spec's inter_rates)"),
     Option("node_cmd", "--llmcomm-node-cmd", "LLMCOMM_NODE_CMD", "llmcomm_node_cmd", None, _optional_str,
            "real nodes: the template that starts torchrun on one node, e.g. 'ssh {host}' (with --llmcomm-hosts)"),
-    Option("hosts", "--llmcomm-hosts", "LLMCOMM_HOSTS", "llmcomm_hosts", (), _hosts,
+    Option("hosts", "--llmcomm-hosts", "LLMCOMM_HOSTS", "llmcomm_hosts", (), _names,
            "real nodes: comma-separated hosts, node 0 (the rendezvous host) first"),
     Option("results_dir", "--llmcomm-results-dir", "LLMCOMM_RESULTS_DIR", "llmcomm_results_dir", None, _optional_str,
            "real nodes: a folder every node sees, where the ranks leave their results"),
