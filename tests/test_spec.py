@@ -460,6 +460,12 @@ def test_exponent_floats_are_numbers_as_in_yaml_1_2(tmp_path):
         load_spec(path)
     path.write_text(path.read_text().replace("description: 2e3", "description: '2e3'"))
     assert load_spec(path).engine.norm_eps == 1e-5
+    # a shape on the command line reads the same way, in YAML or as JSON (how ranks get theirs)
+    from llmcomm_tests.engine.config import engine_from_text
+
+    assert engine_from_text("{preset: tiny, norm_eps: 1e-5}").norm_eps == 1e-5
+    assert engine_from_text('{"name": "tiny", "n_layers": 2, "hidden": 256, "n_heads": 8, "n_kv_heads": 4, '
+                            '"ffn": 688, "vocab": 1024, "norm_eps": 1e-05}').norm_eps == 1e-5
 
 
 def test_date_like_name_stays_a_string(tmp_path):

@@ -124,17 +124,14 @@ def engine_from_text(text: str) -> EngineShape:
             raise ValueError(f"cannot read engine file {text}: {exc.strerror or exc}") from None
     elif not text.startswith("{"):
         return resolve_engine(text)
-    import json
-
     import yaml  # late: presets need no YAML
 
-    try:  # JSON first: PyYAML reads a JSON number such as 1e-05 as a string (YAML 1.1)
-        data = json.loads(text)
-    except ValueError:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
+    from ..yaml_loader import load
+
+    try:  # specs' rules: 1e-5 (and JSON's 1e-05) is a number
+        data = load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source} must be a mapping of shape fields, got {type(data).__name__}")
     try:

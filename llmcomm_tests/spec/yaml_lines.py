@@ -10,11 +10,11 @@ Date-like values stay strings.  Node paths (:data:`Key`) and their dotted names
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import yaml
 
+from ..yaml_loader import SafeLoader12
 from .types import SpecError
 from .values import kind_of
 
@@ -25,20 +25,9 @@ _SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
 _MAX_NODES = 100_000  # aliases can blow a small file up; specs are small
 
 
-# YAML 1.2's floats: PyYAML (YAML 1.1) reads an exponent without a dot, ``norm_eps: 1e-5``, as a string.
-_FLOAT_1_2 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader without implicit timestamps (a date-like value stays a string), with YAML 1.2's
-    exponent floats.  Only composes; :class:`Doc` builds the data and records each node's start line.
-    """
-
-    yaml_implicit_resolvers = {
-        first: ([(_CORE + "float", _FLOAT_1_2)] if first in "-+0123456789" else [])
-        + [(tag, rx) for tag, rx in resolvers if tag != _CORE + "timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+class _LineLoader(SafeLoader12):
+    """The shared loader's rules (YAML 1.2 floats, no timestamps); only composes here:
+    :class:`Doc` builds the data and records each node's start line."""
 
 
 Key = tuple  # a node's path: keys (str) and list indices (int)
