@@ -1,5 +1,6 @@
 """The launcher: results back, failures named, nothing left behind."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,7 +91,10 @@ def test_entry_must_be_importable():
 
 def _run_script(code: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # A shell's background job inherits SIGINT ignored, and Python then installs no handler: the
+    # launcher under test gets Ctrl-C's default, as it does in a terminal, whoever runs these tests.
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 120) -> list[int]:
@@ -117,7 +121,16 @@ def test_no_rank_outlives_an_interrupted_or_killed_launcher(tmp_path, sig):
     code = (f"from llmcomm_tests.launch import launch\nimport rank_entries\n"
             f"launch(rank_entries.hang, (1, 3600, {str(tmp_path)!r}), world_size=2, timeout_s=600)\n")
     proc = _run_script(code)
-    pids = _wait_for_pids(tmp_path, 2)
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
-    assert _gone(pids), f"ranks {pids} still alive after the launcher got {sig!r}"
+    pids = []
+    try:
+        pids = _wait_for_pids(tmp_path, 2)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        assert _gone(pids), f"ranks {pids} still alive after the launcher got {sig!r}"
+    finally:  # a failure here must not leave a hung launcher and its ranks behind
+        if proc.poll() is None:
+            proc.kill()
+        for p in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(p).kill()
+        proc.wait()
