@@ -6,10 +6,13 @@ Three kinds of check per case:
             model exactly (bytes are deterministic: any difference is a finding);
 * latency – per op class, the *transfer* (each call's time after the last peer arrived,
             ``arrival.py``; the wait before it is the schedule, not the link): its median, with a
-            interval (Bonferroni over the case's rows, 95 % family-wise), must sit in the model's band, and its tail quantile (the profile's
-            ``tail_q``, at least the spec's ``inside_fraction``) under the tail allowance — a
-            one-sided binomial test, so one slow sample on a busy host fails nothing.  Band and
-            allowance come from a calibration under the engine's conditions, not from these records;
+            distribution-free interval, must sit in the model's band, and its tail quantile (the
+            profile's ``tail_q``, at least the spec's ``inside_fraction``) under the tail allowance —
+            a one-sided binomial test, so one slow sample on a busy host fails nothing.  Every row is
+            a test at level ``SIGNIFICANCE / (timed cases in the session × rows in the case)``
+            (Bonferroni): an unchanged suite fails at most 5 % of its runs, however many cases it
+            holds.  Band and allowance come from a calibration under the engine's conditions, not
+            from these records;
 * budget  – the SLO budgets that apply to this hardware hold at their percentiles; budgets
             written for other hardware are reported as not applicable, never passed or failed.
 
@@ -78,16 +81,19 @@ def tier_rows(case, doc: RunDocument) -> list[VerdictRow]:
 MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row says n/a
 
 
-def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None) -> list[VerdictRow]:
+def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None,
+                 timed_cases: int = 1) -> list[VerdictRow]:
     """Per op class: the transfer's centre against the model's band, and its tail against the
-    tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link."""
+    tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link.
+    ``timed_cases``: how many cases of the session are judged so (the test family's size)."""
     classes: dict[tuple, list[OpSummary]] = {}
     for s in summaries:
         if s.transfer is not None:
             classes.setdefault((s.name, s.role, s.bytes), []).append(s)
-    # Every row is a test: at 5 % each, a case of 20 classes would fail most unchanged runs.
-    # Bonferroni over the case's rows keeps its false-alarm rate at 5 %.
-    alpha = SIGNIFICANCE / max(1, 2 * len(classes))  # two tests per class: centre and tail
+    # Every row is a test: at 5 % each, a case of 20 classes would fail most unchanged runs, and a
+    # suite of 20 cases at 5 % each most CI runs.  Bonferroni over the session's rows keeps its
+    # false-alarm rate at 5 %: two tests per class (centre and tail), classes per case, cases.
+    alpha = SIGNIFICANCE / max(1, timed_cases) / max(1, 2 * len(classes))
     rows = []
     for (name, role, _), parts in sorted(classes.items()):
         label = f"{name} {role}".rstrip()
@@ -111,7 +117,8 @@ def _centre_row(label: str, transfer, model: float, low: float, high: float, alp
     centre = transfer.p50
     if ci is None:
         return VerdictRow("latency", f"{label} transfer centre", NA, "s", centre, n=transfer.count, model=model,
-                          low=low, high=high, detail=f"{transfer.count} samples: too few for an interval")
+                          low=low, high=high,
+                          detail=f"{transfer.count} samples: too few for a {1 - alpha:.2%} interval of the median")
     lo_ci, hi_ci = ci
     outside = lo_ci > high or hi_ci < low
     detail = (f"median {fmt(centre, 's')} [{1 - alpha:.1%} CI {fmt(lo_ci, 's')}, {fmt(hi_ci, 's')}] = {centre / model:.2f}x model; "
@@ -198,9 +205,10 @@ def budget_rows(budgets, doc: RunDocument, hardware: str) -> list[VerdictRow]:
 
 
 def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile, hardware: str,
-             no_latency: str | None = None) -> Verdict:
+             no_latency: str | None = None, timed_cases: int = 1) -> Verdict:
     """Volume, latency and budget rows of one case; ``no_latency`` says why the latency rows do not
-    apply (the profile describes another transport than the one that ran)."""
+    apply (the profile describes another transport than the one that ran); ``timed_cases``: the
+    session's cases with latency rows, over which their significance is shared."""
     verdict = Verdict(case.id)
     verdict.rows += volume_rows(doc.volume, predicted_volume)
     if not doc.volume_stable:
@@ -211,7 +219,7 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
     if no_latency:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:
-        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size)
+        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size, timed_cases)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
                                        detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

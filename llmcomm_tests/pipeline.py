@@ -98,7 +98,8 @@ def run_and_check(case, state) -> CaseResult:
         other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, the topology "
                  f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "
                  f"name the profile with hardware: or --llmcomm-hardware)")
-    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other)
+    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other,
+                       timed_cases=state.timed_cases)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin
         verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]

@@ -77,8 +77,13 @@ def pytest_collect_file(file_path: Path, parent):
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config, items):
     """Fail the session, before any case runs, when a case would need this machine's own profile
-    and none describes it (a CUDA node no preset names): never judge against a guess."""
+    and none describes it (a CUDA node no preset names): never judge against a guess.  Count the
+    cases whose timing is judged: their latency tests share the session's significance."""
     state = config.stash[SESSION_KEY]
+    if items:
+        from .pytest_items import judges_timing
+
+        state.timed_cases = max(1, sum(judges_timing(item, state) for item in items))
     if any(not getattr(getattr(item, "case", None), "hardware_given", True) for item in items):
         try:
             state.machine_profile()

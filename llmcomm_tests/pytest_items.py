@@ -98,6 +98,13 @@ class CaseItem(pytest.Item):
         return self.path, self.case.line - 1 if self.case.line else None, f"{self.case.spec_name}::{self.case.id}"
 
 
+def judges_timing(item, state) -> bool:
+    """Whether this item is a case of our engine that will run here (and so have latency rows):
+    another framework's collectives are not bounded by a profile."""
+    case = getattr(item, "case", None)
+    return case is not None and case.framework == "ours" and skip_reason(case, state) is None
+
+
 def skip_reason(case, state) -> str | None:
     """Why a case cannot run here (or None)."""
     if case.framework != "ours":

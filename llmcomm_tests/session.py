@@ -66,6 +66,7 @@ class LLMCommSession:
     env: dict = field(default_factory=dict)
     session_id: str = ""  # tells baseline runs of one session from runs of another
     spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
+    timed_cases: int = 1  # cases that will run with latency rows: their tests share one 5 % (checks.py)
 
     def __post_init__(self):
         self.ranks, self.ranks_reason = available_ranks(self.options)

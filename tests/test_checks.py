@@ -11,7 +11,7 @@ from llmcomm_tests.documents import (CommMetrics, Distribution, LatencyMetrics, 
                                      VolumeRow)
 from llmcomm_tests.report.table import format_table
 from llmcomm_tests.spec import Budget, Budgets, LatencyTolerance
-from llmcomm_tests.stats import binomial_cdf
+from llmcomm_tests.stats import binomial_cdf, median_ci
 
 
 @pytest.mark.parametrize("k, n, p", [(15, 20, 0.9), (0, 5, 0.9), (8, 10, 0.9), (3, 7, 0.5)])
@@ -25,6 +25,27 @@ def test_binomial_cdf_does_not_underflow_on_large_classes():
     assert binomial_cdf(554, 560, 0.9) > 0.99
     assert binomial_cdf(490, 560, 0.9) < 0.05  # 87.5 % of 560: significantly below 90 %
     assert binomial_cdf(560, 560, 0.9) == 1.0
+
+
+@pytest.mark.parametrize("n, confidence, ranks", [(6, 0.95, (1, 6)), (10, 0.95, (2, 9)), (20, 0.95, (6, 15)),
+                                                   (5, 0.90, (1, 5)), (5, 0.95, None), (10, 0.999, None)])
+def test_median_interval_is_the_textbook_order_statistics(n, confidence, ranks):
+    """Known values (1-based ranks): n=10 at 95 % is [x(2), x(9)]; 5 samples cannot give 95 %
+    (their full range covers the median with 93.75 %)."""
+    assert median_ci(list(range(1, n + 1)), confidence) == ranks
+
+
+def test_median_interval_covers_at_least_its_confidence():
+    import random
+
+    rng = random.Random(7)
+    for n in (8, 10, 35):
+        trials = 4000
+        covered = 0
+        for _ in range(trials):
+            lo, hi = median_ci([rng.random() for _ in range(n)], 0.95)
+            covered += lo <= 0.5 <= hi  # the true median of U(0, 1)
+        assert covered / trials >= 0.94, (n, covered / trials)  # 95 % less sampling noise (sd 0.34 %)
 
 
 def test_volume_rows_name_every_difference():
@@ -66,6 +87,20 @@ def test_transfer_centre_and_tail_fail_for_their_own_reasons(monkeypatch):
     assert fat_tail[0].verdict == "pass" and fat_tail[1].verdict == "fail" and "80% of 200" in fat_tail[1].detail
     few = latency_rows([_summary(typical[:2])], None, tol)
     assert [r.verdict for r in few] == ["n/a", "n/a"]
+
+
+def test_latency_tests_share_the_sessions_significance(monkeypatch):
+    """12 transfers all above the band fail a case judged alone (one class, two tests: a 97.5 %
+    interval, [x(2), x(11)]); in a session of 100 timed cases the interval needs 99.975 %, which 12
+    samples cannot give (their full range covers the median with 99.95 %)."""
+    import llmcomm_tests.checks as checks
+
+    monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes, role, world_size: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
+    slow = [3e-3 + i * 1e-5 for i in range(12)]
+    alone = latency_rows([_summary(slow)], None, LatencyTolerance(0.9))
+    assert alone[0].verdict == "fail" and "[97.5% CI 3.010ms, 3.100ms]" in alone[0].detail
+    shared = latency_rows([_summary(slow)], None, LatencyTolerance(0.9), timed_cases=100)
+    assert shared[0].verdict == "n/a" and shared[0].detail == "12 samples: too few for a 99.98% interval of the median"
 
 
 def test_latency_summary_quantiles_past_the_sample_cap_stay_within_a_bucket():

@@ -114,6 +114,26 @@ def test_budgets_for_other_hardware_are_not_applicable(specs):
     result.stdout.fnmatch_lines(["budget*ttft*N/A (written for h100-nvlink4; this run is on wide)"])
 
 
+def test_latency_tests_share_significance_across_the_sessions_timed_cases(specs):
+    """The interval's confidence is 1 − 5 % / (timed cases × tests in the case): selecting two
+    cases instead of one halves each test's level (cases skipped here are not counted)."""
+    def confidences(*args):
+        run(specs, *args).assert_outcomes(passed=1 if len(args) == 2 else 2, skipped=0 if len(args) == 2 else 2)
+        report = json.loads((specs.path / "reports" / "llmcomm-report.json").read_text())
+        out = {}
+        for item in report["items"]:
+            rows = [r for r in item["verdict"]["rows"] if r["check"] == "latency"]
+            tests = sum(r["name"].endswith(("transfer centre", "transfer p90", "transfer")) for r in rows)
+            shown = {float(m) for r in rows for m in re.findall(r"\[([0-9.]+)% CI", r["detail"] or "")}
+            out[item["case_id"]] = (tests, shown)
+        return out
+
+    (alone,) = confidences("-k", "tp2-pp1-b1").values()
+    pair = confidences("--gpus", "2", "-k", "tp2-pp1 or tp2-pp2").values()  # the 4-rank cases skip
+    for cases, (tests, shown) in ((1, alone), *((2, p) for p in pair)):
+        assert shown == {round(100 * (1 - 0.05 / cases / tests), 1)}, (cases, tests, shown)
+
+
 @pytest.mark.parametrize("kind, text, line, field, fragment", BAD, ids=[b[0] for b in BAD])
 def test_malformed_spec_is_one_located_error_and_others_still_run(pytester, kind, text, line, field, fragment):
     pytester.makefile(".yaml", **{"slo_specs/bad": text, "slo_specs/good": SPEC})
