@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import rank_entries
+from interrupt import default_sigint
 from llmcomm_tests.launch import RankFailed, RankTimeout, launch
 
 
@@ -91,10 +92,8 @@ def test_entry_must_be_importable():
 
 def _run_script(code: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    # A shell's background job inherits SIGINT ignored, and Python then installs no handler: the
-    # launcher under test gets Ctrl-C's default, as it does in a terminal, whoever runs these tests.
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_sigint)
 
 
 def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 120) -> list[int]:

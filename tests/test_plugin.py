@@ -14,6 +14,7 @@ import psutil
 import pytest
 import yaml
 
+from interrupt import default_sigint
 from test_spec import BAD  # the malformed-spec catalogue of the spec loader's tests
 
 # Small and quick: 2 layers, every layout class, 2 batch sizes → 8 cases.
@@ -208,7 +209,7 @@ def test_reports_stay_valid_when_interrupted(specs):
     from junitparser import JUnitXml
 
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=specs.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
     json_path = specs.path / "reports" / "llmcomm-report.json"
     items_path = specs.path / "reports" / "llmcomm-items.jsonl"
     deadline = time.monotonic() + 120
