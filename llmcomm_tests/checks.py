@@ -105,7 +105,7 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
             continue
         tol = tolerance.for_op(parts[0].op)
         model, low, high, tail_q, tail_s = band
-        low, high, tail_s = low * max(0.0, 1 - tol.slack), high * (1 + tol.slack), tail_s * (1 + tol.slack)
+        low, high, tail_s = low * max(0.0, 1 - tol.slack), high * (1 + tol.slack), tail_s * (1 + tol.tail_margin)
         rows.append(_centre_row(label, transfer, model, low, high, alpha))
         rows.append(_tail_row(label, transfer, model, max(tail_q, tol.inside_fraction), tail_s, alpha))
     return rows

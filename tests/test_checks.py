@@ -80,6 +80,8 @@ def test_transfer_centre_and_tail_fail_for_their_own_reasons(monkeypatch):
     assert [(r.name, r.verdict) for r in ok] == [("all_reduce decode attn /2 transfer centre", "pass"),
                                                  ("all_reduce decode attn /2 transfer p90", "pass")]
     assert (ok[0].model, ok[0].low, ok[0].high) == (1e-3, 0.5e-3, 2e-3) and ok[1].budget == 4e-3
+    wider_tail = latency_rows([_summary(typical)], None, LatencyTolerance(0.9, slack=0.5, tail_slack=1.0))
+    assert (wider_tail[0].low, wider_tail[0].high, wider_tail[1].budget) == (0.25e-3, 3e-3, 8e-3)
     slow_centre = latency_rows([_summary([x + 2e-3 for x in typical])], None, tol)  # a planted 2 ms delay
     assert slow_centre[0].verdict == "fail" and slow_centre[0].detail.startswith("above the band")
     assert slow_centre[1].verdict == "pass"  # 3 ms is still under the 4 ms allowance

@@ -20,6 +20,7 @@ from llmcomm_tests.spec import (
     SCHEMA_PATH,
     SLO_PRESETS,
     Case,
+    LatencyTolerance,
     Spec,
     SpecError,
     load_spec,
@@ -54,8 +55,8 @@ tolerances:
   latency:
     inside_fraction: 0.8
     slack: 0.25
-    per_op:
-      send: {slack: 1.0}
+    tail_slack: 0.5
+    per_op: {send: {slack: 1.0}, recv: {tail_slack: 2}}
 budgets:
   hardware: h100-nvlink4x8
   preset: mlperf-llama3.1-8b-interactive
@@ -106,7 +107,9 @@ def test_good_spec_types_and_defaults(tmp_path):
     assert (lat.inside_fraction, lat.slack) == (0.8, 0.25)
     assert (lat.for_op("send").inside_fraction, lat.for_op("send").slack) == (0.8, 1.0)
     assert lat.for_op("all_reduce").slack == 0.25
-    assert lat.inside(1.2, 1.0, 1.0) and not lat.inside(1.3, 1.0, 1.0)
+    # the tail's margin is its own, inherited like the others; unset it is the band's slack
+    assert [lat.for_op(op).tail_margin for op in ("all_reduce", "send", "recv")] == [0.5, 0.5, 2]
+    assert lat.for_op("recv").slack == 0.25 and LatencyTolerance(slack=0.3).tail_margin == 0.3
     assert spec.line_of("layouts[2].pp") == 13
     assert spec.line_of("budgets.op_latency.all_reduce.p99") == 33
     assert hash(spec) == hash(load_spec("slo_specs/x.yaml"))

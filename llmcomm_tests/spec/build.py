@@ -226,11 +226,13 @@ class _Builder:
         lat = raw.get("latency", {})
         inside = lat.get("inside_fraction", DEFAULT_INSIDE_FRACTION)
         slack = lat.get("slack", DEFAULT_SLACK)
+        tail = lat.get("tail_slack")
         per_op = tuple(
-            (op, LatencyTolerance(o.get("inside_fraction", inside), o.get("slack", slack)))
+            (op, LatencyTolerance(o.get("inside_fraction", inside), o.get("slack", slack),
+                                  tail_slack=o.get("tail_slack", tail)))
             for op, o in lat.get("per_op", {}).items()
         )
-        return Tolerances(latency=LatencyTolerance(inside, slack, per_op))
+        return Tolerances(latency=LatencyTolerance(inside, slack, per_op, tail))
 
     def _baseline(self, raw: dict | None) -> Baseline | None:
         if raw is None:

@@ -159,21 +159,26 @@ class Budgets:
 
 @dataclass(frozen=True)
 class LatencyTolerance:
-    """Share of an op class's samples that must fall inside the analytic bounds, widened by slack."""
+    """How closely an op class's transfers must follow the profile: ``slack`` widens the band
+    around the model that the median must overlap, ``tail_slack`` (default: ``slack``) the tail
+    allowance, under which ``inside_fraction`` of the transfers must fall.  Two margins, since the
+    centre measures the model and the tail the host's scheduling."""
 
     inside_fraction: float = DEFAULT_INSIDE_FRACTION
     slack: float = DEFAULT_SLACK
     per_op: tuple[tuple[str, "LatencyTolerance"], ...] = ()
+    tail_slack: float | None = None
+
+    @property
+    def tail_margin(self) -> float:
+        return self.slack if self.tail_slack is None else self.tail_slack
 
     def for_op(self, op: str) -> "LatencyTolerance":
         """The tolerance for one op class (its per_op override, else this one)."""
         for name, tol in self.per_op:
             if name == op:
                 return tol
-        return LatencyTolerance(self.inside_fraction, self.slack)
-
-    def inside(self, t: float, lower: float, upper: float) -> bool:
-        return lower * max(0.0, 1.0 - self.slack) <= t <= upper * (1.0 + self.slack)
+        return LatencyTolerance(self.inside_fraction, self.slack, tail_slack=self.tail_slack)
 
 
 @dataclass(frozen=True)
