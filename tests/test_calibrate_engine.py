@@ -153,6 +153,8 @@ def test_engine_sweep_refuses_bad_conditions_before_launching():
         engine_sweep(4, ["all_reduce"], [8], group_size=3)
     with pytest.raises(ValueError, match="compute-ms"):
         engine_sweep(2, ["all_reduce"], [8], compute_ms=-1)
+    with pytest.raises(ValueError, match="compute-mb"):
+        engine_sweep(2, ["all_reduce"], [8], compute_mb=-1)
 
 
 def test_engine_sweep_records_transfers_inside_the_call_time():
@@ -160,11 +162,11 @@ def test_engine_sweep_records_transfers_inside_the_call_time():
 
     repeats = 4
     rows = engine_sweep(2, ["all_reduce", "send_recv", "gather"], [8, 4096], repeats, compute_ms=0.2, warmup=1,
-                        timeout_s=120)
+                        timeout_s=120, compute_mb=0.5)  # the compute reads 0.5 MiB of weights each pass
     assert [(r["op"], r["bytes"]) for r in rows] == [("all_reduce", 8), ("all_reduce", 4096), ("send_recv", 8),
                                                       ("send_recv", 4096), ("gather", 8), ("gather", 4096)]
     for row in rows:
-        assert row["group_size"] == 2 and row["compute_ms"] == 0.2
+        assert row["group_size"] == 2 and row["compute_ms"] == 0.2 and row["compute_mb"] == 0.5
         assert len(row["transfer_s"]) == len(row["transfer_role"]) == 2 * repeats  # both ranks take part
         for j, t in enumerate(row["transfer_s"]):
             k, rank = divmod(j, 2)

@@ -26,6 +26,11 @@ participant's issue (clipped at 0), as ``arrival.py`` splits the engine's record
 ``group_size``, ``compute_ms``, ``transfer_s`` with a parallel ``transfer_role`` (``root`` /
 ``peer`` for gather and broadcast, ``send`` / ``recv`` for send_recv, ``""`` otherwise) and the
 raw ``calls`` (per rank: [issue_ns], [completion_ns]).
+
+``--compute-mb M`` makes that compute read M MiB of weights (a matrix-vector product, as a decode
+step reads its layers' weights) instead of a cache-resident 64×64 matmul.  The call that follows
+then finds the caches cold, as the engine's do: here a 16 B send after 4 MiB streamed took
+83 µs, after the small matmul 36 µs (the engine's own: 80–100 µs).
 """
 
 from __future__ import annotations
@@ -130,7 +135,8 @@ ROLE_OPS = ("gather", "broadcast")  # rooted: the root (the group's first rank) 
 
 def engine_sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int = 40, *, group_size: int | None = None,
                  compute_ms: float = 0.3, warmup: int = 3, dtype: str = "fp32", backend: str = "auto",
-                 timeout_s: float = 600.0, launch_id: int = 0, order: str = "burst") -> list[dict]:
+                 timeout_s: float = 600.0, launch_id: int = 0, order: str = "burst",
+                 compute_mb: float = 0.0) -> list[dict]:
     """One launch of the engine-conditions sweep (module docstring): rows ``{"op", "world_size",
     "group_size", "bytes", "compute_ms", "launch", "times_s", "rank_times_s", "transfer_s",
     "transfer_role", "calls"}``; ``times_s`` holds, per (group, repetition), the slowest member's
@@ -143,10 +149,12 @@ def engine_sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int
         raise ValueError(f"--group-size {group_size} must be >= 2 and divide the world size {world_size}")
     if compute_ms < 0:
         raise ValueError("--compute-ms must be >= 0")
+    if compute_mb < 0:
+        raise ValueError("--compute-mb must be >= 0")
     if order not in ORDERS:
         raise ValueError(f"--order must be one of {', '.join(ORDERS)}")
     per_rank = launch.launch(_rank_engine_sweep, (list(ops), list(sizes), repeats, warmup, dtype, group_size,
-                                                  compute_ms, order), world_size=world_size, backend=backend,
+                                                  compute_ms, order, compute_mb), world_size=world_size, backend=backend,
                              timeout_s=timeout_s)
     groups = [list(range(g, g + group_size)) for g in range(0, world_size, group_size)]
     rows = []
@@ -163,7 +171,7 @@ def engine_sweep(world_size: int, ops: list[str], sizes: list[int], repeats: int
                     transfers.append(max(done[r] - last, 0) / 1e9)
                     roles.append(_role(op, r, group))
         rows.append({"op": op, "world_size": world_size, "group_size": group_size, "bytes": size,
-                     "compute_ms": compute_ms, "launch": launch_id, "cores": os.cpu_count(), "order": order, "times_s": times,
+                     "compute_ms": compute_ms, "compute_mb": compute_mb, "launch": launch_id, "cores": os.cpu_count(), "order": order, "times_s": times,
                      "rank_times_s": [[(d - s) / 1e9 for s, d in zip(r["issue_ns"][i], r["done_ns"][i])]
                                       for r in per_rank],
                      "transfer_s": transfers, "transfer_role": roles,
@@ -188,7 +196,7 @@ def _role(op: str, rank: int, group: list[int]) -> str:
 ORDERS = ("burst", "interleaved")
 
 
-def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, compute_ms, order="burst"):
+def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, compute_ms, order="burst", compute_mb=0.0):
     import time
 
     import torch
@@ -205,14 +213,18 @@ def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, comp
     group, pg = groups[mine], handles[mine]
     root, first, second = group[0], group[0], group[1]
     sync = torch.cuda.synchronize if ctx.backend == "nccl" else (lambda: None)
-    a = torch.randn(64, 64, device=ctx.device)
-    c = torch.empty_like(a)
+    if compute_mb:  # x (1 x 256) @ W (256 x k): reads all of W's compute_mb MiB each time
+        a = torch.randn(1, 256, device=ctx.device)
+        w = torch.randn(256, max(1, int(compute_mb * 1024)), device=ctx.device)
+    else:  # cache-resident
+        a = w = torch.randn(64, 64, device=ctx.device)
+    c = torch.empty(a.shape[0], w.shape[1], device=ctx.device)
     spin_ns = int(compute_ms * 1e6)
 
     def compute():  # real work for compute_ms of wall time, as a layer's compute would be
         end = time.perf_counter_ns() + spin_ns
         while time.perf_counter_ns() < end:
-            torch.mm(a, a, out=c)
+            torch.mm(a, w, out=c)
 
     calls, keys = [], []
     for op in ops:
@@ -308,6 +320,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compute-ms", type=float, default=None,
                         help="engine conditions: each rank computes this many ms before every call, no barrier "
                              "per call; rows gain transfer_s (completion - last arrival)")
+    parser.add_argument("--compute-mb", type=float, default=0.0,
+                        help="engine conditions: the compute reads this many MiB of weights each pass, as a "
+                             "decode step does (default 0: a cache-resident matmul)")
     parser.add_argument("--order", default="burst", choices=ORDERS,
                         help="engine conditions: repeat each (op, size) back to back (burst, as the engine's layers "
                              "do) or visit every op and size in each repetition (interleaved)")
@@ -337,7 +352,8 @@ def main(args) -> int:
         if engine:
             rows = engine_sweep(args.world_size, ops, sizes, args.repeats, group_size=args.group_size,
                                 compute_ms=args.compute_ms or 0.0, warmup=args.warmup, dtype=args.dtype,
-                                backend=args.backend, timeout_s=args.timeout, order=args.order)
+                                backend=args.backend, timeout_s=args.timeout, order=args.order,
+                                compute_mb=args.compute_mb)
         else:
             rows = sweep(args.world_size, ops, sizes, args.repeats, args.backend, args.timeout, args.warmup,
                          args.dtype)
@@ -346,6 +362,7 @@ def main(args) -> int:
         return 2
     summary = table(rows)
     mode = (f"  engine conditions: group_size={args.group_size or args.world_size} compute_ms={args.compute_ms or 0:g}"
+            f" compute_mb={args.compute_mb:g}"
             if engine else "  barrier before each call")
     print(f"# llmcomm bench-comm  world_size={args.world_size}  dtype={args.dtype}  repeats={args.repeats}{mode}")
     head = ("op", "size(B)", "min(us)", "median(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)")
@@ -359,5 +376,6 @@ def main(args) -> int:
             json.dump({"schema": "llmcomm.bench-comm/1", "world_size": args.world_size, "dtype": args.dtype,
                        "group_size": args.group_size or args.world_size if engine else None,
                        "compute_ms": args.compute_ms if engine else None,
+                       "compute_mb": args.compute_mb if engine else None,
                        "summary": summary, "rows": rows}, f, indent=1)
     return 0

@@ -436,6 +436,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute each rank spins before every call, ms: one value, or per world size "
                              "(2:0.6,4:1.2) — the engine's own gap between calls, printed by "
                              "benchmarks/analytic_accuracy.py (default 0.3)")
+    engine.add_argument("--compute-mb", type=float, default=0.0,
+                        help="MiB of weights that compute reads each pass, as the engine's layers do: the calls "
+                             "after it find the caches cold (default 0: a cache-resident matmul)")
     engine.add_argument("--launches", type=int, default=5, help="separate launches per configuration (default 5)")
     engine.add_argument("--group-sizes", default=None,
                         help="group sizes per world size, e.g. 2,4 (default: every divisor >= 2 of each world)")
@@ -578,6 +581,7 @@ def _main_engine_conditions(args, worlds: list[int]) -> int:
                     rows.append({**row, "launch": f"{index}.{row.get('launch', 0)}"})
             worlds = sorted({int(r["world_size"]) for r in rows})
             compute = sorted({r.get("compute_ms") for r in rows if r.get("compute_ms") is not None})
+            reads = sorted({float(r.get("compute_mb") or 0) for r in rows})
             cores = max((int(r.get("cores", cores)) for r in rows), default=cores)
             launches = len({r["launch"] for r in rows})
             command = f"llmcomm calibrate --engine-conditions --rows {args.rows} --margin {args.margin:g}"
@@ -608,15 +612,17 @@ def _main_engine_conditions(args, worlds: list[int]) -> int:
                                                     args.repeats, group_size=group,
                                                     compute_ms=compute.get(world, compute.get(None)),
                                                     backend=args.backend, timeout_s=args.timeout, launch_id=k,
-                                                    order=args.order)
+                                                    order=args.order, compute_mb=args.compute_mb)
                     print(f"  launch {k + 1}/{args.launches}: world {world}, groups of {group} done", file=sys.stderr)
             launches = args.launches
             compute_text = str(args.compute_ms)
+            reads = [args.compute_mb]
             if args.save_rows:
                 with open(args.save_rows, "w") as fh:
                     json.dump({"schema": "llmcomm.bench-comm/1", "engine_conditions": True, "rows": rows}, fh)
             command = (f"llmcomm calibrate --engine-conditions --world-size {','.join(map(str, worlds))} "
-                       f"--compute-ms {args.compute_ms} --launches {args.launches} --repeats {args.repeats} "
+                       f"--compute-ms {args.compute_ms} --compute-mb {args.compute_mb:g} --launches {args.launches} "
+                       f"--repeats {args.repeats} "
                        f"--sizes {','.join(map(str, sizes))} --ops {','.join(ops)} --order {args.order} "
                        f"--margin {args.margin:g}")
             if args.configs:
@@ -631,6 +637,9 @@ def _main_engine_conditions(args, worlds: list[int]) -> int:
                  "alpha, beta: fit_line through the per-size median transfer (completion - last arrival); "
                  "band = [min, max] over (launch, world, role) of median(transfer/fit), / and x margin, clipped to "
                  "[1/3, 3]; tail_k = q(tail_q) of pooled transfer/fit x margin"]
+        if any(reads):
+            notes.append(f"compute read {' / '.join(f'{m:g}' for m in reads)} MiB of weights per pass (rows' "
+                         "compute_mb): the calls found the caches cold, as after an engine's layers")
         variants = tuple(o.strip() for o in args.variants_for.split(",") if o.strip()) if args.variants_for else True
         if args.no_variants:
             command += " --no-variants"
