@@ -74,16 +74,13 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     ``[x_(k), x_(n+1-k)]`` (1-based) cover it with probability ``1 − 2·P(B ≤ k−1)``, B ~ Bin(n, ½);
     k is the largest with that coverage at least ``confidence``.  None when even the full range
     ``[min, max]`` (coverage ``1 − 2^(1−n)``) falls short: 5 samples give at most 93.75 %."""
+    import numpy as np
     from scipy.stats import binom
 
     xs = sorted(samples)
     n = len(xs)
-    if not n:
-        return None
-    tail = (1 - confidence) / 2
-    k = 0  # order statistics excluded from each end
-    while k < n // 2 and binom.cdf(k, n, 0.5) <= tail:
-        k += 1
+    # P(B <= j) for j < n/2 rises with j: k is how many of them stay within the tail
+    k = int(np.searchsorted(binom.cdf(np.arange(n // 2), n, 0.5), (1 - confidence) / 2, side="right"))
     if k == 0:
         return None
     return xs[k - 1], xs[n - k]
