@@ -22,6 +22,8 @@ pass | fail | n/a; the text is made where it is shown.
 
 from __future__ import annotations
 
+import math
+
 from .analytic.accuracy import class_transfer
 from .documents import FAIL, NA, PASS, OpSummary, RunDocument, Verdict, VerdictRow, VolumeRow
 from .stats import binomial_cdf, median_ci, percentile
@@ -118,15 +120,22 @@ def _centre_row(label: str, transfer, model: float, low: float, high: float, alp
     if ci is None:
         return VerdictRow("latency", f"{label} transfer centre", NA, "s", centre, n=transfer.count, model=model,
                           low=low, high=high,
-                          detail=f"{transfer.count} samples: too few for a {1 - alpha:.2%} interval of the median")
+                          detail=f"{transfer.count} samples: too few for a {_confidence(alpha)} interval of the median")
     lo_ci, hi_ci = ci
     outside = lo_ci > high or hi_ci < low
-    detail = (f"median {fmt(centre, 's')} [{1 - alpha:.1%} CI {fmt(lo_ci, 's')}, {fmt(hi_ci, 's')}] = {centre / model:.2f}x model; "
+    detail = (f"median {fmt(centre, 's')} [{_confidence(alpha)} CI {fmt(lo_ci, 's')}, {fmt(hi_ci, 's')}] = {centre / model:.2f}x model; "
               f"band {low / model:.2f}x-{high / model:.2f}x")
     if outside:
         detail = ("above" if lo_ci > high else "below") + " the band: " + detail
     return VerdictRow("latency", f"{label} transfer centre", FAIL if outside else PASS, "s", centre, n=transfer.count,
                       model=model, low=low, high=high, detail=detail)
+
+
+def _confidence(alpha: float) -> str:
+    """1 − alpha as a percentage with the digits that tell it from 100 % (a session of 20 cases
+    tests at 99.99x %, which one decimal would print as 100.0 %)."""
+    decimals = max(1, math.ceil(-math.log10(alpha)) - 2)
+    return f"{100 * (1 - alpha):.{decimals}f}%"
 
 
 def _tail_row(label: str, transfer, model: float, q: float, limit: float, alpha: float) -> VerdictRow:

@@ -103,6 +103,8 @@ def test_latency_tests_share_the_sessions_significance(monkeypatch):
     assert alone[0].verdict == "fail" and "[97.5% CI 3.010ms, 3.100ms]" in alone[0].detail
     shared = latency_rows([_summary(slow)], None, LatencyTolerance(0.9), timed_cases=100)
     assert shared[0].verdict == "n/a" and shared[0].detail == "12 samples: too few for a 99.98% interval of the median"
+    many = latency_rows([_summary(slow * 20)], None, LatencyTolerance(0.9), timed_cases=300)
+    assert many[0].verdict == "fail" and "[99.992% CI" in many[0].detail  # not "100.0%": one decimal would round it
 
 
 def test_latency_summary_quantiles_past_the_sample_cap_stay_within_a_bucket():
