@@ -25,23 +25,17 @@ def send_rank(ctx, sends: int, rounds: int, compute_ms: float, compute_mb: float
     import torch
     import torch.distributed as dist
 
+    from llmcomm_tests.commands.bench_comm import compute_between_calls
     from llmcomm_tests.record import Recorder
 
-    if compute_mb:
-        a, w = torch.randn(1, 256), torch.randn(256, int(compute_mb * 1024))
-    else:
-        a = w = torch.randn(64, 64)
-    out = torch.empty(a.shape[0], w.shape[1])
+    compute = compute_between_calls(compute_ms, compute_mb)  # the calibration's own compute
     tokens = torch.zeros(2, dtype=torch.int64)
-    spin_ns = int(compute_ms * 1e6)
 
     def one_round(recorder=None):
         own = []
         for _ in range(sends):
             if ctx.rank == 0:
-                end = time.perf_counter_ns() + spin_ns
-                while time.perf_counter_ns() < end:
-                    torch.mm(a, w, out=out)
+                compute()
                 t0 = time.perf_counter_ns()
                 dist.send(tokens, 1)
                 own.append(time.perf_counter_ns() - t0)

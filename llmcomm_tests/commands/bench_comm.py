@@ -196,6 +196,30 @@ def _role(op: str, rank: int, group: list[int]) -> str:
 ORDERS = ("burst", "interleaved")
 
 
+def compute_between_calls(compute_ms: float, compute_mb: float = 0.0, device="cpu"):
+    """A callable that does real work for ``compute_ms`` of wall time, as a layer's compute would:
+    x (1 x 256) @ W (256 x k), reading all of W's ``compute_mb`` MiB each pass, or with
+    ``compute_mb`` 0 a cache-resident 64 x 64 matmul."""
+    import time
+
+    import torch
+
+    if compute_mb:
+        a = torch.randn(1, 256, device=device)
+        w = torch.randn(256, max(1, int(compute_mb * 1024)), device=device)
+    else:
+        a = w = torch.randn(64, 64, device=device)
+    out = torch.empty(a.shape[0], w.shape[1], device=device)
+    spin_ns = int(compute_ms * 1e6)
+
+    def compute():
+        end = time.perf_counter_ns() + spin_ns
+        while time.perf_counter_ns() < end:
+            torch.mm(a, w, out=out)
+
+    return compute
+
+
 def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, compute_ms, order="burst", compute_mb=0.0):
     import time
 
@@ -213,18 +237,7 @@ def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, comp
     group, pg = groups[mine], handles[mine]
     root, first, second = group[0], group[0], group[1]
     sync = torch.cuda.synchronize if ctx.backend == "nccl" else (lambda: None)
-    if compute_mb:  # x (1 x 256) @ W (256 x k): reads all of W's compute_mb MiB each time
-        a = torch.randn(1, 256, device=ctx.device)
-        w = torch.randn(256, max(1, int(compute_mb * 1024)), device=ctx.device)
-    else:  # cache-resident
-        a = w = torch.randn(64, 64, device=ctx.device)
-    c = torch.empty(a.shape[0], w.shape[1], device=ctx.device)
-    spin_ns = int(compute_ms * 1e6)
-
-    def compute():  # real work for compute_ms of wall time, as a layer's compute would be
-        end = time.perf_counter_ns() + spin_ns
-        while time.perf_counter_ns() < end:
-            torch.mm(a, w, out=c)
+    compute = compute_between_calls(compute_ms, compute_mb, ctx.device)
 
     calls, keys = [], []
     for op in ops:
