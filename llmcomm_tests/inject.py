@@ -3,7 +3,8 @@
 Syntax: ``OP[@SITE]:KIND=VALUE`` — OP is a recorded op name (all_reduce, all_gather, gather,
 broadcast, send, recv), SITE an optional site class (attn, mlp, embed, lm_head, pp.boundary, …):
 
-* ``all_reduce:delay=10%``   each call takes 10 % longer (it sleeps for 10 % of its own duration)
+* ``all_reduce:delay=10%``   each call takes 10 % longer (it sleeps for 10 % of its own duration,
+  from its issue to its wait's return)
 * ``send@pp.boundary:delay=2ms``   a fixed extra 2 ms per call
 
 A delay runs when the caller waits for the op, after the op completed: on gloo the host spins; on
@@ -86,7 +87,7 @@ class InstalledFaults:
         self.faults = list(faults)
         self.fired: dict[str, int] = {str(f): 0 for f in self.faults}
         self._saved: dict[str, object] = {}
-        self._delayed: dict[int, tuple] = {}  # id(work) -> (work, t0 ns, delay faults, op key, start event)
+        self._delayed: dict[int, tuple] = {}  # id(work) -> (work, issued ns, delay faults, op key, start event)
         self._durations: dict[tuple, float] = {}  # op key -> last completed GPU duration (relative delays)
         self._gpu_events: list = []  # (start, end, key) not yet read
         self.gpu_delay = None  # GpuDelay, made on the first delay of a CUDA op
@@ -103,14 +104,17 @@ class InstalledFaults:
 
     # -- delays: applied when the caller waits, on the host (gloo) or the GPU stream (NCCL) -------
 
-    def _delay_at_wait(self, work, faults, key, cuda: bool) -> None:
+    def _delay_at_wait(self, work, faults, key, cuda: bool, issued_ns: int) -> None:
+        """``issued_ns``: when the caller issued the op.  A host op's duration, which a relative
+        delay scales, runs from there to the wait's return.  A gloo send writes its bytes while it
+        is issued, so timed from the returned Work, delay=100% added 0.6-0.8x to a PP2 send."""
         import torch
 
         start = None
         if cuda:
             start = torch.cuda.Event(enable_timing=True)
             start.record()  # after the op was enqueued: brackets the op's own stream wait below
-        self._delayed[id(work)] = (work, time.perf_counter_ns(), faults, key, start)
+        self._delayed[id(work)] = (work, issued_ns, faults, key, start)
 
     def _wrap_wait(self, original):
         installed = self
@@ -210,6 +214,7 @@ def install_faults(faults, recorder=None, cuda: bool | None = None) -> Installed
                     time.sleep(1e9)
                 if fault.kind == "size":
                     return _padded(pg, args, kwargs, _original, fault.value, torch)
+            issued_ns = time.perf_counter_ns()
             work = _original(pg, *args, **kwargs)
             extras = [f for f in active if f.kind == "extra"]
             if extras:  # all_reduce only (parse_fault): its Work may be waited twice
@@ -221,7 +226,7 @@ def install_faults(faults, recorder=None, cuda: bool | None = None) -> Installed
                 tensor = _first_tensor(args)
                 cuda = tensor is not None and tensor.is_cuda
                 key = (_method, tensor.numel() if tensor is not None else 0)
-                installed._delay_at_wait(work, delays, key, cuda)
+                installed._delay_at_wait(work, delays, key, cuda, issued_ns)
             return work
 
         setattr(dist.ProcessGroup, method, faulty)

@@ -35,6 +35,36 @@ def test_send_delay_on_pp2_plants_the_delay_and_counts_it():
     assert doc.no_completion == [{}, {}]
 
 
+def test_a_relative_delay_scales_the_call_from_its_issue(monkeypatch):
+    """A gloo send writes its bytes while it is issued, and its Work is done almost at once.
+    Timed from the returned Work, delay=100% planted a fraction of the call: a PP2 send's
+    transfer went to 1.6x, not 2x.  Here the issue takes 2 ms and the wait nothing."""
+    import torch
+    import torch.distributed as dist
+
+    from llmcomm_tests import inject, position
+
+    spin = inject._wait
+
+    def send_issued_in_2ms(pg, tensors, dst, tag):
+        spin(2e-3)
+        return dist.Work()
+
+    monkeypatch.setattr(dist.ProcessGroup, "send", send_issued_in_2ms)
+    monkeypatch.setattr(dist.Work, "wait", lambda work, timeout=None: True)  # done when issued
+    monkeypatch.setattr(position, "phase", "decode")
+    installed = inject.install_faults(parse_faults(["send:delay=100%"]))
+    planted = []
+    monkeypatch.setattr(inject, "_wait", planted.append)
+    try:
+        work = dist.ProcessGroup.send(None, [torch.zeros(1)], 1, 0)
+        work.wait()
+    finally:
+        installed.uninstall()
+    assert len(planted) == 1 and 2e-3 <= planted[0] < 50e-3, planted
+    assert installed.fired == {"send:delay=100%": 1}
+
+
 def test_a_deadlock_report_shows_every_ranks_frames():
     with pytest.raises(RankTimeout) as err:
         launch(rank_entries.deadlock, world_size=2, timeout_s=4)
@@ -103,7 +133,7 @@ def test_cuda_delays_go_to_the_gpu_stream_sized_by_the_op_class_latest_duration(
     installed.gpu_delay = asked.append
     key = ("allreduce", 1024)
     for _ in range(3):
-        installed._delay_at_wait(object(), installed.faults, key, cuda=True)
+        installed._delay_at_wait(object(), installed.faults, key, cuda=True, issued_ns=0)
         (entry,) = installed._delayed.values()
         installed._delayed.clear()
         installed._plant(*entry[1:])
