@@ -14,7 +14,7 @@ from llmcomm_tests.analytic.hardware import list_profiles, load_profile, profile
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
 
-SHIPPED = ["a100-nvlink3", "cpu-loopback", "h100-nvlink4", "h100-nvlink4-ib-4gpu", "pcie-gen4", "pcie-gen5"]
+SHIPPED = ["a100-nvlink3", "cpu-loopback", "h100-nvlink4", "h100-nvlink4-ib-4gpu", "h200-nvlink4", "pcie-gen4", "pcie-gen5"]
 
 
 # -- formulas --------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ def test_presets_are_found_by_device_model_and_node_size():
     assert match_preset("NVIDIA A100-SXM4-80GB", 8).name == "a100-nvlink3"
     assert match_preset("NVIDIA H100 PCIe", 8).name == "pcie-gen5"
     assert match_preset("NVIDIA H100 80GB HBM3", 2) is None  # no 2-GPU H100 node preset
+    assert match_preset("NVIDIA H200", 8).name == "h200-nvlink4"
     assert match_preset("NVIDIA H200 NVL", 8) is None  # a whole model name, not a substring
+    assert match_preset("NVIDIA H200", 1) is None  # one GPU: no node preset describes it
 
 
 def test_machine_profile_on_gloo_cuda_and_unknown_cuda(monkeypatch):
