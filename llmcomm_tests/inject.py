@@ -128,14 +128,14 @@ class InstalledFaults:
 
         return wait
 
-    def _plant(self, t0_ns: int, faults, key, start) -> None:
+    def _plant(self, issued_ns: int, faults, key, start) -> None:
         """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
         delay runs here, after the caller's own wait, inside the time the recorder measures.
         A caller that never waits (or waits through a future) gets no delay, and it is not counted."""
         for fault in faults:
             self.fired[str(fault)] += 1
         if start is None:  # host op: it has completed
-            elapsed = (time.perf_counter_ns() - t0_ns) / 1e9
+            elapsed = (time.perf_counter_ns() - issued_ns) / 1e9
             for fault in faults:
                 _wait(elapsed * fault.value if fault.relative else fault.value)
             return
