@@ -12,7 +12,7 @@ describes the first recv of the pair, not the second.
 
 Measured here (2026-11-30, 3 launches x 200 steps per size): the second recv's p50/p90 were 96-142 /
 131-176 us, but its max 2.5-4.4 ms in 8 of 9 launches (the first recv's max: 0.3-1.6 ms).  In the
-engine's PP2 prefill the second boundary recv took 1-5 ms in 1 to 5 of its 5 calls per case.
+engine's PP2 prefill the second boundary recv took 0.9-5 ms in 1 to 5 of its 5 calls per case.
 """
 
 from __future__ import annotations
