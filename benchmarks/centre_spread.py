@@ -14,10 +14,10 @@ The runs must use one profile: a row's model must not change between them.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections import defaultdict
 
 from llmcomm_tests.report.json_report import load
+from llmcomm_tests.stats import median, percentile
 from llmcomm_tests.text import text_table
 
 
@@ -49,16 +49,15 @@ def main() -> int:
     for (_, world, name), values in centres(args.reports).items():
         if len(values) < args.min_runs:
             continue
-        typical = statistics.median(m for m, _ in values)
+        typical = median([m for m, _ in values])
         key = op_class(world, name)
         spread[key] += [abs(m / typical - 1) for m, _ in values]
         error[key] += [abs(m / model - 1) for m, model in values]
 
     def pct(xs, q):
-        xs = sorted(xs)
-        return f"{100 * xs[min(len(xs) - 1, int(q * len(xs)))]:.0f}%"
+        return f"{percentile(xs, q):.0%}"
 
-    rows = [(key, pct(spread[key], 0.5), pct(spread[key], 0.9), pct(error[key], 0.5), pct(error[key], 0.9),
+    rows = [(key, pct(spread[key], 50), pct(spread[key], 90), pct(error[key], 50), pct(error[key], 90),
              len(spread[key])) for key in sorted(spread)]
     print(f"{len(args.reports)} runs; spread = |centre / the row's median over runs - 1|, error = |centre / model - 1|")
     print(text_table(("op class", "spread med", "spread p90", "error med", "error p90", "rows x runs"), rows))

@@ -21,6 +21,7 @@ import argparse
 import time
 
 from llmcomm_tests.launch import launch
+from llmcomm_tests.stats import percentile
 
 
 def pair_rank(ctx, nbytes: int, steps: int, warmup: int):
@@ -61,8 +62,7 @@ def transfers(sender, receiver) -> tuple[list[float], list[float]]:
 
 
 def quantiles(values: list[float]) -> str:
-    v = sorted(values)
-    return f"{v[len(v) // 2]:7.0f} {v[int(0.9 * len(v))]:7.0f} {v[-1]:7.0f}"
+    return " ".join(f"{percentile(values, q):7.0f}" for q in (50, 90, 100))
 
 
 def main() -> int:
