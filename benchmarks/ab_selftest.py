@@ -16,12 +16,12 @@ import dataclasses
 import sys
 import time
 
-from llmcomm_tests.ab import gate
-from llmcomm_tests.ab.paired import DEFAULT_THRESHOLD
+from llmcomm_tests.judging.ab import gate
+from llmcomm_tests.judging.ab.paired import DEFAULT_THRESHOLD
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.inject import parse_fault
-from llmcomm_tests.measure import RunConfig
+from llmcomm_tests.runtime.faults import parse_fault
+from llmcomm_tests.runtime.run_config import RunConfig
 
 
 def detected(result, fault) -> bool:

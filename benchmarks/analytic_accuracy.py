@@ -20,7 +20,7 @@ Goals (issue 4): median error ≤ 10 % and ≥ 99 % of records inside the bounds
 Transfer centre (issue 10, ``transfer_rows``): what the latency check now judges.  For every
 class the check judges (op, phase, site, group, role, bytes per call) in every run document — a
 *case* — the error of the centre is |median transfer − model| / model (transfer: completion − the
-last peer's arrival, ``arrival.py``), and per op class (op, group size, role) the table gives the
+last peer's arrival, ``runtime/arrival.py``), and per op class (op, group size, role) the table gives the
 median and p90 of that error over the cases, the share of cases whose median sits inside the
 profile's band [band_lo, band_hi] × model, and whose ``tail_q`` quantile stays under tail_k ×
 model.  ``--before OLD.yaml`` adds the same error for the *whole call duration* against the old
@@ -47,7 +47,7 @@ from collections import defaultdict
 
 from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.accuracy import WAITING, accuracy_rows, format_rows, instance, summary
-from llmcomm_tests.documents import RunDocument, from_json, to_json
+from llmcomm_tests.core.documents import RunDocument, from_json, to_json
 from llmcomm_tests.analytic.hardware import load_profile
 
 
@@ -62,7 +62,8 @@ def _workloads(text: str) -> list[tuple[int, int, int]]:
 def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str, save: Path | None) -> list[dict]:
     from llmcomm_tests.engine.config import PRESETS
     from llmcomm_tests.engine.layout import Layout
-    from llmcomm_tests.measure import RunConfig, run_case
+    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.run_config import RunConfig
 
     docs = []
     for text in layouts:
@@ -173,7 +174,7 @@ def compute_gaps(docs) -> list[tuple[str, int, float]]:
 
 
 def format_transfer_rows(rows: list[dict]) -> str:
-    from llmcomm_tests.text import text_table
+    from llmcomm_tests.core.text import text_table
 
     def pct(x):
         return "-" if x is None else f"{x:.0%}"

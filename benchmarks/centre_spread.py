@@ -17,8 +17,8 @@ import argparse
 from collections import defaultdict
 
 from llmcomm_tests.report.json_report import load
-from llmcomm_tests.stats import median, percentile
-from llmcomm_tests.text import text_table
+from llmcomm_tests.core.stats import median, percentile
+from llmcomm_tests.core.text import text_table
 
 
 def centres(paths) -> dict[tuple, list[tuple[float, float]]]:

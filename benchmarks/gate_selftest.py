@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmcomm_tests import baseline
-from llmcomm_tests.documents import RunDocument, from_json
+from llmcomm_tests.judging import baseline
+from llmcomm_tests.core.documents import RunDocument, from_json
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.inject import parse_faults
-from llmcomm_tests.session import fingerprint
+from llmcomm_tests.runtime.faults import parse_faults
+from llmcomm_tests.suite.session import fingerprint
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def event_vs_host(torch, dist) -> None:
 
 
 def recorder_cost(torch, dist) -> None:
-    from llmcomm_tests.record import Recorder
+    from llmcomm_tests.runtime.recorder import Recorder
 
     x = torch.ones(1024, device="cuda")
     n, rounds = 2000, 5
@@ -140,10 +140,10 @@ def recorder_cost(torch, dist) -> None:
 
 
 def planted_delays(torch, dist) -> None:
-    from llmcomm_tests import position
-    from llmcomm_tests.gpu_delay import GpuDelay
-    from llmcomm_tests.inject import install_faults, parse_faults
-    from llmcomm_tests.record import Recorder
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.runtime.gpu_delay import GpuDelay
+    from llmcomm_tests.runtime.faults import install_faults, parse_faults
+    from llmcomm_tests.runtime.recorder import Recorder
 
     delay = GpuDelay(torch)
     row("torch.cuda._sleep clock (fitted)", f"{delay.clock.hz / 1e9:.3f} GHz, launch {us(delay.clock.overhead_s)}",
@@ -166,12 +166,12 @@ def planted_delays(torch, dist) -> None:
     def recorded(faults: list[str]) -> list[float]:
         installed = install_faults(parse_faults(faults), cuda=True)
         recorder = Recorder(cuda_events=True).install()
-        position.set_phase("decode", 1)
+        call_site.set_phase("decode", 1)
         recorder.active = True
         for _ in range(100):
             dist.all_reduce(x)
         recorder.active = False
-        position.set_phase("none", -1)
+        call_site.set_phase("none", -1)
         ops = recorder.finalize(0)
         recorder.uninstall()
         installed.uninstall()

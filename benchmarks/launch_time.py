@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the launcher tests' rank entry points
 import rank_entries  # noqa: E402
-from llmcomm_tests.launch import launch
+from llmcomm_tests.runtime.launch import launch
 
 
 def spawn_rank(rank, world_size, path, queue):

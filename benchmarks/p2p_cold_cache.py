@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from llmcomm_tests.launch import launch
+from llmcomm_tests.runtime.launch import launch
 
 CONDITIONS = ((0, "64x64 matmul (cache-resident)"), (4, "reads 4 MiB of weights"), (16, "reads 16 MiB of weights"))
 
@@ -25,8 +25,8 @@ def send_rank(ctx, sends: int, rounds: int, compute_ms: float, compute_mb: float
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.commands.bench_comm import compute_between_calls
-    from llmcomm_tests.record import Recorder
+    from llmcomm_tests.calibration.sweep import compute_between_calls
+    from llmcomm_tests.runtime.recorder import Recorder
 
     compute = compute_between_calls(compute_ms, compute_mb)  # the calibration's own compute
     tokens = torch.zeros(2, dtype=torch.int64)

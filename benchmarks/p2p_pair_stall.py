@@ -6,7 +6,7 @@ A PP stage hands its successor two tensors at once (``engine/parallel.py``: hidd
 residual), and the successor receives them one after the other.  Two gloo ranks do the same per step:
 rank 0 computes 2 ms and sends two messages, and rank 1 receives both.  Then rank 1 computes 2 ms
 and returns a token, while rank 0 idles in its recv.  Printed per size and round: each recv's
-*transfer* (completion minus the later of the two posts, as ``arrival.py`` splits the engine's records),
+*transfer* (completion minus the later of the two posts, as ``runtime/arrival.py`` splits the engine's records),
 p50 / p90 / max.  The calibration (``bench-comm --compute-ms``) sends one message per call: its fit
 describes the first recv of the pair, not the second.
 
@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from llmcomm_tests.launch import launch
-from llmcomm_tests.stats import percentile
+from llmcomm_tests.runtime.launch import launch
+from llmcomm_tests.core.stats import percentile
 
 
 def pair_rank(ctx, nbytes: int, steps: int, warmup: int):
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.commands.bench_comm import compute_between_calls
+    from llmcomm_tests.calibration.sweep import compute_between_calls
 
     compute = compute_between_calls(2.0)
     first, second, token = torch.zeros(nbytes // 4), torch.zeros(nbytes // 4), torch.zeros(2, dtype=torch.int64)

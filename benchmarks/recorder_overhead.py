@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.launch import launch
-from llmcomm_tests.record import Recorder
+from llmcomm_tests.runtime.launch import launch
+from llmcomm_tests.runtime.recorder import Recorder
 
 
 def per_op(n: int = 20000, rounds: int = 7) -> tuple[float, float]:

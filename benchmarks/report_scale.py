@@ -24,11 +24,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from llmcomm_tests import baseline, checks, contract, metrics
-from llmcomm_tests.documents import CallClass, CaseInfo, CaseResult, RankOps, RunDocument
+from llmcomm_tests.judging import baseline, checks
+from llmcomm_tests.core import contract
+from llmcomm_tests.runtime import metrics
+from llmcomm_tests.core.documents import CallClass, CaseInfo, CaseResult, RankOps, RunDocument
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.pipeline import prediction
+from llmcomm_tests.suite.case_run import prediction
 from llmcomm_tests.report import json_report
 from llmcomm_tests.spec import Case
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llmcomm_tests.record import Recorder
+from llmcomm_tests.runtime.recorder import Recorder
 
 
 @pytest.fixture(scope="module")

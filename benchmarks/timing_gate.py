@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from llmcomm_tests.options import LLMCommOptions
-from llmcomm_tests.pipeline import run_and_check
-from llmcomm_tests.session import LLMCommSession
+from llmcomm_tests.suite.options import LLMCommOptions
+from llmcomm_tests.suite.case_run import run_and_check
+from llmcomm_tests.suite.session import LLMCommSession
 from llmcomm_tests.spec import load_spec
-from llmcomm_tests.text import text_table
+from llmcomm_tests.core.text import text_table
 
 LAYOUTS = ("tp2-pp1", "tp1-pp2", "tp2-pp2")
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmcomm_tests.cluster import netns, study  # noqa: E402
+from llmcomm_tests.runtime import netns
+from llmcomm_tests.cluster import study  # noqa: E402
 from llmcomm_tests.engine.config import resolve_engine  # noqa: E402
 from llmcomm_tests.engine.layout import Layout  # noqa: E402
-from llmcomm_tests.measure import RunConfig, run_case  # noqa: E402
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig  # noqa: E402
 
 ORDER_MARGIN = 1.25  # as tests/test_cluster.py: the A/A spread of TPOT on this host (DOMAIN.md §11)
 

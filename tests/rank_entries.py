@@ -52,8 +52,8 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    from llmcomm_tests import position
-    from llmcomm_tests.record import Recorder
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.runtime.recorder import Recorder
 
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (ctx.world_size,))
@@ -61,13 +61,13 @@ def dtensor_mlp(ctx, batch: int = 4, hidden: int = 16, ffn: int = 32):
     parallelize_module(mlp, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
     recorder = Recorder().install()
     recorder.active = True
-    position.set_phase("prefill", 0)
-    with position.at_site("dtensor.mlp"):
+    call_site.set_phase("prefill", 0)
+    with call_site.at_site("dtensor.mlp"):
         out = mlp(torch.ones(batch, hidden))
         total = float(out.sum())  # first use of the output: DTensor waits for the collective here
-    position.set_phase("none", -1)
+    call_site.set_phase("none", -1)
     recorder.active = False
-    from llmcomm_tests.metrics import records as as_records
+    from llmcomm_tests.runtime.metrics import records as as_records
 
     records = as_records([recorder.finalize(ctx.rank)])
     recorder.uninstall()
@@ -82,26 +82,26 @@ def allgather_base(ctx, faults=(), numel: int = 6):
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests import position
-    from llmcomm_tests.inject import install_faults, parse_faults
-    from llmcomm_tests.record import Recorder
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.runtime.faults import install_faults, parse_faults
+    from llmcomm_tests.runtime.recorder import Recorder
 
     pg = dist.group.WORLD
     installed = install_faults(parse_faults(faults)) if faults else None  # under the recorder
     recorder = Recorder().install()
     recorder.active = True
-    position.set_phase("decode", 1)
+    call_site.set_phase("decode", 1)
     inp = torch.full((numel,), float(ctx.rank))
     old = torch.empty(numel * ctx.world_size)
     new = torch.empty(numel * ctx.world_size)
-    with position.at_site("pp.boundary1"):
+    with call_site.at_site("pp.boundary1"):
         pg._allgather_base(old, inp).wait()
         with warnings.catch_warnings():  # deprecated in 2.13 for all_gather_single, same route
             warnings.simplefilter("ignore", FutureWarning)
             dist.all_gather_into_tensor(new, inp)
-    position.set_phase("none", -1)
+    call_site.set_phase("none", -1)
     recorder.active = False
-    from llmcomm_tests.metrics import records as as_records
+    from llmcomm_tests.runtime.metrics import records as as_records
 
     records = as_records([recorder.finalize(ctx.rank)])
     recorder.uninstall()

@@ -38,7 +38,7 @@ def abspec(pytester):
 
 
 def test_each_arm_runs_its_own_interpreter(other_python):
-    from llmcomm_tests.ab.arms import Arm, env_difference
+    from llmcomm_tests.judging.ab.arms import Arm, env_difference
 
     a, b = Arm("A", sys.executable), Arm("B", other_python)
     try:

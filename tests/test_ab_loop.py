@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from llmcomm_tests.ab.arms import ArmEnv, ArmError
-from llmcomm_tests.ab.gate import compare_arms
-from llmcomm_tests.ab.observe import ArmRun
-from llmcomm_tests.documents import VolumeRow
+from llmcomm_tests.judging.ab.arms import ArmEnv, ArmError
+from llmcomm_tests.judging.ab.gate import compare_arms
+from llmcomm_tests.judging.ab.observe import ArmRun
+from llmcomm_tests.core.documents import VolumeRow
 
 VOLUME = [VolumeRow("all_reduce", "decode", "attn", 56, 57344, 57344)]
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from llmcomm_tests import stats
-from llmcomm_tests.ab.paired import paired_change, should_stop
-from llmcomm_tests.ab.schedule import AB, BA, Schedule
+from llmcomm_tests.core import stats
+from llmcomm_tests.judging.ab.paired import paired_change, should_stop
+from llmcomm_tests.judging.ab.schedule import AB, BA, Schedule
 
 
 def test_signed_rank_null_small_n_by_enumeration():

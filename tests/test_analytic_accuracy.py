@@ -10,13 +10,12 @@ import pytest
 from llmcomm_tests.analytic import latency
 from types import SimpleNamespace
 
-from llmcomm_tests.analytic.accuracy import (WAITING, accuracy_rows, bounds_for_record, fit_spread, instance,
-                                             role_of, span_of, summary, waiting_reason)
-from llmcomm_tests.commands.calibrate import fit_line
+from llmcomm_tests.analytic.accuracy import (WAITING, accuracy_rows, bounds_for_record, fit_spread, instance, role_of, span_of, summary, waiting_reason)
+from llmcomm_tests.calibration.fit import fit_line
 from llmcomm_tests.analytic.hardware import load_profile, profile_from_dict
 from llmcomm_tests.analytic.volume import op_instances
 from llmcomm_tests.engine.config import PRESETS
-from llmcomm_tests.documents import OpRecord
+from llmcomm_tests.core.documents import OpRecord
 from llmcomm_tests.engine.layout import Layout
 
 
@@ -129,7 +128,8 @@ def test_fit_line_ignores_a_minority_regime():
 
 def test_every_real_record_maps_to_an_op_instance():
     """The record → msg_bytes mapping is volume.op_instances' convention, on a real TP×PP run."""
-    from llmcomm_tests.measure import RunConfig, run_case
+    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.run_config import RunConfig
 
     tiny, layout = PRESETS["tiny"], Layout(2, 2)
     doc = run_case(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0, keep_records=True),

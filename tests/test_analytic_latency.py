@@ -8,7 +8,8 @@ import random
 import pytest
 
 from llmcomm_tests.analytic import latency
-from llmcomm_tests.commands.calibrate import fit_profile, main as calibrate_main
+from llmcomm_tests.calibration.fit import fit_profile
+from llmcomm_tests.commands.calibrate import main as calibrate_main
 from llmcomm_tests.analytic.e2e import compute_times, predict_case
 from llmcomm_tests.analytic.hardware import list_profiles, load_profile, profile_from_dict
 from llmcomm_tests.engine.config import PRESETS

@@ -81,8 +81,49 @@ def reachable(name: str) -> set[str]:
     return seen
 
 
-RUNTIME = {"llmcomm_tests.launch", "llmcomm_tests.record", "llmcomm_tests.metrics", "llmcomm_tests.measure",
-           "llmcomm_tests.inject", "llmcomm_tests.pipeline", "llmcomm_tests.engine.parallel"}
+# The floors, bottom up (the package docstring says what each holds).  A module imports from its
+# own floor and the floors below, never above: data flows one way.
+FLOORS = (
+    ("core",),
+    ("engine", "analytic", "spec"),
+    ("runtime", "frameworks"),
+    ("calibration",),
+    ("judging", "report"),
+    ("suite",),
+    ("commands",),
+)
+FLOOR_OF = {folder: level for level, folders in enumerate(FLOORS) for folder in folders}
+
+
+def floor(name: str) -> int | None:
+    """The floor of module ``name``; None for the package root (``llmcomm_tests`` itself)."""
+    parts = name.split(".")
+    return FLOOR_OF[parts[1]] if len(parts) > 1 else None
+
+
+def test_every_module_lives_on_a_floor():
+    homeless = sorted(n for n in MODULES if n != "llmcomm_tests" and n.split(".")[1] not in FLOOR_OF)
+    assert not homeless, f"modules outside the floors {FLOORS}: {homeless}"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} (floor {floor(name) + 1}) imports {target} (floor {floor(target) + 1})"
+                  for name, targets in graph.items() if floor(name) is not None
+                  for target in targets if floor(target) is not None and floor(target) > floor(name))
+
+
+def test_no_import_climbs_a_floor():
+    climbs = upward_imports(GRAPH)
+    assert not climbs, "imports that climb:\n" + "\n".join(climbs)
+
+
+def test_the_floor_rule_catches_a_planted_upward_import():
+    planted = dict(GRAPH)
+    planted["llmcomm_tests.core.stats"] = GRAPH["llmcomm_tests.core.stats"] | {"llmcomm_tests.judging.checks"}
+    assert upward_imports(planted) == ["llmcomm_tests.core.stats (floor 1) imports llmcomm_tests.judging.checks (floor 5)"]
+
+
+RUNTIME = {n for n in MODULES if floor(n) is not None and floor(n) >= FLOOR_OF["runtime"]}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("llmcomm_tests.analytic")))
@@ -97,8 +138,8 @@ def test_the_checker_below_catches_a_planted_cycle_and_a_planted_import(tmp_path
     """The two checks above can fail: a module importing its importer is a cycle; analytic
     importing the recorder is refused."""
     planted = dict(GRAPH)
-    planted["llmcomm_tests.contract"] = GRAPH["llmcomm_tests.contract"] | {"llmcomm_tests.checks"}
-    planted["llmcomm_tests.analytic.latency"] = GRAPH["llmcomm_tests.analytic.latency"] | {"llmcomm_tests.record"}
+    planted["llmcomm_tests.core.contract"] = GRAPH["llmcomm_tests.core.contract"] | {"llmcomm_tests.judging.checks"}
+    planted["llmcomm_tests.analytic.latency"] = GRAPH["llmcomm_tests.analytic.latency"] | {"llmcomm_tests.runtime.recorder"}
     monkeypatch.setattr(sys.modules[__name__], "GRAPH", planted)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_the_import_graph_has_no_cycle()
@@ -106,9 +147,10 @@ def test_the_checker_below_catches_a_planted_cycle_and_a_planted_import(tmp_path
         test_the_analytic_model_runs_nothing("llmcomm_tests.analytic.latency")
 
 
-@pytest.mark.parametrize("module", ["llmcomm_tests.plugin", "llmcomm_tests.spec", "llmcomm_tests.analytic.e2e",
-                                    "llmcomm_tests.documents", "llmcomm_tests.contract", "llmcomm_tests.baseline",
-                                    "llmcomm_tests.report.html", "llmcomm_tests.commands"])
+@pytest.mark.parametrize("module", ["llmcomm_tests.suite.plugin", "llmcomm_tests.spec", "llmcomm_tests.analytic.e2e",
+                                    "llmcomm_tests.core.documents", "llmcomm_tests.core.contract", "llmcomm_tests.judging.baseline",
+                                    "llmcomm_tests.report.html", "llmcomm_tests.commands", "llmcomm_tests.core.units",
+                                    "llmcomm_tests.runtime.run_config"])
 def test_modules_load_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

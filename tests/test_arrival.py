@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from llmcomm_tests import arrival
-from llmcomm_tests.documents import CallClass, RankOps
+from llmcomm_tests.runtime import arrival
+from llmcomm_tests.core.documents import CallClass, RankOps
 
 US = 1000  # ns
 
@@ -66,7 +66,8 @@ def test_clock_offsets_move_ranks_onto_one_clock():
 
 
 def test_chrome_trace_nests_wait_and_transfer_inside_each_call(tmp_path):
-    from llmcomm_tests.measure import RunConfig, run_case
+    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.engine.config import PRESETS
     from llmcomm_tests.engine.layout import Layout
     from llmcomm_tests.report.trace import write_trace
@@ -92,7 +93,7 @@ def test_budgets_suggest_is_a_stated_margin_over_the_measured_p99():
     from types import SimpleNamespace
 
     from llmcomm_tests.commands.budgets import parse_margin, suggest
-    from llmcomm_tests.documents import CommMetrics, Distribution, LatencyMetrics
+    from llmcomm_tests.core.documents import CommMetrics, Distribution, LatencyMetrics
 
     def run(tpot):
         m = LatencyMetrics(Distribution([0.1, 0.2]), Distribution(tpot), Distribution([1.0]), Distribution([]), 1.0)
@@ -115,14 +116,14 @@ def skewed_clock_offsets(ctx, skew_ns: int):
     """Rank 1's clock reads ``skew_ns`` ahead: the estimate must find it, within its stated error."""
     import time
 
-    from llmcomm_tests.clocks import estimate_offsets
+    from llmcomm_tests.runtime.clocks import estimate_offsets
 
     clock = (lambda: time.perf_counter_ns() + skew_ns) if ctx.rank == 1 else time.perf_counter_ns
     return estimate_offsets(clock=clock)
 
 
 def test_clock_offsets_are_estimated_with_their_error():
-    from llmcomm_tests.launch import launch
+    from llmcomm_tests.runtime.launch import launch
 
     offsets = launch(skewed_clock_offsets, (5_000_000,), world_size=2, timeout_s=120)[0]
     offset, error = offsets[1]

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from llmcomm_tests.baseline import compare_samples, env_changes, hardware_key, judge
+from llmcomm_tests.judging.baseline import compare_samples, env_changes, hardware_key, judge
 from test_plugin import QUIET, SPEC, wide_profile  # noqa: F401  (fixture)
 
 # A loose time threshold (+500 %): these tests are about the gate's mechanics on a noisy 2-core
@@ -149,7 +149,7 @@ def test_env_changes_and_hardware_key():
 def test_t_quantiles_are_exact_at_few_runs():
     """Two baseline sessions leave one degree of freedom: the 99.9 % two-sided t quantile is 636.6,
     not the ~40 an expansion around the normal gives; the interval must be that wide."""
-    from llmcomm_tests.stats import t_quantile
+    from llmcomm_tests.core.stats import t_quantile
 
     assert t_quantile(0.975, 1) == pytest.approx(12.706, rel=1e-4)
     assert t_quantile(0.9995, 1) == pytest.approx(636.62, rel=1e-4)
@@ -161,7 +161,7 @@ def test_t_quantiles_are_exact_at_few_runs():
 
 
 def test_runs_of_one_session_count_once():
-    from llmcomm_tests.baseline import sessions
+    from llmcomm_tests.judging.baseline import sessions
 
     runs = [{"session": "a", "times": {"tpot": [1.0, 2.0]}}, {"session": "a", "times": {"tpot": [3.0]}},
             {"session": "b", "times": {"tpot": [4.0]}}]
@@ -170,7 +170,7 @@ def test_runs_of_one_session_count_once():
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "", ".hidden", "x/../../y"])
 def test_baseline_names_stay_inside_the_folder(name):
-    from llmcomm_tests.baseline import check_name
+    from llmcomm_tests.judging.baseline import check_name
 
     with pytest.raises(ValueError, match="no paths"):
         check_name(name)
@@ -178,7 +178,7 @@ def test_baseline_names_stay_inside_the_folder(name):
 
 def test_baseline_files_are_written_atomically(tmp_path, monkeypatch):
     """A write that dies half-way leaves the previous baseline intact (temp file + rename)."""
-    from llmcomm_tests import baseline
+    from llmcomm_tests.judging import baseline
 
     path = tmp_path / "b.json"
     run = {"env": {}, "session": "s", "case": {}, "volume": [], "times": {"tpot": [1.0]}}

@@ -9,9 +9,9 @@ import pytest
 
 from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.hardware import load_profile
-from llmcomm_tests.commands.calibrate import BAND_LIMITS, fit_engine_conditions
+from llmcomm_tests.calibration.fit import BAND_LIMITS, fit_engine_conditions
 from llmcomm_tests.commands.calibrate import main as calibrate_main
-from llmcomm_tests.stats import percentile
+from llmcomm_tests.core.stats import percentile
 
 ALPHA, BETA = 100e-6, 2e9  # all_reduce over 2: T = 2α + M/β
 SIZES = [8, 1024, 32768, 262144]
@@ -145,7 +145,7 @@ def test_cli_engine_conditions_from_saved_rows(tmp_path, capsys):
 
 
 def test_engine_sweep_refuses_bad_conditions_before_launching():
-    from llmcomm_tests.commands.bench_comm import engine_sweep
+    from llmcomm_tests.calibration.sweep import engine_sweep
 
     with pytest.raises(ValueError, match="order"):
         engine_sweep(2, ["all_reduce"], [8], order="random")
@@ -158,7 +158,7 @@ def test_engine_sweep_refuses_bad_conditions_before_launching():
 
 
 def test_engine_sweep_records_transfers_inside_the_call_time():
-    from llmcomm_tests.commands.bench_comm import engine_sweep
+    from llmcomm_tests.calibration.sweep import engine_sweep
 
     repeats = 4
     rows = engine_sweep(2, ["all_reduce", "send_recv", "gather"], [8, 4096], repeats, compute_ms=0.2, warmup=1,

@@ -6,12 +6,11 @@ import pytest
 
 from types import SimpleNamespace
 
-from llmcomm_tests.checks import budget_rows, latency_rows, volume_rows
-from llmcomm_tests.documents import (CommMetrics, Distribution, LatencyMetrics, LatencySummary, OpSummary,
-                                     VolumeRow)
+from llmcomm_tests.judging.checks import budget_rows, latency_rows, volume_rows
+from llmcomm_tests.core.documents import (CommMetrics, Distribution, LatencyMetrics, LatencySummary, OpSummary, VolumeRow)
 from llmcomm_tests.report.table import format_table
 from llmcomm_tests.spec import Budget, Budgets, LatencyTolerance
-from llmcomm_tests.stats import binomial_cdf, median_ci
+from llmcomm_tests.core.stats import binomial_cdf, median_ci
 
 
 @pytest.mark.parametrize("k, n, p", [(15, 20, 0.9), (0, 5, 0.9), (8, 10, 0.9), (3, 7, 0.5)])
@@ -70,7 +69,7 @@ def test_transfer_centre_and_tail_fail_for_their_own_reasons(monkeypatch):
     """Band [0.5 ms, 2 ms] around a 1 ms model, tail allowance 4 ms at p90."""
     import random
 
-    import llmcomm_tests.checks as checks
+    import llmcomm_tests.judging.checks as checks
 
     monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes, role, world_size: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
     tol = LatencyTolerance(inside_fraction=0.9)
@@ -95,7 +94,7 @@ def test_latency_tests_share_the_sessions_significance(monkeypatch):
     """12 transfers all above the band fail a case judged alone (one class, two tests: a 97.5 %
     interval, [x(2), x(11)]); in a session of 100 timed cases the interval needs 99.975 %, which 12
     samples cannot give (their full range covers the median with 99.95 %)."""
-    import llmcomm_tests.checks as checks
+    import llmcomm_tests.judging.checks as checks
 
     monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes, role, world_size: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
     slow = [3e-3 + i * 1e-5 for i in range(12)]

@@ -169,8 +169,8 @@ def _run_step(script: str, tmp_path: Path, *, save: bool) -> subprocess.Complete
     (specs / "ci-smoke.yaml").write_text(SMOKE_SPEC)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCOMM_", "PYTEST_"))}
     pytest_args = "-p no:cacheprovider -q"
-    if not any(ep.value == "llmcomm_tests.plugin" for ep in importlib.metadata.entry_points(group="pytest11")):
-        pytest_args += " -p llmcomm_tests.plugin"  # a bare checkout: the spec dir is outside our conftest's reach
+    if not any(ep.value == "llmcomm_tests.suite.plugin" for ep in importlib.metadata.entry_points(group="pytest11")):
+        pytest_args += " -p llmcomm_tests.suite.plugin"  # a bare checkout: the spec dir is outside our conftest's reach
     env.update(GPUS="2", BASELINE="ci-smoke", SAVE_BASELINE="true" if save else "false", SLO_SPECS=str(specs),
                SELECT="tp2-pp1 or tp2-pp2", PYTEST_ARGS=pytest_args,
                LLMCOMM_REPORT_DIR=str(tmp_path / "reports"), LLMCOMM_BASELINE_DIR=str(tmp_path / "baselines"))

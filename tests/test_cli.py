@@ -56,7 +56,7 @@ def test_rank_entry_point_runs_under_torchrun(tmp_path):
     out = tmp_path / "torchrun.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "llmcomm_tests.rank", "--tp", "2", "--prompt-len", "8", "--gen-len", "3",
+                           "-m", "llmcomm_tests.runtime.torchrun_entry", "--tp", "2", "--prompt-len", "8", "--gen-len", "3",
                            "--repeats", "1", "--keep-records", "--json", str(out)], capture_output=True, text=True, timeout=300,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,7 +126,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("argv, fragment", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_is_one_line_and_exit_2_before_any_launch(argv, fragment, tmp_path, monkeypatch, capsys):
-    from llmcomm_tests import launch, measure
+    from llmcomm_tests.runtime import launch, measure
     from llmcomm_tests.commands import main
 
     def tripwire(*args, **kwargs):

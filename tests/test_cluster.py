@@ -23,10 +23,13 @@ from pathlib import Path
 import pytest
 
 from llmcomm_tests.analytic.hardware import load_profile
-from llmcomm_tests.cluster import netns, node_launch, predict, tiers
+from llmcomm_tests.core import units
+from llmcomm_tests.runtime import netns, node_launch
+from llmcomm_tests.analytic import tiers, two_tier
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.measure import RunConfig, run_case
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig
 
 TINY = PRESETS["tiny"]
 RPN = 2  # ranks per node in every case here
@@ -89,7 +92,7 @@ def test_tier_volume_matches_model(tiny_runs, layout):
 def test_tier_volume_check_fails_on_planted_faults(tiny_runs):
     """A wrong node map (everything on one node) and a larger message crossing nodes both show as
     diffs, and only on the tier where they are."""
-    from llmcomm_tests.inject import parse_faults
+    from llmcomm_tests.runtime.faults import parse_faults
 
     doc = tiny_runs[Layout(2, 2)]
     predicted = tiers.predicted(TINY, Layout(2, 2), 2, 8, 3, "fp32", RPN)
@@ -105,7 +108,7 @@ def test_tier_volume_check_fails_on_planted_faults(tiny_runs):
 
 def test_local_template_two_nodes_same_tokens_as_one_host():
     layout = Layout(2, 2)
-    run = node_launch.run_on_nodes(node_launch.local_nodes(2, RPN, timeout_s=120), "llmcomm_tests.rank:main",
+    run = node_launch.run_on_nodes(node_launch.local_nodes(2, RPN, timeout_s=120), "llmcomm_tests.runtime.torchrun_entry:main",
                                    _rank_args(layout))
     assert run.rank_nodes == {0: "local0", 1: "local0", 2: "local1", 3: "local1"}
     ref = run_case(RunConfig(TINY, layout, repeats=1, warmup=0))
@@ -134,7 +137,7 @@ def _kill_case(launch: node_launch.NodeLaunch, tmp_path: Path) -> tuple[node_lau
     killer = threading.Thread(target=_kill_rank_when_started, args=(results, 3, 3.0, done), daemon=True)
     killer.start()
     with pytest.raises(node_launch.NodeRankFailed) as info:
-        node_launch.run_on_nodes(launch, "llmcomm_tests.rank:main",
+        node_launch.run_on_nodes(launch, "llmcomm_tests.runtime.torchrun_entry:main",
                                  _rank_args(Layout(2, 2), ["--inject", "send:hang=0"]), results=results)
     killer.join(10)
     assert "pid" in done, done
@@ -194,13 +197,13 @@ def test_shaped_link_runs_at_its_rate(cluster):
     same stream with shaping removed — must fall outside it."""
     for rate in ("200mbit", "1gbit"):
         netns.set_rate(cluster, rate)
-        nominal = netns.rate_bytes_per_s(rate)
+        nominal = units.rate_bytes_per_s(rate)
         measured = _bulk_rate(cluster, 30 if rate == "200mbit" else 120)
         assert 0.85 * nominal <= measured <= 1.02 * nominal, (rate, measured / nominal)
     for node in cluster.nodes:  # planted: no shaping
         netns._ip("netns", "exec", node.name, "tc", "qdisc", "del", "dev", cluster.ifname, "root")
     try:
-        assert _bulk_rate(cluster, 120) > 1.02 * netns.rate_bytes_per_s("1gbit")
+        assert _bulk_rate(cluster, 120) > 1.02 * units.rate_bytes_per_s("1gbit")
     finally:
         netns.set_rate(cluster, "200mbit")
 
@@ -209,7 +212,7 @@ def test_shaped_link_runs_at_its_rate(cluster):
 def test_emulated_tp2_pp2_same_tokens_and_exact_tier_volume(cluster):
     layout = Layout(2, 2)
     before = netns.link_tx_bytes(cluster)
-    run = node_launch.run_on_nodes(node_launch.emulated_nodes(cluster, 120), "llmcomm_tests.rank:main",
+    run = node_launch.run_on_nodes(node_launch.emulated_nodes(cluster, 120), "llmcomm_tests.runtime.torchrun_entry:main",
                                    _rank_args(layout))
     sent = sum(v - before[k] for k, v in netns.link_tx_bytes(cluster).items())
     doc = run.document()
@@ -257,20 +260,20 @@ def test_crashed_owner_is_reaped():
 def test_advise_ranks_by_prediction_and_explains_misses():
     profile = load_profile("h100-nvlink4-ib-4gpu")
     shape = PRESETS["llama-3.1-8b"]
-    preds, refused = predict.advise(shape, 8, 1, 128, 128, "bf16", profile, ttft_s=0.2, tpot_s=0.0035)
+    preds, refused = two_tier.advise(shape, 8, 1, 128, 128, "bf16", profile, ttft_s=0.2, tpot_s=0.0035)
     assert [str(p.layout) for p in preds][:1] == ["tp4-pp2"]  # TP inside the node, PP across
     tp8 = next(p for p in preds if p.layout == Layout(8, 1))
     assert tp8.bytes_per_token["inter"] > 100 * preds[0].bytes_per_token["inter"]
     assert not tp8.fits() and tp8.dominant_tpot == "inter comm"
-    assert "inter comm dominates" in predict.why_not(tp8, 0.2, 0.0035)
+    assert "inter comm dominates" in two_tier.why_not(tp8, 0.2, 0.0035)
     assert refused == []
 
 
 def test_nics_per_node_queues_parallel_boundary_slices():
     """One NIC per node (the emulated cluster): the t slices of a hybrid boundary queue on it."""
     profile = replace(load_profile("cpu-loopback"), ranks_per_node=2)
-    one = predict.predict(TINY, Layout(2, 2), 16, 16, 8, "fp32", profile, nics_per_node=1)
-    two = predict.predict(TINY, Layout(2, 2), 16, 16, 8, "fp32", profile, nics_per_node=2)
+    one = two_tier.predict(TINY, Layout(2, 2), 16, 16, 8, "fp32", profile, nics_per_node=1)
+    two = two_tier.predict(TINY, Layout(2, 2), 16, 16, 8, "fp32", profile, nics_per_node=2)
     assert one.parts["comm_decode_inter_s"] > two.parts["comm_decode_inter_s"]
     assert one.parts["comm_decode_intra_s"] == two.parts["comm_decode_intra_s"]
 
@@ -354,7 +357,7 @@ def test_order_check_fails_on_a_planted_inversion():
 def test_advisor_first_choice_is_measured_fastest(study_200mbit):
     s = study_200mbit
     w = s["w"]
-    preds, refused = predict.advise(s["shape"], [2, 4], w.batch, w.prompt_len, w.gen_len, w.dtype, s["profile"],
+    preds, refused = two_tier.advise(s["shape"], [2, 4], w.batch, w.prompt_len, w.gen_len, w.dtype, s["profile"],
                                     nics_per_node=1, compute_parallelism=s["cores"], layouts=STUDY_LAYOUTS)
     assert refused == []
     fastest = min(s["results"], key=lambda l: s["results"][l]["tpot_measured_s"])
@@ -367,7 +370,7 @@ def test_advisor_first_choice_is_measured_fastest(study_200mbit):
 def test_topology_section_parses_and_refuses_bad_input():
     import yaml
 
-    from llmcomm_tests.cluster import topology
+    from llmcomm_tests.spec import topology
 
     spec = Path(__file__).resolve().parents[1] / "slo_specs" / "emulated-2node.yaml"
     topo = topology.parse(yaml.safe_load(spec.read_text())["topology"], str(spec))
@@ -415,8 +418,8 @@ def test_kubernetes_template_is_a_pytorchjob_running_the_rank_wrapper():
     for role in ("Master", "Worker"):
         container = spec["pytorchReplicaSpecs"][role]["template"]["spec"]["containers"][0]
         script = container["args"][0]
-        assert "-m llmcomm_tests.cluster.node_rank --results /results" in script
-        assert "--target llmcomm_tests.rank:main" in script and "--json /results/run.json" in script
+        assert "-m llmcomm_tests.runtime.node_rank --results /results" in script
+        assert "--target llmcomm_tests.runtime.torchrun_entry:main" in script and "--json /results/run.json" in script
         assert {"name": "results", "mountPath": "/results"} in container["volumeMounts"]
 
 
@@ -484,7 +487,7 @@ def test_topology_spec_gives_one_case_per_rate_and_located_errors(tmp_path):
 
 
 def test_session_options_give_a_topology_and_a_spec_keeps_its_own():
-    from llmcomm_tests.cluster.topology import Topology, for_session
+    from llmcomm_tests.spec.topology import Topology, for_session
 
     emulated = for_session(None, 4, 2, None, ("1gbit",), None, (), None)
     assert (emulated.nodes, emulated.ranks_per_node, emulated.emulate, emulated.inter_rates) == (2, 2, True, ("1gbit",))
@@ -538,7 +541,7 @@ def test_emulated_cases_skip_with_the_reason_where_namespaces_are_unavailable(py
     import importlib
 
     # from sys.modules: an earlier in-process pytester run may have left a stale package attribute
-    pytest_items = importlib.import_module("llmcomm_tests.pytest_items")
+    pytest_items = importlib.import_module("llmcomm_tests.suite.items")
     monkeypatch.setattr(pytest_items, "_namespaces_here", lambda: (False, "cannot create a network namespace: EPERM"))
     pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})
     result = pytester.runpytest_inprocess(*QUIET, "-rs", "--llmcomm-emulate-nodes", "2")

@@ -8,7 +8,8 @@ from llmcomm_tests.engine.config import PRESETS, EngineShape
 from llmcomm_tests.engine.layout import Layout, LayoutError, kv_heads_of
 from llmcomm_tests.engine.parallel import ParallelEngine
 from llmcomm_tests.engine.weights import full_state_dict
-from llmcomm_tests.measure import RunConfig, run_case
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig
 
 LAYOUTS = [(1, 1), (2, 1), (4, 1), (1, 2), (1, 4), (2, 2)]
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmcomm_tests import envinfo
-from llmcomm_tests.session import fingerprint
+from llmcomm_tests.core import envinfo
+from llmcomm_tests.suite.session import fingerprint
 
 CAPTURED = {"CUDA_VISIBLE_DEVICES": "1,3", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "UCX_TLS": "rc,cuda_copy",
             "FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_ALGO": "Ring", "GLOO_SOCKET_IFNAME": "lo",
@@ -45,7 +45,7 @@ def test_nccl_config_files_are_captured(environment, monkeypatch):
 
 
 def test_fingerprint_and_run_document_carry_them(environment):
-    from llmcomm_tests.measure import environment as run_environment
+    from llmcomm_tests.runtime.measure import environment as run_environment
 
     (environment / ".nccl.conf").write_text("NCCL_PROTO=LL\n")
     for env in (fingerprint(), run_environment(SimpleNamespace(backend="gloo", world_size=1))):

@@ -6,10 +6,11 @@ import pytest
 import rank_entries
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.gpu_delay import fit_clock
-from llmcomm_tests.inject import never_fired, parse_faults
-from llmcomm_tests.launch import RankTimeout, launch
-from llmcomm_tests.measure import RunConfig, run_case
+from llmcomm_tests.runtime.gpu_delay import fit_clock
+from llmcomm_tests.runtime.faults import never_fired, parse_faults
+from llmcomm_tests.runtime.launch import RankTimeout, launch
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig
 
 
 def test_never_fired_names_each_fault_that_matched_nothing_on_any_rank():
@@ -42,9 +43,10 @@ def test_a_relative_delay_scales_the_call_from_its_issue(monkeypatch):
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests import inject, position
+    from llmcomm_tests.runtime import faults
+    from llmcomm_tests.core import call_site
 
-    spin = inject._wait
+    spin = faults._wait
 
     def send_issued_in_2ms(pg, tensors, dst, tag):
         spin(2e-3)
@@ -52,10 +54,10 @@ def test_a_relative_delay_scales_the_call_from_its_issue(monkeypatch):
 
     monkeypatch.setattr(dist.ProcessGroup, "send", send_issued_in_2ms)
     monkeypatch.setattr(dist.Work, "wait", lambda work, timeout=None: True)  # done when issued
-    monkeypatch.setattr(position, "phase", "decode")
-    installed = inject.install_faults(parse_faults(["send:delay=100%"]))
+    monkeypatch.setattr(call_site, "phase", "decode")
+    installed = faults.install_faults(parse_faults(["send:delay=100%"]))
     planted = []
-    monkeypatch.setattr(inject, "_wait", planted.append)
+    monkeypatch.setattr(faults, "_wait", planted.append)
     try:
         work = dist.ProcessGroup.send(None, [torch.zeros(1)], 1, 0)
         work.wait()
@@ -104,7 +106,7 @@ def test_cuda_delays_go_to_the_gpu_stream_sized_by_the_op_class_latest_duration(
     asked: delay=50% plants 150 µs on the stream, delay=2ms plants 2 ms, the host never sleeps."""
     import torch
 
-    from llmcomm_tests import inject
+    from llmcomm_tests.runtime import faults
 
     class Event:
         made = []
@@ -128,8 +130,8 @@ def test_cuda_delays_go_to_the_gpu_stream_sized_by_the_op_class_latest_duration(
 
     asked = []
     monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(inject, "_wait", lambda s: pytest.fail("host wait on a CUDA op"))
-    installed = inject.InstalledFaults(parse_faults(["all_reduce:delay=50%", "all_reduce:delay=2ms"]))
+    monkeypatch.setattr(faults, "_wait", lambda s: pytest.fail("host wait on a CUDA op"))
+    installed = faults.InstalledFaults(parse_faults(["all_reduce:delay=50%", "all_reduce:delay=2ms"]))
     installed.gpu_delay = asked.append
     key = ("allreduce", 1024)
     for _ in range(3):

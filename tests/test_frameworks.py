@@ -15,26 +15,26 @@ import pytest
 
 from llmcomm_tests.analytic.volume import predict_volume
 from llmcomm_tests.analytic.volume_frameworks import predict_for
-from llmcomm_tests.checks import volume_rows
+from llmcomm_tests.judging.checks import volume_rows
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.frameworks import base
 from llmcomm_tests.frameworks.vllm_adapter import _error_line
 from llmcomm_tests.frameworks.vllm_plugin import _message_bytes, position_of, site_of
-from llmcomm_tests.inject import parse_faults
+from llmcomm_tests.runtime.faults import parse_faults
 
 TINY = PRESETS["tiny"]
 
 
 def _cfg(tp: int, pp: int = 1, inject=(), repeats: int = 2):
-    from llmcomm_tests.measure import RunConfig
+    from llmcomm_tests.runtime.run_config import RunConfig
 
     return RunConfig(TINY, Layout(tp, pp), batch=1, prompt_len=32, gen_len=8, repeats=repeats, warmup=1,
                      keep_records=True, inject=tuple(parse_faults(inject)))
 
 
 def _failed(doc, framework: str, layout: Layout) -> list[str]:
-    from llmcomm_tests.documents import VolumeRow
+    from llmcomm_tests.core.documents import VolumeRow
 
     plan = (doc.framework or {}).get("tp_plan")
     predicted = [VolumeRow(**r) for r in predict_for(framework, TINY, layout, 1, 32, 8, tp_plan=plan)]
@@ -43,7 +43,7 @@ def _failed(doc, framework: str, layout: Layout) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ours_tp2():
-    from llmcomm_tests.measure import run_case
+    from llmcomm_tests.runtime.measure import run_case
 
     return run_case(_cfg(2), backend="gloo")
 
@@ -241,7 +241,7 @@ def test_vllm_planted_extra_all_reduce_fails_volume():
                                        "is not None (stage 1 worker, enforce_eager: no warm-up allocates it)")
 def test_vllm_pp2_generates():
     _need("vllm")
-    from llmcomm_tests.launch import RankFailed
+    from llmcomm_tests.runtime.launch import RankFailed
 
     try:
         doc = base.run_case("vllm", _cfg(1, 2, repeats=1), timeout_s=600)

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from llmcomm_tests import envinfo, options, session as session_mod
+from llmcomm_tests.core import envinfo
+from llmcomm_tests.suite import options, session as session_mod
 from llmcomm_tests.analytic.hardware import load_profile, match_preset
-from llmcomm_tests.hardware_choice import NoHardwareProfile, machine_profile
+from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, machine_profile
 
 QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 

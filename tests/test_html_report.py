@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmcomm_tests.documents import CaseResult, SessionReport, Verdict, VerdictRow, from_json, to_json
+from llmcomm_tests.core.documents import CaseResult, SessionReport, Verdict, VerdictRow, from_json, to_json
 from llmcomm_tests.report import html as html_report
 from llmcomm_tests.report import plots
 
@@ -50,10 +50,11 @@ budgets:
 
 def _result_documents() -> SessionReport:
     from llmcomm_tests.analytic.hardware import load_profile
-    from llmcomm_tests.checks import budget_rows, volume_rows
-    from llmcomm_tests.measure import RunConfig, run_case
-    from llmcomm_tests.pipeline import prediction
-    from llmcomm_tests.session import fingerprint
+    from llmcomm_tests.judging.checks import budget_rows, volume_rows
+    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.run_config import RunConfig
+    from llmcomm_tests.suite.case_run import prediction
+    from llmcomm_tests.suite.session import fingerprint
     from llmcomm_tests.spec import parse_spec
 
     spec = parse_spec(SPEC, "slo_specs/html-fixture.yaml")

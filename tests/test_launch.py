@@ -14,7 +14,7 @@ import pytest
 
 import rank_entries
 from interrupt import default_sigint
-from llmcomm_tests.launch import RankFailed, RankTimeout, launch
+from llmcomm_tests.runtime.launch import RankFailed, RankTimeout, launch
 
 
 def descendants() -> set[int]:
@@ -117,7 +117,7 @@ def _gone(pids: list[int], timeout: float = 5) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_no_rank_outlives_an_interrupted_or_killed_launcher(tmp_path, sig):
-    code = (f"from llmcomm_tests.launch import launch\nimport rank_entries\n"
+    code = (f"from llmcomm_tests.runtime.launch import launch\nimport rank_entries\n"
             f"launch(rank_entries.hang, (1, 3600, {str(tmp_path)!r}), world_size=2, timeout_s=600)\n")
     proc = _run_script(code)
     pids = []

@@ -234,7 +234,7 @@ def test_loading_the_plugin_does_not_import_torch(specs):
                        "    print('TORCH_LOADED', 'torch' in sys.modules)\n")
     result = run(specs, "--collect-only", "-q", "-s")
     result.stdout.fnmatch_lines(["TORCH_LOADED False"])
-    code = "import sys, llmcomm_tests.plugin, llmcomm_tests.spec; print('torch' in sys.modules)"
+    code = "import sys, llmcomm_tests.suite.plugin, llmcomm_tests.spec; print('torch' in sys.modules)"
     assert subprocess.check_output([sys.executable, "-c", code]).strip() == b"False"
 
 

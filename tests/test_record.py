@@ -6,11 +6,12 @@ from collections import Counter
 import pytest
 
 import rank_entries
-from llmcomm_tests.commands.bench_comm import sweep, table
-from llmcomm_tests.contract import bus_factor, site_class, wire_bytes
+from llmcomm_tests.calibration.sweep import sweep, table
+from llmcomm_tests.core.contract import bus_factor, site_class, wire_bytes
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.measure import RunConfig, run_case
-from llmcomm_tests.launch import launch
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig
+from llmcomm_tests.runtime.launch import launch
 
 B, SP, SD = 2, 12, 5  # batch, prompt tokens, generated tokens
 LAYOUTS = [(2, 1), (1, 2), (2, 2), (4, 1)]
@@ -146,8 +147,8 @@ def test_uninstall_leaves_torch_distributed_working():
 
     code = """
 import tempfile, torch, torch.distributed as dist
-from llmcomm_tests.inject import install_faults, parse_faults
-from llmcomm_tests.record import Recorder
+from llmcomm_tests.runtime.faults import install_faults, parse_faults
+from llmcomm_tests.runtime.recorder import Recorder
 dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
 before = {n: type(dist.ProcessGroup.__dict__[n]) for n in ("allgather", "allreduce")}
 faults = install_faults(parse_faults(["all_reduce:delay=1ms"]))

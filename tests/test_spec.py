@@ -14,22 +14,7 @@ import yaml
 
 from llmcomm_tests.engine.config import DTYPE_BYTES, PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.spec import (
-    BUDGET_METRICS,
-    OP_CLASSES,
-    SCHEMA_PATH,
-    SLO_PRESETS,
-    Case,
-    LatencyTolerance,
-    Spec,
-    SpecError,
-    load_spec,
-    load_specs,
-    parse_bytes,
-    parse_duration,
-    parse_spec,
-    spec_schema,
-)
+from llmcomm_tests.spec import (BUDGET_METRICS, OP_CLASSES, SCHEMA_PATH, SLO_PRESETS, Case, LatencyTolerance, Spec, SpecError, load_spec, load_specs, parse_bytes, parse_duration, parse_spec, spec_schema)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,10 @@ import pytest
 from llmcomm_tests.analytic.volume import per_rank_volume, predict_volume
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout, LayoutError
-from llmcomm_tests.measure import RunConfig, run_case
-from llmcomm_tests.contract import site_class
-from llmcomm_tests.documents import to_json
+from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.run_config import RunConfig
+from llmcomm_tests.core.contract import site_class
+from llmcomm_tests.core.documents import to_json
 
 TINY = PRESETS["tiny"]
 

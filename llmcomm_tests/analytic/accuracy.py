@@ -33,13 +33,13 @@ import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from ..contract import latency_op
-from ..stats import percentile
-from ..text import text_table
-from . import latency
+from llmcomm_tests.core.contract import latency_op
+from llmcomm_tests.core.stats import percentile
+from llmcomm_tests.core.text import text_table
+from llmcomm_tests.analytic import latency
 
 if TYPE_CHECKING:
-    from .hardware import HardwareProfile
+    from llmcomm_tests.analytic.hardware import HardwareProfile
 
 # (recorded op, role) -> why its duration includes waiting for other ranks' compute.  Role is
 # "root" / "peer" for rooted collectives (told apart by the contract's wire bytes), "" otherwise.

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..engine.config import DTYPE_BYTES, EngineShape
-from ..engine.layout import Layout
-from . import latency, volume
-from .hardware import HardwareProfile, load_profile
+from llmcomm_tests.engine.config import DTYPE_BYTES, EngineShape
+from llmcomm_tests.engine.layout import Layout
+from llmcomm_tests.analytic import latency, volume
+from llmcomm_tests.analytic.hardware import HardwareProfile, load_profile
 
 
 def compute_times(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, dtype: str,

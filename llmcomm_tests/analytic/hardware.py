@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import latency
+from llmcomm_tests.analytic import latency
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 P2P_GROUP = 2  # send_recv fits are stored and looked up under group size 2

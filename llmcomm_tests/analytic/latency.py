@@ -34,10 +34,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Iterable
 
-from ..contract import LATENCY_OPS
+from llmcomm_tests.core.contract import LATENCY_OPS
 
 if TYPE_CHECKING:  # hardware imports this module; keep the import one-way at run time
-    from .hardware import HardwareProfile
+    from llmcomm_tests.analytic.hardware import HardwareProfile
 
 OPS = LATENCY_OPS
 ALGORITHMS = ("ring", "tree")

@@ -22,10 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..engine.config import DTYPE_BYTES, EngineShape
-from ..engine.layout import Layout
-from .. import contract
-from ..contract import site_class
+from llmcomm_tests.engine.config import DTYPE_BYTES, EngineShape
+from llmcomm_tests.engine.layout import Layout
+from llmcomm_tests.core import contract
+from llmcomm_tests.core.contract import site_class
 
 TOKEN_BYTES = 8  # int64 token ids (next-input broadcast, sampled ids back to stage 0)
 

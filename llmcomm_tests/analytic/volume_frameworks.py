@@ -44,9 +44,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..engine.config import EngineShape
-from ..engine.layout import Layout
-from .volume import Call, LogicalOp, forward_kinds, volume_rows
+from llmcomm_tests.engine.config import EngineShape
+from llmcomm_tests.engine.layout import Layout
+from llmcomm_tests.analytic.volume import Call, LogicalOp, forward_kinds, volume_rows
 
 FRAMEWORKS = ("ours", "vllm", "transformers")
 # Sites of ours with no data-plane op in the framework.
@@ -90,7 +90,7 @@ def predict_for(framework: str, shape: EngineShape, layout: Layout, batch: int, 
     plane, as ``volume.predict_volume`` (which it equals for ``ours``).  ``tp_plan``: the TP plan
     transformers reported running with (its embedding rule; see difference 6)."""
     if framework == "ours":
-        from .volume import predict_volume
+        from llmcomm_tests.analytic.volume import predict_volume
 
         return predict_volume(shape, layout, batch, prompt_len, gen_len, dtype)
     if framework not in DROPPED_SITES:

@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from llmcomm_tests.commands import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@
 Layouts that meet every SLO come first, then by TPOT, TTFT and bytes on the inter-node link.  For
 each layout: TTFT, TPOT, the wire bytes per token on each tier, TPOT split into compute / intra /
 inter communication, and for a miss which SLO and which term dominates.  The model is
-cluster/predict.py (two tiers from ``--ranks-per-node``; refused layouts are listed with why).
+analytic/two_tier.py (two tiers from ``--ranks-per-node``; refused layouts are listed with why).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from ..analytic.hardware import load_profile
-    from ..cluster.predict import advise, table, why_not
-    from ..engine.config import resolve_engine
-    from ..engine.layout import Layout, LayoutError
+    from llmcomm_tests.analytic.hardware import load_profile
+    from llmcomm_tests.analytic.two_tier import advise, table, why_not
+    from llmcomm_tests.engine.config import resolve_engine
+    from llmcomm_tests.engine.layout import Layout, LayoutError
 
     try:
         text = args.engine.strip()

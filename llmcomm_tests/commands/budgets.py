@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..text import seconds
+from llmcomm_tests.core.text import seconds
 
 TIME_METRICS = {  # budget metric -> the run document's distribution
     "ttft": lambda run: run.metrics.ttft, "tpot": lambda run: run.metrics.tpot, "e2e": lambda run: run.metrics.e2e,
@@ -75,7 +75,7 @@ def _duration(s: float) -> str:
 
 
 def main(args) -> int:
-    from ..report import json_report
+    from llmcomm_tests.report import json_report
 
     source = args.dir / json_report.FILENAME
     try:

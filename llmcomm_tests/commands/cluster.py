@@ -11,7 +11,7 @@ shaped link) from bench-comm sweeps through the node launcher, and the compute p
 running the engine shape alone; it writes ``.llmcomm/profiles/NAME.yaml``, which a spec's
 ``hardware: NAME`` (or ``--llmcomm-hardware NAME``) then finds.
 
-What ``up`` builds and how teardown works: llmcomm_tests/cluster/netns.py.  A cluster made here
+What ``up`` builds and how teardown works: llmcomm_tests/runtime/netns.py.  A cluster made here
 lives until ``down``; the test plugin's clusters belong to the session and go with it.
 """
 
@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from ..cluster import netns
+    from llmcomm_tests.runtime import netns
 
     rate = None if str(args.inter_rate).lower() == "none" else args.inter_rate
     try:
@@ -80,18 +80,20 @@ def main(args) -> int:
 def _calibrate(args) -> int:
     from pathlib import Path
 
-    from ..analytic.hardware import USER_PROFILE_DIR
-    from ..cluster import calibrate, netns
-    from ..engine.config import resolve_engine
-    from ..engine.layout import Layout
-    from ..measure import RunConfig, run_case
+    from llmcomm_tests.analytic.hardware import USER_PROFILE_DIR
+    from llmcomm_tests.calibration import two_tier as calibrate_tiers
+    from llmcomm_tests.runtime import netns
+    from llmcomm_tests.engine.config import resolve_engine
+    from llmcomm_tests.engine.layout import Layout
+    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.run_config import RunConfig
 
     if not args.id or not args.name:
         print("llmcomm cluster calibrate: give --id ID (llmcomm cluster status) and --name NAME", file=sys.stderr)
         return 2
     cluster, shape = netns.load(args.id), resolve_engine(args.engine)
     one_rank = run_case(RunConfig(shape, Layout(1, 1), batch=16, prompt_len=16, gen_len=8, repeats=5, warmup=1))
-    profile, rows = calibrate.calibrate_cluster(cluster, args.name, calibrate.compute_from_run(one_rank, shape),
+    profile, rows = calibrate_tiers.calibrate_cluster(cluster, args.name, calibrate_tiers.compute_from_run(one_rank, shape),
                                                 args.repeats)
     out = Path(args.out) if args.out else USER_PROFILE_DIR / f"{args.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)

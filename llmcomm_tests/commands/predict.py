@@ -16,11 +16,12 @@ import json
 import sys
 from collections import defaultdict
 
-from ..engine.layout import Layout, LayoutError
-from ..analytic.e2e import predict_case
-from ..analytic.hardware import list_profiles, load_profile
-from ..text import nbytes, text_table
-from .args import OneLineParser, engine_shape, output_file, positive_int
+from llmcomm_tests.engine.layout import Layout, LayoutError
+from llmcomm_tests.analytic.e2e import predict_case
+from llmcomm_tests.analytic.hardware import list_profiles, load_profile
+from llmcomm_tests.core.text import nbytes, text_table
+from llmcomm_tests.core.arguments import OneLineParser, output_file, positive_int
+from llmcomm_tests.runtime.run_config import engine_shape
 
 SCHEMA = "llmcomm.predict/1"
 

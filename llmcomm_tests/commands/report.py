@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import output_file
+from llmcomm_tests.core.arguments import output_file
 
 
 def add_arguments(parser) -> None:
@@ -17,9 +17,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from ..documents import SessionReport
-    from ..report import json_report
-    from ..report.html import FILENAME, write_html
+    from llmcomm_tests.core.documents import SessionReport
+    from llmcomm_tests.report import json_report
+    from llmcomm_tests.report.html import FILENAME, write_html
 
     source = args.dir / json_report.FILENAME
     try:

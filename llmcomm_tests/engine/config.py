@@ -126,7 +126,7 @@ def engine_from_text(text: str) -> EngineShape:
         return resolve_engine(text)
     import yaml  # late: presets need no YAML
 
-    from ..yaml_loader import load
+    from llmcomm_tests.core.yaml_loader import load
 
     try:  # specs' rules: 1e-5 (and JSON's 1e-05) is a number
         data = load(text)

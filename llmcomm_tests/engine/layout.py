@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import EngineShape
+from llmcomm_tests.engine.config import EngineShape
 
 
 class LayoutError(ValueError):

@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import contract, position
-from .config import EngineShape
-from .layers import KVCache, apply_rotary, attention, rms_norm, rotary_tables, swiglu
-from .layout import Layout, kv_heads_of
-from .weights import full_weight, weight_shapes
+from llmcomm_tests.core import contract, call_site
+from llmcomm_tests.engine.config import EngineShape
+from llmcomm_tests.engine.layers import KVCache, apply_rotary, attention, rms_norm, rotary_tables, swiglu
+from llmcomm_tests.engine.layout import Layout, kv_heads_of
+from llmcomm_tests.engine.weights import full_weight, weight_shapes
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,13 +120,13 @@ class ParallelEngine:
 
     def _all_reduce(self, x: torch.Tensor, site: str) -> torch.Tensor:
         if self.tp_group is not None:
-            with position.at_site(site):
+            with call_site.at_site(site):
                 dist.all_reduce(x, group=self.tp_group)
         return x
 
     def _send_boundary(self, tensors: list[torch.Tensor], boundary: int) -> None:
         peer = self.layout.rank_of(self.stage + 1, self.tp_rank)
-        with position.at_site(contract.pp_boundary(boundary)):
+        with call_site.at_site(contract.pp_boundary(boundary)):
             for x in tensors:
                 part = x.reshape(-1).chunk(self.layout.tp)[self.tp_rank] if self.tp_group else x
                 dist.send(part.contiguous(), peer)
@@ -135,7 +135,7 @@ class ParallelEngine:
         peer = self.layout.rank_of(self.stage - 1, self.tp_rank)
         numel = shape[0] * shape[1] * shape[2]
         t = self.layout.tp
-        with position.at_site(contract.pp_boundary(boundary)):
+        with call_site.at_site(contract.pp_boundary(boundary)):
             parts = [torch.empty(numel // t, dtype=self.dtype, device=self.device) for _ in range(2)]
             for part in parts:
                 dist.recv(part, peer)
@@ -192,7 +192,7 @@ class ParallelEngine:
         local = F.linear(x[:, -1], self.w["lm_head.weight"])  # [b, v/t]
         if self.tp_group is None:
             return local
-        with position.at_site(contract.LM_HEAD):
+        with call_site.at_site(contract.LM_HEAD):
             parts = [torch.empty_like(local) for _ in range(self.layout.tp)] if self.is_sampler else None
             dist.gather(local, parts, group=self.tp_group, group_dst=0)
         return torch.cat(parts, dim=-1) if self.is_sampler else None
@@ -214,12 +214,12 @@ class ParallelEngine:
         prompt = prompt.to(self.device)
         start = time.perf_counter()
         for step in range(gen_len):
-            position.set_phase("prefill" if step == 0 else "decode", step)
+            call_site.set_phase("prefill" if step == 0 else "decode", step)
             if step == 0:
                 ids, pos, seq = prompt, 0, prompt_len
             else:
                 if self.first and self.tp_group is not None:
-                    with position.at_site(contract.TOKENS_BROADCAST):
+                    with call_site.at_site(contract.TOKENS_BROADCAST):
                         dist.broadcast(next_ids, group=self.tp_group, group_src=0)
                 ids, pos, seq = next_ids[:, None], prompt_len + step - 1, 1
             out = self.forward(ids if self.first else None, pos, batch, seq)
@@ -228,7 +228,7 @@ class ParallelEngine:
                 if keep_logits:
                     logits.append(out.float().cpu())
             if self.layout.pp > 1 and (self.is_sampler or driver):
-                with position.at_site(contract.PP_TOKENS):
+                with call_site.at_site(contract.PP_TOKENS):
                     if self.is_sampler:
                         dist.send(next_ids, 0)
                     else:
@@ -236,7 +236,7 @@ class ParallelEngine:
             if driver:
                 tokens.append(next_ids.tolist())  # .tolist() synchronises a GPU
                 times.append(time.perf_counter() - start)
-        position.set_phase("none", -1)
+        call_site.set_phase("none", -1)
         if not (driver or self.is_sampler):
             return None
         per_request = [list(col) for col in zip(*tokens)] if driver else []

@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from .config import EngineShape
+from llmcomm_tests.engine.config import EngineShape
 
 
 def weight_shapes(shape: EngineShape, layer: int | None = None) -> dict[str, tuple[int, ...]]:

@@ -1,6 +1,6 @@
 """One interface over the engines a case can run in: ``framework: ours | vllm | transformers``.
 
-Every adapter takes the same :class:`~llmcomm_tests.measure.RunConfig` and returns the same run
+Every adapter takes the same :class:`~llmcomm_tests.runtime.measure.RunConfig` and returns the same run
 document (``llmcomm.run/1``: tokens, per-token times, metrics, op records in our schema), so the
 volume model, timing checks and reports do not care which engine ran.  An adapter whose framework
 is not installed says so with the install command (:func:`missing`), and the case is skipped with
@@ -17,11 +17,11 @@ def missing(framework: str) -> str | None:
     if framework == "ours":
         return None
     if framework == "vllm":
-        from .vllm_adapter import missing as vllm_missing
+        from llmcomm_tests.frameworks.vllm_adapter import missing as vllm_missing
 
         return vllm_missing()
     if framework == "transformers":
-        from .hf_adapter import missing as hf_missing
+        from llmcomm_tests.frameworks.hf_adapter import missing as hf_missing
 
         return hf_missing()
     raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")
@@ -32,17 +32,17 @@ def run_case(framework: str, cfg, *, backend: str = "auto", timeout_s: float = 3
     """Run ``cfg`` in ``framework`` and return its run document; ``nodes`` (a NodeLaunch) puts
     our engine's ranks on several nodes (the frameworks start their own ranks on one host)."""
     if framework == "ours":
-        from ..measure import run_case as ours
+        from llmcomm_tests.runtime.measure import run_case as ours
 
         return ours(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks, nodes=nodes)
     if nodes is not None:
         raise ValueError(f"framework {framework} starts its own ranks on one host; several nodes need framework: ours")
     if framework == "vllm":
-        from .vllm_adapter import run_case as vllm_run
+        from llmcomm_tests.frameworks.vllm_adapter import run_case as vllm_run
 
         return vllm_run(cfg, timeout_s=timeout_s, available_ranks=available_ranks)
     if framework == "transformers":
-        from .hf_adapter import run_case as hf_run
+        from llmcomm_tests.frameworks.hf_adapter import run_case as hf_run
 
         return hf_run(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
     raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")

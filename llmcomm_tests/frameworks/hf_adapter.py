@@ -3,7 +3,7 @@
 transformers 5.x shards a model itself when loaded with ``from_pretrained(folder,
 distributed_config=DistributedConfig(tp_size=N))`` on an initialised process group (CPU/gloo works,
 DOMAIN.md §10).  Its collectives go through ``torch.distributed`` (eager and functional), so the
-existing :class:`~llmcomm_tests.record.Recorder` sees all of them; the site comes from forward
+existing :class:`~llmcomm_tests.runtime.recorder.Recorder` sees all of them; the site comes from forward
 hooks on the module that issues them (``model.layers.J.self_attn.o_proj`` → ``layerJ.attn.o_proj``,
 …, ``lm_head``).  Generation is a greedy loop over ``model(...)`` with a KV cache, one forward per
 token like our engine, so phase, step and per-token times are ours; ``logits_to_keep=1`` computes
@@ -38,9 +38,9 @@ class Unsupported(ValueError):
 
 def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_ranks: int | None = None,
              checkpoint: str | None = None) -> dict:
-    from .. import launch
-    from ..measure import assemble
-    from .checkpoint import ensure_checkpoint
+    from llmcomm_tests.runtime import launch
+    from llmcomm_tests.runtime.measure import assemble
+    from llmcomm_tests.frameworks.checkpoint import ensure_checkpoint
 
     cfg.layout.validate(cfg.engine, available_ranks)
     if cfg.layout.pp > 1:
@@ -58,8 +58,8 @@ def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_
 
 
 def _hook_sites(model) -> None:
-    from .. import position
-    from .vllm_plugin import site_of
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.frameworks.vllm_plugin import site_of
 
     for name, module in model.named_modules():
         site = site_of(name) or ("lm_head" if name == "lm_head" else None)
@@ -68,11 +68,11 @@ def _hook_sites(model) -> None:
         saved: list[str] = []
 
         def pre(_m, _inputs, _site=site, _saved=saved):
-            _saved.append(position.site)
-            position.site = _site
+            _saved.append(call_site.site)
+            call_site.site = _site
 
         def post(_m, _inputs, _output, _saved=saved):
-            position.site = _saved.pop()
+            call_site.site = _saved.pop()
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
@@ -85,20 +85,20 @@ def _generate(model, prompt, gen_len: int) -> tuple[list[list[int]], list[float]
 
     from transformers import DynamicCache
 
-    from .. import position
+    from llmcomm_tests.core import call_site
 
     cache = DynamicCache()
     tokens, times = [], []
     ids = prompt
     start = time.perf_counter()
     for step in range(gen_len):
-        position.set_phase("prefill" if step == 0 else "decode", step)
+        call_site.set_phase("prefill" if step == 0 else "decode", step)
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         next_ids = out.logits[:, -1].argmax(dim=-1)
         tokens.append(next_ids.tolist())
         times.append(time.perf_counter() - start)
         ids = next_ids[:, None]
-    position.set_phase("none", -1)
+    call_site.set_phase("none", -1)
     return [list(col) for col in zip(*tokens)], times
 
 
@@ -111,10 +111,10 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from ..engine.parallel import TORCH_DTYPES
-    from ..measure import environment
-    from ..inject import install_faults
-    from ..record import Recorder
+    from llmcomm_tests.engine.parallel import TORCH_DTYPES
+    from llmcomm_tests.runtime.measure import environment
+    from llmcomm_tests.runtime.faults import install_faults
+    from llmcomm_tests.runtime.recorder import Recorder
 
     t0 = time.perf_counter()
     kwargs = {"dtype": TORCH_DTYPES[cfg.dtype]}

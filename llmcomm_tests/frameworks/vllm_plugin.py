@@ -27,7 +27,7 @@ else (warm-up, not recorded).  Each rank appends its records as JSON lines to
 ``$LLMCOMM_VLLM_RECORD_DIR/rank<R>.jsonl`` after every forward, so nothing is lost when vLLM
 kills its workers at shutdown.
 
-Faults (``LLMCOMM_INJECT``, the syntax of ``llmcomm_tests.inject``): ``all_reduce[@SITE]:extra=N``
+Faults (``LLMCOMM_INJECT``, the syntax of ``llmcomm_tests.runtime.faults``): ``all_reduce[@SITE]:extra=N``
 issues N more all-reduces of a copy through the recorded path; ``OP[@SITE]:delay=…`` sleeps after
 the op inside its timed span.
 """
@@ -77,7 +77,7 @@ def register() -> None:
     if _installed or not os.environ.get(RECORD_DIR_ENV):
         return
     _installed = True
-    from ..inject import parse_faults
+    from llmcomm_tests.runtime.faults import parse_faults
 
     state.faults = parse_faults([t for t in os.environ.get(INJECT_ENV, "").split(";") if t.strip()])
     _patch_group_coordinator()
@@ -96,7 +96,7 @@ def _rank() -> int:
 
 
 def _wire(op: str, nbytes: int, size: int, group_rank: int, root: int) -> int:
-    from ..contract import wire_bytes
+    from llmcomm_tests.core.contract import wire_bytes
 
     return wire_bytes(op, nbytes, size, group_rank, root)
 
@@ -150,7 +150,7 @@ def _at_site(name: str):
 def _faults_for(op: str) -> list:
     if not state.active or state.in_fault or not state.faults:
         return []
-    from ..contract import site_class
+    from llmcomm_tests.core.contract import site_class
 
     return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
 
@@ -158,7 +158,7 @@ def _faults_for(op: str) -> list:
 def _apply_after(op: str, faults, elapsed_s: float, redo) -> None:
     for fault in faults:
         if fault.kind == "delay":
-            from ..inject import _wait
+            from llmcomm_tests.runtime.faults import _wait
 
             _wait(elapsed_s * fault.value if fault.relative else fault.value)
         elif fault.kind == "extra":

@@ -15,9 +15,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..documents import CaseResult, SessionReport
-from ..text import fmt, nbytes, seconds
-from .table import HEADER, cells
+from llmcomm_tests.core.documents import CaseResult, SessionReport
+from llmcomm_tests.core.text import fmt, nbytes, seconds
+from llmcomm_tests.report.table import HEADER, cells
 
 FILENAME = "llmcomm-report.html"
 
@@ -174,7 +174,7 @@ def baseline_section(items: list[CaseResult]) -> str:
 
 
 def plots_section(items: list[CaseResult]) -> str:
-    from .plots import all_plots
+    from llmcomm_tests.report.plots import all_plots
 
     out = ["<h2>Figures</h2>"]
     plots = all_plots(items)
@@ -240,7 +240,7 @@ def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | N
     Never raises: a report that cannot be drawn is a warning, not a failed session."""
     import warnings
 
-    from . import json_report
+    from llmcomm_tests.report import json_report
 
     try:
         doc = json_report.document(state, complete, exitstatus)

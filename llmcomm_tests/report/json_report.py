@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..documents import CaseResult, SessionReport, from_json, to_json
+from llmcomm_tests.core.documents import CaseResult, SessionReport, from_json, to_json
 
 FILENAME = "llmcomm-report.json"
 ITEMS_FILENAME = "llmcomm-items.jsonl"

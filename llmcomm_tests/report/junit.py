@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .table import format_table
+from llmcomm_tests.report.table import format_table
 
 
 def _flatten(prefix: str, value, out: list) -> None:

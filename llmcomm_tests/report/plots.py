@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from ..documents import CaseResult  # noqa: E402
+from llmcomm_tests.core.documents import CaseResult  # noqa: E402
 
 DPI = 100
 # One colour per op, stable across figures (ops not listed take the next free colour).

@@ -3,8 +3,8 @@ and the plain-text table every CLI command prints."""
 
 from __future__ import annotations
 
-from ..documents import VerdictRow
-from ..text import fmt, text_table
+from llmcomm_tests.core.documents import VerdictRow
+from llmcomm_tests.core.text import fmt, text_table
 
 HEADER = ("check", "op / metric", "measured (p50 / p99, n)", "model", "bound", "budget", "verdict")
 

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..documents import RunDocument
+from llmcomm_tests.core.documents import RunDocument
 
 
 def chrome_trace(doc: RunDocument, title: str = "") -> dict:

@@ -9,12 +9,9 @@ import difflib
 import functools
 from typing import Any
 
-from .types import (
-    SpecError,
-    spec_schema,
-)
-from .values import describe
-from .yaml_lines import Doc, field_name
+from llmcomm_tests.spec.types import SpecError, spec_schema
+from llmcomm_tests.spec.values import describe
+from llmcomm_tests.spec.yaml_lines import Doc, field_name
 
 __all__ = ["check_schema"]
 

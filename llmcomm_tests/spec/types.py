@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ..cluster.topology import Topology
-from ..contract import BUDGET_OPS
-from ..engine.config import DTYPE_BYTES, EngineShape
-from ..engine.layout import Layout
+from llmcomm_tests.spec.topology import Topology
+from llmcomm_tests.core.contract import BUDGET_OPS
+from llmcomm_tests.engine.config import DTYPE_BYTES, EngineShape
+from llmcomm_tests.engine.layout import Layout
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "slo-spec.schema.json"
 

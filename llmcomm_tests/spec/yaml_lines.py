@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from ..yaml_loader import SafeLoader12
-from .types import SpecError
-from .values import kind_of
+from llmcomm_tests.core.yaml_loader import SafeLoader12
+from llmcomm_tests.spec.types import SpecError
+from llmcomm_tests.spec.values import kind_of
 
 __all__ = ["Doc", "Key", "field_name"]
 

@@ -1,0 +1,194 @@
+"""What one pytest session of llmcomm cases shares: resolved options, ranks, hardware, results.
+
+Per-case results reach the session through the test reports (``report.llmcomm``), so that with
+pytest-xdist the controller, which runs no case itself, still sees every result.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+
+import pytest
+
+from llmcomm_tests.core.documents import CaseResult
+from llmcomm_tests.core.envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
+from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
+from llmcomm_tests.suite.options import LLMCommOptions, available_ranks, cuda_device_count
+from llmcomm_tests.spec import SpecNames
+
+__all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice", "fingerprint"]
+SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fingerprint() -> dict:
+    """The environment a baseline or report is tied to — without importing torch."""
+    from llmcomm_tests import __version__
+
+    nccl = next((package_version(p) for p in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")
+                 if package_version(p)), None)
+    return {
+        "llmcomm_tests": __version__,
+        "torch": package_version("torch"),
+        "nccl": nccl,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda_devices": cuda_device_count(),
+        "gpu_models": gpu_models(),
+        "driver": nvidia_driver(),
+        "variables": comm_variables(),
+        "nccl_config": nccl_config_files(),
+    }
+
+
+@dataclass
+class LLMCommSession:
+    """Reached from a pytest config as ``config.stash[SESSION_KEY]``."""
+
+    options: LLMCommOptions
+    ranks: int = 0
+    ranks_reason: str = ""
+    results: list[CaseResult] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    session_id: str = ""  # tells baseline runs of one session from runs of another
+    spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
+    timed_cases: int = 1  # cases that will run with latency rows: their tests share one 5 % (judging/checks.py)
+
+    def __post_init__(self):
+        self.ranks, self.ranks_reason = available_ranks(self.options)
+        self.env = fingerprint()
+        # xdist workers inherit the controller's environment: one id for the whole session
+        if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(SESSION_ID_ENV)):
+            os.environ[SESSION_ID_ENV] = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        self.session_id = os.environ[SESSION_ID_ENV]
+
+    @property
+    def backend(self) -> str:
+        if self.options.backend != "auto":
+            return self.options.backend
+        # One GPU per rank, as the launcher does: fewer devices than ranks means CPU ranks on gloo.
+        return "nccl" if 0 < self.ranks <= cuda_device_count() else "gloo"
+
+    # -- hardware profiles: the machine's own, and each case's --------------------------------------
+
+    def machine_profile(self) -> "ProfileChoice":
+        """This machine's profile, as a case without its own ``hardware:`` gets it: the
+        --llmcomm-hardware option, else cpu-loopback on gloo, else the preset for the detected
+        device model × devices per node.  Raises ValueError (a bad option) or NoHardwareProfile."""
+        if not hasattr(self, "_machine"):
+            self._machine = machine_profile(self.options.hardware, self.backend)
+        return self._machine
+
+    def profile_for(self, case) -> "ProfileChoice":
+        """The profile a case is judged against, its name (what budgets match) and how it was
+        chosen: --llmcomm-hardware overrides everything (and says so), else the spec's
+        ``hardware:``, else the machine's own.  Raises ValueError naming the spec for an unknown
+        name, NoHardwareProfile where the machine has none."""
+        given = getattr(case, "hardware_given", False)
+        if self.options.hardware or not given:
+            choice = self.machine_profile()
+            if given and case.hardware != choice.name:
+                choice = replace(choice, how=f"{choice.how}, overriding the spec's hardware: {case.hardware}")
+            return choice
+        cache = self.__dict__.setdefault("_spec_profiles", {})
+        if case.hardware not in cache:
+            from llmcomm_tests.analytic.hardware import load_profile
+
+            try:
+                profile = load_profile(case.hardware)
+            except ValueError as exc:
+                raise ValueError(f"{case.path}: hardware: {exc}") from None
+            cache[case.hardware] = ProfileChoice(profile, profile.name, f"hardware: of {case.path.name}")
+        return cache[case.hardware]
+
+    # -- nodes: a spec's topology, or the session's; emulated clusters live as long as the session ---
+
+    def topology_for(self, spec):
+        """The topology a spec's cases run on: its own ``topology:``, else the one the options give
+        (``--llmcomm-emulate-nodes`` / ``--llmcomm-node-cmd``); ``--llmcomm-inter-rate`` replaces
+        the rates of any emulated one."""
+        from llmcomm_tests.spec.topology import for_session
+
+        o = self.options
+        widest = max(layout.world_size for layout in spec.layouts)
+        return for_session(spec.topology, widest, o.emulate_nodes, o.ranks_per_node, o.inter_rate, o.node_cmd,
+                           o.hosts, o.results_dir)
+
+    def node_launch_for(self, case):
+        """How a case with a topology starts its ranks (a ``NodeLaunch``), or None (fork them here).
+        An emulated cluster is brought up at its first case and kept for the session's others."""
+        from llmcomm_tests.runtime import netns, node_launch
+
+        t = case.topology
+        if t is None:
+            return None
+        if not t.emulate:
+            nodes = tuple(node_launch.NodeTarget(h, h, h) for h in t.hosts)
+            return node_launch.NodeLaunch(t.node_cmd, nodes, t.ranks_per_node, results_dir=t.results_dir)
+        key = (t.nodes, t.ranks_per_node, case.inter_rate)
+        clusters = self.__dict__.setdefault("_clusters", {})
+        if key not in clusters:
+            clusters[key] = netns.up_owned(*key)  # removed at session end, or by its atexit/signal handler
+        return node_launch.emulated_nodes(clusters[key])
+
+    def close(self) -> None:
+        """Take down the emulated clusters this session brought up."""
+        from llmcomm_tests.runtime import netns
+
+        for cluster in self.__dict__.pop("_clusters", {}).values():
+            netns.release(cluster)
+
+    @property
+    def hardware_option(self) -> str:
+        """How the machine's profile was chosen (for the header and the report)."""
+        try:
+            return self.machine_profile().how
+        except ValueError as exc:
+            return str(exc)
+
+    @property
+    def hardware(self) -> str:
+        """The machine profile's name (what budgets are matched against when a spec names none)."""
+        try:
+            return self.machine_profile().name
+        except ValueError:
+            return "none"
+
+    def profile(self):
+        """The machine's hardware profile (the per-case one is ``profile_for(case).profile``)."""
+        return self.machine_profile().profile
+
+    def header(self) -> list[str]:
+        e = self.env
+        devices = ", ".join(f"{n}x {m}" for m, n in Counter(e["gpu_models"]).items()) or "no CUDA devices"
+        lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
+                 f"NCCL {e['nccl'] or '-'}, devices: {devices}, hardware profile {self.hardware} "
+                 f"({self.hardware_option})" + (", overriding every spec's hardware:" if self.options.hardware else
+                                                "; a spec's hardware: applies to its cases"),
+                 f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]
+        if self.options.ab:
+            import sys
+
+            lines.append(f"llmcomm A/B gate: arm A {sys.executable}, arm B {self.options.ab}; seeded AB/BA pairs "
+                         f"(seed {self.options.ab_seed}), up to {self.options.ab_pairs} per case")
+        if self.options.inject:
+            where = "arm B only" if self.options.ab else "gate self-test"
+            lines.append(f"llmcomm PLANTED FAULTS: {', '.join(self.options.inject)} ({where})")
+        return lines
+
+
+SESSION_KEY = pytest.StashKey[LLMCommSession]()
