@@ -68,7 +68,7 @@ def test_device_count_asks_torch_in_a_child_and_leaves_this_process_without_torc
     below checks that the variable is honoured where there are devices.)"""
     code = """
 import os, sys
-from llmcomm_tests import envinfo
+from llmcomm_tests.core import envinfo
 envinfo._driver_present = lambda: True
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 print(envinfo.cuda_device_count(), "torch" in sys.modules)
