@@ -15,9 +15,9 @@ Classes that include waiting for other ranks' compute (``accuracy.WAITING``: rec
 a non-root rank, gather at the root) are listed apart as "includes pipeline wait" and left out of
 the goals: their duration is the pipeline's schedule, not the link.
 
-Goals (issue 4): median error ≤ 10 % and ≥ 99 % of records inside the bounds, bounded classes.
+Goals: median error ≤ 10 % and ≥ 99 % of records inside the bounds, bounded classes.
 
-Transfer centre (issue 10, ``transfer_rows``): what the latency check now judges.  For every
+Transfer centre (``transfer_rows``): what the latency check judges.  For every
 class the check judges (op, phase, site, group, role, bytes per call) in every run document — a
 *case* — the error of the centre is |median transfer − model| / model (transfer: completion − the
 last peer's arrival, ``runtime/arrival.py``), and per op class (op, group size, role) the table gives the
@@ -82,7 +82,7 @@ def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str
     return docs
 
 
-TRANSFER_GOAL = 0.15  # median |median transfer - model| / model per op class (issue 10)
+TRANSFER_GOAL = 0.15  # median |median transfer - model| / model per op class
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -105,7 +105,7 @@ def _band(profile, summary, variant: bool, world: int):
 def transfer_rows(docs, profile, before=None) -> list[dict]:
     """Per op class (op, group size, role) and world size: over the cases (each judged class of
     each document), the median and p90 of |median transfer − model| / model against the pooled fit
-    (what the check reads today) and against the fit's variant for the role and world size, the
+    (what the check reads) and against the fit's variant for the role and world size, the
     share of cases whose median sits in the band and whose tail quantile stays under the tail
     allowance; with ``before`` (a profile), the same error of the whole call's median against
     that profile's model (how the whole call was judged before)."""

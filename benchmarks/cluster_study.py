@@ -67,9 +67,9 @@ def calibrated_profile(cluster: netns.Cluster, shape: EngineShape, compute_doc, 
 
 def best(runs: list[LayoutRun], metric: str) -> float:
     """The least-disturbed estimate (``metric`` "tpot" or "ttft"): the minimum over every repetition
-    of every launch.  On a shared 2-core host other processes only ever *add* time (the same layout
-    measured 34 ms and 76 ms p50 minutes apart here), so the minimum tracks the undisturbed cost the
-    α-β model predicts; the median is kept in the table next to it."""
+    of every launch.  On a shared host other processes only ever *add* time (the same layout's p50
+    can double minutes apart: docs/measurements.md#timing-noise-between-sessions), so the minimum
+    tracks the undisturbed cost the α-β model predicts; the median is kept in the table next to it."""
     return min(x for r in runs for x in getattr(r.doc.metrics, metric).samples)
 
 

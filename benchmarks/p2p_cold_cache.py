@@ -1,4 +1,4 @@
-"""Why the engine's send ran 1.4x the calibrated model: the caches the compute before it leaves.
+"""Why the engine's send ran slower than the calibrated model: the caches the compute before it leaves.
 
     python benchmarks/p2p_cold_cache.py [--sends 200] [--rounds 3]
 

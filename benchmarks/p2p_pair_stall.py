@@ -8,11 +8,8 @@ rank 0 computes 2 ms and sends two messages, and rank 1 receives both.  Then ran
 and returns a token, while rank 0 idles in its recv.  Printed per size and round: each recv's
 *transfer* (completion minus the later of the two posts, as ``runtime/arrival.py`` splits the engine's records),
 p50 / p90 / max.  The calibration (``bench-comm --compute-ms``) sends one message per call: its fit
-describes the first recv of the pair, not the second.
-
-Measured here (2026-11-30, 3 launches x 200 steps per size): the second recv's p50/p90 were 96-142 /
-131-176 us, but its max 2.5-4.4 ms in 8 of 9 launches (the first recv's max: 0.3-1.6 ms).  In the
-engine's PP2 prefill the second boundary recv took 0.9-5 ms in 1 to 5 of its 5 calls per case.
+describes the first recv of the pair, not the second.  What it found, next to the engine's PP2
+boundary recvs: docs/calibration.md, "The shipped CPU spec's margins".
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ vocab-parallel embedding all-reduce, two row-parallel all-reduces per layer and 
 per forward, the token broadcast per decode step; durations lognormal.  What runs on them is the
 real code: ``metrics`` (columns → volume rows, op summaries, comm metrics, timeline), ``checks``
 against the analytic model on the ``h100-nvlink4`` preset, ``report.json_report`` and the items
-log, ``baseline`` save + compare.  Targets (issue 9): ≤ 200 MB peak, ≤ 5 MB of reports per case.
+log, ``baseline`` save + compare.  Targets: ≤ 200 MB peak, ≤ 5 MB of reports per case.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Measured vs predicted on the emulated two-node cluster: 4 layouts x link rates (issue 13).
+"""Measured vs predicted on the emulated two-node cluster: 4 layouts x link rates.
 
     python benchmarks/two_tier_study.py [--rates 200mbit,1gbit] [--repeats 5] [--json out.json]
 
@@ -26,7 +26,7 @@ from llmcomm_tests.engine.layout import Layout  # noqa: E402
 from llmcomm_tests.runtime.measure import run_case
 from llmcomm_tests.runtime.run_config import RunConfig  # noqa: E402
 
-ORDER_MARGIN = 1.25  # as tests/test_cluster.py: the A/A spread of TPOT on this host (DOMAIN.md §11)
+ORDER_MARGIN = 1.25  # as tests/test_cluster.py: TPOT's A/A spread (docs/measurements.md#timing-noise-between-sessions)
 
 
 def main() -> int:

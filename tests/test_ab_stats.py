@@ -68,7 +68,7 @@ def test_t_quantiles_known_values():
 
 
 def test_pairs_needed_matches_domain_rule_of_thumb():
-    # DOMAIN.md §11: ((2.8 sd)/ln(1+delta))^2 -> sd 0.1: ~9 pairs for 10 %, sd 0.2: ~35 (t test);
+    # The paired t test's rule of thumb ((2.8 sd)/ln(1+delta))^2 -> sd 0.1: ~9 pairs for 10 %, sd 0.2: ~35 (t test);
     # the signed-rank test needs 1/0.955 as many.
     assert stats.pairs_needed(0.1, 0.10) == math.ceil((2.8016 * 0.1 / math.log(1.1)) ** 2 / stats.WILCOXON_ARE)
     assert 34 <= stats.pairs_needed(0.2, 0.10) <= 38

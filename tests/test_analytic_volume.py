@@ -179,7 +179,7 @@ def test_per_token_summary():
 
 
 def test_study_totals_tp_and_pp_match_term_by_term():
-    """DOMAIN.md §4 with N = Sp + Sd − 1 = 255 tokens, in elements."""
+    """The study's totals (docs/communication.md) with N = Sp + Sd − 1 = 255 tokens, in elements."""
     tp = study_totals(L8B, Layout(4, 1), 1, 128, 128)
     assert tp["kind"] == "tp"
     ar, logits = tp["terms"]

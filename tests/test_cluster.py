@@ -281,8 +281,9 @@ def test_nics_per_node_queues_parallel_boundary_slices():
 # -- the study's shape on the emulated cluster: order of TPOT and inter bytes, advisor -------------
 
 # A predicted order is asserted only between layouts the model separates by more than this factor:
-# the A/A spread of TPOT on this host (DOMAIN.md §11: σ of per-pair log ratios 0.15–0.25, i.e.
-# ±25 %) -- from repeated identical runs, not from the layouts compared here.
+# the A/A spread of TPOT on this host (σ of per-pair log ratios 0.15–0.25, i.e. ±25 %:
+# docs/measurements.md#timing-noise-between-sessions) -- from repeated identical runs, not from the
+# layouts compared here.
 ORDER_MARGIN = 1.25
 
 

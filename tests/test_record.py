@@ -1,4 +1,4 @@
-"""The recorder: counts from the structure in DOMAIN.md §3 (written here from the formulas, not from
+"""The recorder: counts from the structure in docs/communication.md (written here from the formulas, not from
 the recorder or the analytic module), DTensor's functional collectives, the profiler cross-check."""
 
 from collections import Counter
@@ -24,7 +24,7 @@ def docs(tiny):
 
 
 def expected_counts(L: int, t: int, p: int) -> Counter:
-    """(op, phase) → calls summed over ranks for one request (DOMAIN.md §3; docs/communication.md)."""
+    """(op, phase) → calls summed over ranks for one request (docs/communication.md)."""
     c = Counter()
     for phase, forwards in (("prefill", 1), ("decode", SD - 1)):
         if t > 1:

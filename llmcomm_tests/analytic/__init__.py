@@ -21,5 +21,6 @@ Vocabulary fixed here and used by every module of this package:
   reduce_scatter.
 
 Modules: ``volume`` (bytes), ``latency`` (α-β formulas and bounds), ``hardware`` (profiles),
-``e2e`` (TTFT / TPOT / E2E); their command lines are ``commands/predict.py`` and ``commands/calibrate.py``.
+``e2e`` (TTFT / TPOT / E2E); their command lines are ``commands/predict.py`` and
+``commands/calibrate.py`` (over ``calibration/fit.py``).
 """

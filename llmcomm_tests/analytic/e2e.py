@@ -15,8 +15,8 @@ the t-way split of every weight matrix shortens it):
 with P = shape.n_params(), e = bytes per element, tokens = batch·s.  KV-cache reads, attention's
 s² term and replicated KV heads (t > k) are left out: small next to the weights at these lengths.
 
-Metrics (DOMAIN.md §6): TTFT = prefill forward + its comm, including the pp.tokens transfer that
-brings the first token to the driver (global rank 0, where the engine stamps token times);
+Metrics (vLLM's benchmark definitions): TTFT = prefill forward + its comm, including the pp.tokens
+transfer that brings the first token to the driver (global rank 0, where the engine stamps token times);
 TPOT = one decode forward + its comm; E2E = TTFT + (gen_len − 1)·TPOT.  comm_share = comm / E2E.
 """
 

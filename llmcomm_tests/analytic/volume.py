@@ -8,7 +8,8 @@ derived from that one enumeration, so they cannot disagree with each other:
 * ``predict_volume``   – calls summed over ranks, keyed (op, phase, site class): the recorder's view.
 * ``per_rank_volume``  – the same per global rank.
 * ``op_instances``     – logical ops with group size, message size and count: the latency model's view.
-* ``study_totals``     – the study's per-GPU element totals (DOMAIN.md §4) next to ours, term by term.
+* ``study_totals``     – the study's per-GPU element totals next to ours, term by term
+  (docs/communication.md).
 
 Byte rules (docs/communication.md): M = numel · element size of the call on this rank;
 all_reduce wire = 2(t−1)·M // t per call (integer division per call, then × count); all_gather wire
@@ -212,10 +213,10 @@ def summarize(rows: list[dict], batch: int, gen_len: int, world_size: int) -> di
     }
 
 
-# -- the study's totals (DOMAIN.md §4), term by term next to ours ---------------------------------
+# -- the study's totals (docs/communication.md), term by term next to ours -------------------------
 
 DIFFERENCES = """\
-Where the engine (and so this model) differs from the study's totals (DOMAIN.md §4):
+Where the engine (and so this model) differs from the study's totals (docs/communication.md):
 - Token transfers the study leaves out are counted: sampled ids back to global rank 0 under PP
   (pp.tokens, b int64 per forward, prefill included) and the next-input-id broadcast inside stage
   0's TP group (tokens.broadcast, b int64 per decode forward, t > 1).

@@ -90,8 +90,8 @@ def fit_line(xs: list[float], ys: list[float], iterations: int = 100) -> tuple[f
     |log(m/y)| ≈ |m − y| / √(m·y)) from the 1/y²-weighted least-squares line, keeping whichever of
     the two scores better.  Ratios, so a 1 KiB point counts as much as a 16 MiB one and a factor
     of 2 weighs the same up or down; absolute (L1), so a few sizes whose medians landed in another
-    scheduling regime (seen on 4 ranks over 2 cores: 0.4–0.9 ms for the first sizes swept, 5 ms
-    for the rest) do not drag the line — least squares would let them."""
+    scheduling regime (4 ranks over 2 cores: docs/calibration.md) do not drag the line — least
+    squares would let them."""
     start = _weighted_line(xs, ys, [1.0 / (y * y) for y in ys])
     a, b = start
     for _ in range(iterations):
@@ -189,7 +189,7 @@ def fit_profile(rows: list[dict], name: str, base: "HardwareProfile | str | None
 
 ENGINE_SIZES = [2 ** k for k in range(3, 19)]  # 8 B … 256 KiB, ×2: the tiny engine's messages
 ENGINE_OPS = ["all_reduce", "all_gather", "gather", "broadcast", "send_recv"]  # what the engine issues
-BAND_LIMITS = (1 / 3, 3.0)  # the widest band a check may use (issue 10): the model is within 3×
+BAND_LIMITS = (1 / 3, 3.0)  # the widest band a check may use: the model is within 3×
 DEFAULT_MARGIN = 1.25
 
 

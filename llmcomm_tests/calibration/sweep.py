@@ -2,35 +2,35 @@
 
 For each op and message size: time per call (min / median / max over repetitions, max over ranks of
 each repetition, as nccl-tests reports the slowest rank), algbw = size / time and busbw = algbw ×
-the op's bus factor (nccl-tests' PERFORMANCE.md, ``contract.bus_factor``): all_reduce 2(n−1)/n; all_gather,
-reduce_scatter, gather (n−1)/n; broadcast, send_recv 1.  Size is nccl-tests' "size": the all-reduce buffer, the
-gathered output, the reduce-scatter input, the broadcast buffer, the p2p message.  Gather-type ops
-round it down to a multiple of world_size elements (at least one per rank); the others take it as
-asked, so 8 B is an 8-byte message (the engine's int64 token transfers).  Each row also keeps every
-rank's own samples (``rank_times_s``) next to the slowest rank's (``times_s``).
+the op's bus factor (nccl-tests' doc/PERFORMANCE.md, ``contract.bus_factor``): all_reduce 2(n−1)/n;
+all_gather, reduce_scatter, gather (n−1)/n; broadcast, send_recv 1.  Size is nccl-tests' "size": the
+all-reduce buffer, the gathered output, the reduce-scatter input, the broadcast buffer, the p2p
+message.  Gather-type ops round it down to a multiple of world_size elements (at least one per rank);
+the others take it as asked, so 8 B is an 8-byte message (the engine's int64 token transfers).  Each
+row also keeps every rank's own samples (``rank_times_s``) next to the slowest rank's (``times_s``).
 
 Engine conditions (``--compute-ms X``, ``engine_sweep``).  The barrier-aligned sweep times an op
-whose ranks arrive together on an idle host; the engine does neither.  In this mode each rank
-spins real compute (a small matmul loop) for X ms of wall time before every call and issues the
-call as soon as its own compute is done — no barrier per call, so the ranks drift apart as they
-do between the engine's layers.  ``--group-size G`` splits the world into W/G groups that run the
-op concurrently, each on its own group (TP2×PP2's two TP groups on 4 ranks), so the same number
-of ranks share the cores as in the engine.  ``--order burst`` (default) repeats each (op, size)
-back to back, as the engine's layers repeat one call (prefill's burst of 256 KiB all-reduces,
-decode's burst of 1 KiB ones); ``interleaved`` visits every op and size in each repetition, so load
-drift lands on all sizes alike — but measured here it made the 256 KiB all-reduce 2× slower than
-the engine's (1.0–1.6 ms against 0.5–0.6 ms), the 1 KiB one 1.2× (docs/calibration.md).  Every call's issue and completion are read on the host's
-monotonic clock (``perf_counter_ns``, shared by all processes on one host); per call instance
-(group, repetition) the *transfer* of each participating rank is its completion − the last
-participant's issue (clipped at 0), as ``runtime/arrival.py`` splits the engine's records.  Rows gain
-``group_size``, ``compute_ms``, ``transfer_s`` with a parallel ``transfer_role`` (``root`` /
-``peer`` for gather and broadcast, ``send`` / ``recv`` for send_recv, ``""`` otherwise) and the
-raw ``calls`` (per rank: [issue_ns], [completion_ns]).
+whose ranks arrive together on an idle host; the engine does neither.  In this mode each rank spins
+real compute (a small matmul loop) for X ms of wall time before every call and issues the call as
+soon as its own compute is done — no barrier per call, so the ranks drift apart as they do between
+the engine's layers.  ``--group-size G`` splits the world into W/G groups that run the op
+concurrently, each on its own group (TP2×PP2's two TP groups on 4 ranks), so the same number of
+ranks share the cores as in the engine.  ``--order burst`` (default) repeats each (op, size) back to
+back, as the engine's layers repeat one call (prefill's burst of 256 KiB all-reduces, decode's burst
+of 1 KiB ones); ``interleaved`` visits every op and size in each repetition, so load drift lands on
+all sizes alike — but it made the 256 KiB all-reduce slower than the engine's
+(docs/calibration.md).  Every call's issue and completion are read on the host's monotonic clock
+(``perf_counter_ns``, shared by all processes on one host); per call instance (group, repetition)
+the *transfer* of each participating rank is its completion − the last participant's issue (clipped
+at 0), as ``runtime/arrival.py`` splits the engine's records.  Rows gain ``group_size``,
+``compute_ms``, ``transfer_s`` with a parallel ``transfer_role`` (``root`` / ``peer`` for gather and
+broadcast, ``send`` / ``recv`` for send_recv, ``""`` otherwise) and the raw ``calls`` (per rank:
+[issue_ns], [completion_ns]).
 
 ``--compute-mb M`` makes that compute read M MiB of weights (a matrix-vector product, as a decode
 step reads its layers' weights) instead of a cache-resident 64×64 matmul.  The call that follows
-then finds the caches cold, as the engine's do: here a 16 B send after 4 MiB streamed took
-83 µs, after the small matmul 36 µs (the engine's own: 80–100 µs).
+then finds the caches cold, as the engine's do (docs/calibration.md, "Point-to-point with cold
+caches").
 """
 
 from __future__ import annotations

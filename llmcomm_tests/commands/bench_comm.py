@@ -52,7 +52,7 @@ def main(args) -> int:
         print("llmcomm bench-comm: send_recv needs --world-size >= 2", file=sys.stderr)
         return 2
     try:
-        launch.resolve_backend(args.backend, args.world_size)  # nccl without a GPU per rank: refused now
+        launch.resolve_backend(args.backend, args.world_size)  # nccl without a GPU per rank: refused up front
     except ValueError as exc:
         print(f"llmcomm bench-comm: {exc}", file=sys.stderr)
         return 2

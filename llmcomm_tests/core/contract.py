@@ -152,7 +152,7 @@ def wire_bytes(op: str, nbytes: int, group_size: int, group_rank: int, root: int
 
 
 def bus_factor(op: str, group_size: int) -> float:
-    """nccl-tests' busbw / algbw (its PERFORMANCE.md): all_reduce 2(n−1)/n; all_gather,
+    """nccl-tests' busbw / algbw (its doc/PERFORMANCE.md): all_reduce 2(n−1)/n; all_gather,
     reduce_scatter, all_to_all, gather and scatter (n−1)/n; broadcast, reduce and send_recv 1."""
     n = group_size
     if op == "all_reduce":

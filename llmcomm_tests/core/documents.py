@@ -311,7 +311,7 @@ class Distribution:
 
 @dataclass
 class LatencyMetrics:
-    """vLLM's definitions (DOMAIN.md §6), one sample per repetition; ITL one per token gap."""
+    """vLLM's benchmark definitions, one sample per repetition; ITL one per token gap."""
 
     ttft: Distribution
     tpot: Distribution
@@ -480,7 +480,7 @@ class CaseResult:
     error: Optional[str] = None
     properties: list[tuple[str, str]] = field(default_factory=list)
     nodeid: str = ""
-    ab: Optional[dict[str, Any]] = None  # the A/B gate's comparison (llmcomm_tests/ab): no single run then
+    ab: Optional[dict[str, Any]] = None  # the A/B gate's comparison (judging/ab/): no single run then
     hardware_how: str = ""  # how the profile was chosen: --llmcomm-hardware, the spec's hardware:, detected
 
     @property

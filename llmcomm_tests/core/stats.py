@@ -156,7 +156,8 @@ def hodges_lehmann_ci(diffs: Sequence[float], confidence: float = 0.95) -> tuple
 
 def pairs_needed(sd_log: float, change: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Pairs for a signed-rank test to detect ``change`` (relative) with per-pair log-ratio s.d.
-    ``sd_log``: ((z_{1-alpha/2} + z_power) * sd / ln(1 + change))^2 / ARE (DOMAIN.md §11)."""
+    ``sd_log``: ((z_{1-alpha/2} + z_power) * sd / ln(1 + change))^2 / ARE — a paired t test's
+    sample size over the signed-rank test's asymptotic relative efficiency."""
     import math
 
     z = normal_quantile(1 - alpha / 2) + normal_quantile(power)

@@ -1,6 +1,6 @@
 """Engine shapes and presets.
 
-The engine is a Llama-style dense decoder.  Notation follows ../shared/DOMAIN.md §2:
+The engine is a Llama-style dense decoder.  Notation:
 L layers, h hidden, a attention heads, k KV heads, d = h/a head dim, f FFN size, v vocabulary.
 """
 
@@ -71,12 +71,12 @@ class EngineShape:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
 
 
-# Public shapes from each model's config.json (DOMAIN.md §8).
+# Public shapes from each model's config.json on Hugging Face.
 PRESETS: dict[str, EngineShape] = {
     s.name: s
     for s in (
         EngineShape("tiny", n_layers=4, hidden=256, n_heads=8, n_kv_heads=4, ffn=688, vocab=1024),
-        # Not a public model: the emulated two-node cluster's CPU shape (llmcomm_tests/cluster/,
+        # Not a public model: the emulated two-node cluster's CPU shape (runtime/netns.py,
         # benchmarks/two_tier_study.py) -- boundary and all-reduce tensors of 64 KiB at batch 16, so a
         # 200 mbit link costs milliseconds per token while 4 ranks still fit on 2 cores.
         EngineShape("cpu-link", n_layers=4, hidden=1024, n_heads=8, n_kv_heads=4, ffn=1024, vocab=2048),

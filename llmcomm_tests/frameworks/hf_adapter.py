@@ -1,9 +1,9 @@
 """Run a case in Hugging Face transformers: TP on ranks our launcher starts, our recorder on each.
 
 transformers 5.x shards a model itself when loaded with ``from_pretrained(folder,
-distributed_config=DistributedConfig(tp_size=N))`` on an initialised process group (CPU/gloo works,
-DOMAIN.md §10).  Its collectives go through ``torch.distributed`` (eager and functional), so the
-existing :class:`~llmcomm_tests.runtime.recorder.Recorder` sees all of them; the site comes from forward
+distributed_config=DistributedConfig(tp_size=N))`` on an initialised process group (CPU/gloo works).
+Its collectives go through ``torch.distributed`` (eager and functional), so the existing
+:class:`~llmcomm_tests.runtime.recorder.Recorder` sees all of them; the site comes from forward
 hooks on the module that issues them (``model.layers.J.self_attn.o_proj`` → ``layerJ.attn.o_proj``,
 …, ``lm_head``).  Generation is a greedy loop over ``model(...)`` with a KV cache, one forward per
 token like our engine, so phase, step and per-token times are ours; ``logits_to_keep=1`` computes

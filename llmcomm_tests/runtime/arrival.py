@@ -1,7 +1,7 @@
 """Wait versus transfer: each call's time split at the last arrival of its peers.
 
 A call's time on one rank (issue → completion) is the *wait* for the last member of its group to
-arrive plus the *transfer* after that; the α-β model describes the transfer only (DOMAIN.md §11).
+arrive plus the *transfer* after that; the α-β model describes the transfer only (docs/calibration.md).
 
 Matching.  Every rank issues the calls of one group in the same order, so the k-th call a rank
 makes on a group (its *channel*) is the k-th call of every other member: the instance is

@@ -107,8 +107,8 @@ class InstalledFaults:
     def _delay_at_wait(self, work, faults, key, cuda: bool, issued_ns: int) -> None:
         """``issued_ns``: when the caller issued the op.  A host op's duration, which a relative
         delay scales, runs from there to the wait's return.  A gloo send writes its bytes while it
-        is issued, so timed from the returned Work, delay=100% added only 0.5-0.8x the model
-        to a PP2 send's transfer."""
+        is issued, so a delay timed from the returned Work would plant less than asked
+        (docs/measurements.md#planted-delays)."""
         import torch
 
         start = None

@@ -1,10 +1,10 @@
 """Ranks up and down: start W ranks on this host, collect each rank's result, leave nothing behind.
 
-Why a fork server: on a small host a spawned rank spends ~2 s importing torch, and a plain fork of
-a parent that already ran torch ops can hang.  Python's ``forkserver`` start method, with torch
-preloaded, forks each rank from a clean process that imported torch but never ran an op: the first
-launch of a session pays the import once, later launches cost a fork.  Each rank calls
-``torch.set_num_threads`` before any op (the fork-safety rule measured on torch 2.13).
+Why a fork server: a spawned rank spends seconds importing torch, and a plain fork of a parent that
+already ran torch ops can hang (docs/measurements.md#launching-ranks).  Python's ``forkserver``
+start method, with torch preloaded, forks each rank from a clean process that imported torch but
+never ran an op: the first launch of a session pays the import once, later launches cost a fork.
+Each rank calls ``torch.set_num_threads`` before any op (the fork-safety rule).
 
 Rendezvous is a FileStore in a fresh temporary directory per launch: no ports to pick, so
 concurrent launches cannot collide.  Results come back over one pipe per rank.  On a timeout every
@@ -379,8 +379,8 @@ def exit_rank(code: int) -> None:
 
     Gloo's threads can still hold tensors when the interpreter tears down, and about one exit in
     twenty then aborts ("terminate called without an active exception", SIGABRT) after the work and
-    its documents are done; torchrun reports that as a failed rank (two-node runs here: 3 of 35
-    aborted before, 0 of 75 with this exit)."""
+    its documents are done; torchrun reports that as a failed rank
+    (docs/measurements.md#launching-ranks)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

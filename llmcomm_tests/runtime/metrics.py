@@ -1,7 +1,7 @@
 """The ranks' calls and token times → the run document's numbers.
 
-* latency metrics: TTFT, TPOT, E2E per repetition and ITL per token gap (vLLM's definitions,
-  DOMAIN.md §6);
+* latency metrics: TTFT, TPOT, E2E per repetition and ITL per token gap (vLLM's benchmark
+  definitions: TPOT = (E2E − TTFT) / (generated tokens − 1));
 * volume rows: calls, bytes and wire bytes per (op, phase, site class), summed over ranks;
 * op summaries: every call class with a bounded latency summary (documents.OpSummary);
 * comm metrics: time inside communication calls per token and as a share of TTFT/TPOT/E2E;

@@ -12,8 +12,8 @@ Layout (``up``)::
   kernel routes local addresses through ``lo``): the fast *intra* tier.  Ranks of different nodes
   cross their veths and the bridge: the *inter* tier.
 * ``tbf`` on every node's ``llm0`` egress caps what a node can send to the rest at ``inter_rate``
-  (one NIC per node: every byte leaving a node goes through it).  Delay cannot be added here:
-  ``netem`` is not in this kernel (DOMAIN.md §11).
+  (one NIC per node: every byte leaving a node goes through it).  Delay is not added: kernels
+  without ``netem`` cannot (docs/measurements.md#emulated-cluster).
 * The bridge lives in its own namespace, so nothing is created in the host's namespace and only
   addresses inside namespaces we create are used (10.231.K.0/24, K free per cluster).
 
@@ -224,11 +224,10 @@ def up(nodes: int, ranks_per_node: int, inter_rate: str | None = "200mbit", *, o
 
 
 def shape(cluster: Cluster, node: str, rate: str) -> None:
-    """tbf on the node's egress.  burst: 1 ms of the rate (≥ 16 KiB) — measured here, bulk TCP
-    reaches 96 % of 200 mbit and 1 gbit with it (16 KiB gave 77 % at 1 gbit); a larger bucket lets
-    the engine's 16–64 KiB messages through at memory speed (10 ms of burst = 250 KiB at 200 mbit
-    did: a 64 KiB broadcast crossed at 247 MB/s), which is not a link of that rate.  latency:
-    200 ms of queue before drops."""
+    """tbf on the node's egress.  burst: 1 ms of the rate (≥ 16 KiB), enough for bulk TCP to come
+    near the rate; a larger bucket lets the engine's 16–64 KiB messages through at memory speed, which
+    is not a link of that rate (docs/measurements.md#emulated-cluster).  latency: 200 ms of queue
+    before drops."""
     burst = max(16 * 1024, int(rate_bytes_per_s(rate) / 1000))
     _ip("netns", "exec", node, "tc", "qdisc", "replace", "dev", cluster.ifname, "root", "tbf", "rate", rate,
         "burst", str(burst), "latency", "200ms")

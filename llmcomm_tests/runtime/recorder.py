@@ -1,12 +1,12 @@
 """Record every communication op a rank issues: op, group, bytes, wire bytes, phase, step, site, time.
 
-How ops are seen (measured on torch 2.13, see DOMAIN.md §9):
+How ops are seen (torch 2.13):
 
 * Eager ``torch.distributed`` calls (``dist.all_reduce``, ``send``, ``gather``, batch_isend_irecv,
   …) all reach a Python-visible ``ProcessGroup`` method.  We patch those methods on the class: it
   catches every caller, whatever module issued it, and costs nothing for compute ops (a
-  TorchDispatchMode would tax every aten op; a Python kernel on the ``c10d::`` ops costs ~12 µs
-  per op in boxing alone).
+  TorchDispatchMode would tax every aten op; a Python kernel on the ``c10d::`` ops pays for boxing
+  on every call: docs/measurements.md#recorder-cost).
 * Functional collectives (``_c10d_functional``, what DTensor uses) go from C++ straight to the
   ProcessGroup and never touch those Python methods; we register a BackendSelect kernel for those
   ops only, so the cost falls only on code that uses them.

@@ -11,10 +11,10 @@ Three passes, each in its own module:
 1. YAML → plain data, keeping the line of every node (:mod:`.yaml_lines`; safe: only plain YAML
    types; ``!!python/...`` and other tags are refused, as are duplicate keys and non-string keys).
 2. Structure against ``schema/slo-spec.schema.json`` (JSON Schema 2020-12, also published for
-   editors); a schema error is mapped back to the line of the node it is about (:mod:`.validate`).
+   editors); a schema error is mapped back to the line of the node it is about (:mod:`.schema`).
 3. Meaning: the engine shape resolves, each layout fits it (:meth:`Layout.validate`), durations and
    byte counts parse (:mod:`.values`) and are positive, p50 <= p99, no two cases share an id,
-   ... (:mod:`.validate`).
+   ... (:mod:`.build`).
 
 The format is documented in ``docs/spec-format.md``.  This module must not import torch.
 """

@@ -31,7 +31,7 @@ OP_CLASSES = BUDGET_OPS
 DURATION_METRICS = ("ttft", "tpot", "itl", "e2e", "comm_time_per_token", "wait_per_token")
 BUDGET_METRICS = DURATION_METRICS + ("comm_share", "bytes_per_token", "op_latency")
 
-# MLPerf Inference LoadGen SLOs, p99 in seconds (DOMAIN.md §7).
+# MLPerf Inference LoadGen SLOs, p99 in seconds (the benchmarks' published server / interactive limits).
 SLO_PRESETS: dict[str, dict[str, float]] = {
     "mlperf-llama2-70b-server": {"ttft": 2.0, "tpot": 0.200},
     "mlperf-llama2-70b-interactive": {"ttft": 0.450, "tpot": 0.040},

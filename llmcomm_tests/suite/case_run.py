@@ -43,7 +43,7 @@ def run_and_check(case, state) -> CaseResult:
     from llmcomm_tests.runtime.netns import ClusterError
     from llmcomm_tests.runtime.launch import LaunchError
 
-    if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/ab)
+    if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/judging/ab/)
         from llmcomm_tests.judging.ab.result import case_result
 
         return case_result(case, state, prediction(case, state.profile_for(case).profile), run_config(case, state))
@@ -91,8 +91,8 @@ def run_and_check(case, state) -> CaseResult:
     other = (f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
              f"{state.backend}: not bounded" if case.framework != "ours" else None)
     # A case on a topology is judged by a profile of that cluster (both tiers, its nodes' own
-    # transport), never by one calibrated on a single host: even inside one emulated node a TP2's
-    # first prefill all-reduce ran 11x cpu-loopback's model.
+    # transport), never by one calibrated on a single host: even inside one emulated node the calls
+    # run far from cpu-loopback's model (docs/measurements.md#emulated-cluster).
     if case.topology is not None and profile is not None and profile.ranks_per_node != case.topology.ranks_per_node:
         other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, the topology "
                  f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "

@@ -1,4 +1,4 @@
-"""Paired A/B gate: the old and the new environment interleaved in one session (issue 11).
+"""Paired A/B gate: the old and the new environment interleaved in one session.
 
 ``schedule`` orders seeded, balanced AB/BA pairs; ``arms`` runs a case in a given interpreter
 (one arm server, with its own fork server, per environment); ``observe`` reduces a run to volume

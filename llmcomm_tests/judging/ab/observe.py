@@ -6,12 +6,11 @@ the 10 %-trimmed mean of the log times (``stats.TRIM``); for an op class (hundre
 log of its lower quartile.  Why the quartile: on a loaded 2-core host a large share of calls is
 stretched by a rank being descheduled mid-op, and that share moves from run to run; the calls
 that ran with both ranks on a core form the lower part of the distribution, and a slowdown of
-the op itself shifts them like every other call.  Measured here (load average 10-13, 16
-interleaved A/A pairs of tiny TP2, decode all-reduce): s.d. of the per-pair log ratio 0.12 with
-the lower quartile, 0.29 with the median, 0.34 with the trimmed mean.  Op classes are
+the op itself shifts them like every other call.  Its per-pair log ratio scatters far less than
+the median's or the trimmed mean's (docs/measurements.md#ab-centres).  Op classes are
 (op, phase, group size) and split into *transfer* and *wait*: calls whose time includes waiting
 for a peer's compute (the token broadcast waiting for sampling, the LM-head gather waiting for the
-slowest slice) time the schedule, not the link, and get their own row (DOMAIN.md §11).
+slowest slice) time the schedule, not the link, and get their own row (``runtime/arrival.py``).
 """
 
 from __future__ import annotations
