@@ -15,8 +15,8 @@ from llmcomm_tests.core.arguments import OneLineParser
 COMMANDS = {
     "run": ("llmcomm_tests.commands.run", "launch the engine under one layout and measure it"),
     "predict": ("llmcomm_tests.commands.predict", "analytic volume and TTFT/TPOT for layouts"),
-    "calibrate": ("llmcomm_tests.calibration.fit", "fit a hardware profile from a comm sweep"),
-    "bench-comm": ("llmcomm_tests.calibration.sweep", "nccl-tests-style size sweep over torch.distributed"),
+    "calibrate": ("llmcomm_tests.commands.calibrate", "fit a hardware profile from a comm sweep"),
+    "bench-comm": ("llmcomm_tests.commands.bench_comm", "nccl-tests-style size sweep over torch.distributed"),
     "report": ("llmcomm_tests.commands.report", "build the HTML report from a report directory"),
     "budgets": ("llmcomm_tests.commands.budgets", "suggest SLO budgets from a measured session (a stated margin)"),
     "ab": ("llmcomm_tests.commands.ab", "A/B gate: pytest with every case run in two Python environments"),
