@@ -503,7 +503,7 @@ def test_session_options_give_a_topology_and_a_spec_keeps_its_own():
 @pytest.mark.parametrize("args, words", [
     (["--llmcomm-emulate-nodes", "2", "--llmcomm-node-cmd", "ssh {host}"], "give one"),
     (["--llmcomm-node-cmd", "ssh {host}"], "needs --llmcomm-hosts"),
-    (["--llmcomm-inter-rate", "fast"], "--llmcomm-inter-rate='fast': bad link rate"),
+    (["--llmcomm-inter-rate", "fast"], "--llmcomm-inter-rate: bad link rate 'fast'"),
 ])
 def test_bad_node_options_are_usage_errors(pytester, args, words):
     pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})
