@@ -48,6 +48,7 @@ from collections import defaultdict
 from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.accuracy import WAITING, accuracy_rows, format_rows, instance, summary
 from llmcomm_tests.core.documents import RunDocument, from_json, to_json
+from llmcomm_tests.core.stats import percentile
 from llmcomm_tests.analytic.hardware import load_profile
 
 
@@ -83,11 +84,6 @@ def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str
 
 
 TRANSFER_GOAL = 0.15  # median |median transfer - model| / model per op class
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def _band(profile, summary, variant: bool, world: int):
@@ -145,7 +141,7 @@ def transfer_rows(docs, profile, before=None) -> list[dict]:
         for name in ("before", "pooled", "variant"):
             errs = acc[name]
             row[f"{name}_median_err"] = statistics.median(errs) if errs else None
-            row[f"{name}_p90_err"] = _quantile(errs, 0.9) if errs else None
+            row[f"{name}_p90_err"] = percentile(errs, 90) if errs else None
         for name in ("pooled", "variant"):
             row[f"{name}_median_ratio"] = statistics.median(acc[name + "_ratio"])
             row[f"{name}_in_band"] = sum(acc[name + "_in_band"]) / len(acc["n"])

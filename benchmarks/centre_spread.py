@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from llmcomm_tests.report.json_report import load
+from llmcomm_tests.report.json_report import load_session_report
 from llmcomm_tests.core.stats import median, percentile
 from llmcomm_tests.core.text import text_table
 
@@ -25,7 +25,7 @@ def centres(paths) -> dict[tuple, list[tuple[float, float]]]:
     """(case, row name) → [(measured centre, model)] over the reports, judged rows only."""
     out = defaultdict(list)
     for path in paths:
-        for result in load(path).items:
+        for result in load_session_report(path).items:
             for row in result.verdict.rows:
                 if row.check == "latency" and row.name.endswith("transfer centre") and row.verdict != "n/a":
                     world = result.run.case.tp * result.run.case.pp

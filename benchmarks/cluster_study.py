@@ -31,7 +31,9 @@ NAMES = {Layout(4, 1): "TP4 across", Layout(2, 2): "TP2xPP2 (TP in node)", Layou
 
 
 @dataclass(frozen=True)
-class Workload:
+class StudySettings:
+    """The engine, workload and repetitions every layout of the study runs with."""
+
     engine: str = "cpu-link"
     batch: int = 16
     prompt_len: int = 16
@@ -47,7 +49,7 @@ class LayoutRun:
     link_tx_bytes: int  # kernel counters of the nodes' shaped interfaces over the whole launch
 
 
-def run_layout(cluster: netns.Cluster, layout: Layout, w: Workload, timeout_s: float = 300.0) -> LayoutRun:
+def run_layout(cluster: netns.Cluster, layout: Layout, w: StudySettings, timeout_s: float = 300.0) -> LayoutRun:
     """One layout through the node launcher on as many nodes as it needs (records kept)."""
     from llmcomm_tests.runtime.measure import run_case
     from llmcomm_tests.runtime.run_config import RunConfig
@@ -73,7 +75,7 @@ def best(runs: list[LayoutRun], metric: str) -> float:
     return min(x for r in runs for x in getattr(r.doc.metrics, metric).samples)
 
 
-def compare(runs: "LayoutRun | list[LayoutRun]", profile, shape: EngineShape, layout: Layout, w: Workload,
+def compare(runs: "LayoutRun | list[LayoutRun]", profile, shape: EngineShape, layout: Layout, w: StudySettings,
             cores: int) -> dict:
     """Measured vs predicted for one layout: TPOT/TTFT and wire bytes per token per tier (the
     measured calls classified one by one, tiers.py), and whether the tier volumes agree exactly.
@@ -105,7 +107,7 @@ def compare(runs: "LayoutRun | list[LayoutRun]", profile, shape: EngineShape, la
     }
 
 
-def format_table(results: list[dict]) -> str:
+def format_study_table(results: list[dict]) -> str:
     head = (f"{'rate':>8} {'layout':>21} {'TPOT p50':>9} {'TPOT min':>9} {'TPOT pred':>9} {'TTFT min':>9} {'TTFT pred':>9} "
             f"{'inter B/tok meas':>16} {'pred':>9} {'intra B/tok meas':>16} {'pred':>9} {'link tx B/tok':>13} "
             f"{'exact':>5}  dominant")

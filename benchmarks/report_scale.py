@@ -123,7 +123,7 @@ def main() -> int:
         path = Path(tmp) / "baseline.json"
         baseline.add_run(path, run)
         baseline.add_run(path, {**run, "session": "session-2"})
-        rows = baseline.compare(baseline.load(path), run, 0.1, None)
+        rows = baseline.compare(baseline.load_baseline(path), run, 0.1, None)
         sizes["baseline (2 runs)"] = path.stat().st_size
     elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmcomm_tests.runtime import netns
-from llmcomm_tests.cluster import study  # noqa: E402
+import cluster_study as study  # noqa: E402  (this folder is first on the path when run as a script)
 from llmcomm_tests.engine.config import resolve_engine  # noqa: E402
 from llmcomm_tests.engine.layout import Layout  # noqa: E402
 from llmcomm_tests.runtime.measure import run_case
@@ -41,7 +41,7 @@ def main() -> int:
     if not ok:
         print(f"skipped: {why}")
         return 0
-    w = study.Workload(repeats=args.repeats)
+    w = study.StudySettings(repeats=args.repeats)
     shape = resolve_engine(w.engine)
     cores = os.cpu_count() or 1
     t0 = time.time()
@@ -69,7 +69,7 @@ def main() -> int:
                       f"ms measured, {r['tpot_predicted_s'] * 1e3:.2f} ms predicted", flush=True)
         finally:
             netns.release(cluster)
-    print(study.format_table(results))
+    print(study.format_study_table(results))
     for rate in args.rates.split(","):
         mine = [r for r in results if r["rate"] == rate]
         meas = [r["layout"] for r in sorted(mine, key=lambda r: r["tpot_measured_s"])]

@@ -299,10 +299,11 @@ quiet_host_only = pytest.mark.skipif(not os.environ.get("LLMCOMM_TIMING_TESTS"),
 def study_200mbit():
     if not NS_OK:
         pytest.skip(f"network namespaces unavailable: {NS_WHY}")
-    from llmcomm_tests.cluster import study
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import cluster_study as study
     from llmcomm_tests.engine.config import resolve_engine
 
-    w = study.Workload()
+    w = study.StudySettings()
     shape = resolve_engine(w.engine)
     compute_doc = run_case(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
                                      gen_len=w.gen_len, dtype=w.dtype, repeats=w.repeats, warmup=w.warmup))
@@ -504,7 +505,7 @@ def test_session_options_give_a_topology_and_a_spec_keeps_its_own():
 @pytest.mark.parametrize("args, words", [
     (["--llmcomm-emulate-nodes", "2", "--llmcomm-node-cmd", "ssh {host}"], "give one"),
     (["--llmcomm-node-cmd", "ssh {host}"], "needs --llmcomm-hosts"),
-    (["--llmcomm-inter-rate", "fast"], "--llmcomm-inter-rate='fast': bad link rate"),
+    (["--llmcomm-inter-rate", "fast"], "--llmcomm-inter-rate: bad link rate 'fast'"),
 ])
 def test_bad_node_options_are_usage_errors(pytester, args, words):
     pytester.makefile(".yaml", **{"slo_specs/two-node": TOPO_SPEC})

@@ -29,7 +29,7 @@ from llmcomm_tests.analytic import tiers
 
 
 @dataclass(frozen=True)
-class Prediction:
+class LayoutPrediction:
     layout: Layout
     ttft_s: float
     tpot_s: float
@@ -50,7 +50,7 @@ def _dominant(terms: dict) -> str:
 
 def predict(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen_len: int, dtype: str,
             profile: HardwareProfile, *, nics_per_node: int | None = None,
-            compute_parallelism: int | None = None) -> Prediction:
+            compute_parallelism: int | None = None) -> LayoutPrediction:
     rpn = profile.ranks_per_node
     nics = nics_per_node or rpn
     comm = {(ph, t): 0.0 for ph in ("prefill", "decode") for t in latency.TIERS}
@@ -74,7 +74,7 @@ def predict(shape: EngineShape, layout: Layout, batch: int, prompt_len: int, gen
     tpot = decode_c + parts["comm_decode_intra_s"] + parts["comm_decode_inter_s"] if decodes else 0.0
     rows = tiers.predicted(shape, layout, batch, prompt_len, gen_len, dtype, rpn)
     totals = tiers.per_tier_totals(rows, batch * gen_len)
-    return Prediction(
+    return LayoutPrediction(
         layout, ttft, tpot, ttft + decodes * tpot, parts,
         {t: v["wire_bytes_per_token"] for t, v in totals.items()},
         _dominant({"compute": decode_c, "intra comm": parts["comm_decode_intra_s"],
@@ -102,7 +102,7 @@ def feasible_layouts(shape: EngineShape, gpus: int) -> list[tuple[Layout, str | 
 def advise(shape: EngineShape, gpus: "int | list[int]", batch: int, prompt_len: int, gen_len: int, dtype: str,
            profile: HardwareProfile, *, ttft_s: float | None = None, tpot_s: float | None = None,
            nics_per_node: int | None = None, compute_parallelism: int | None = None,
-           layouts: list[Layout] | None = None) -> tuple[list[Prediction], list[tuple[Layout, str]]]:
+           layouts: list[Layout] | None = None) -> tuple[list[LayoutPrediction], list[tuple[Layout, str]]]:
     """(ranked predictions, refused layouts with reasons).  Ranking: layouts that meet every given
     SLO first; then by TPOT, TTFT, and inter-node bytes per token (ties → less on the slow link)."""
     if layouts is None:
@@ -133,7 +133,7 @@ def advise(shape: EngineShape, gpus: "int | list[int]", batch: int, prompt_len: 
     return preds, refused
 
 
-def why_not(p: Prediction, ttft_s: float | None, tpot_s: float | None) -> str:
+def why_not(p: LayoutPrediction, ttft_s: float | None, tpot_s: float | None) -> str:
     """One line: which SLO a layout misses, by how much, and which term dominates it."""
     reasons = []
     if ttft_s is not None and not p.slo.get("ttft", True):
@@ -143,7 +143,7 @@ def why_not(p: Prediction, ttft_s: float | None, tpot_s: float | None) -> str:
     return "; ".join(reasons) or "meets the SLOs"
 
 
-def table(preds: list[Prediction], ttft_s: float | None, tpot_s: float | None) -> str:
+def table(preds: list[LayoutPrediction], ttft_s: float | None, tpot_s: float | None) -> str:
     lines = [f"{'#':>2} {'layout':>9} {'TTFT(ms)':>9} {'TPOT(ms)':>9} {'inter B/tok':>12} {'intra B/tok':>12} "
              f"{'TPOT: compute/intra/inter (ms)':>31} {'SLO':>4}  why"]
     for i, p in enumerate(preds, 1):

@@ -15,15 +15,24 @@ import json
 import sys
 from dataclasses import replace
 
+from llmcomm_tests.core.units import parse_count, parse_duration, parse_list
 
-def _duration(text: str | None) -> float | None:
+
+def _duration(option: str, text: str | None) -> float | None:
+    """An SLO budget in seconds: ``200ms``, or a bare number of seconds."""
     if text is None:
         return None
-    s = text.strip().lower()
-    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
-        if s.endswith(unit):
-            return float(s[: -len(unit)]) * scale
-    return float(s)
+    try:
+        return parse_duration(text, unitless="s")
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
+def _rank_counts(text: str) -> list[int]:
+    try:
+        return parse_list(text, lambda item: parse_count(item, minimum=1))
+    except ValueError as exc:
+        raise ValueError(f"--gpus: {exc}") from None
 
 
 def add_arguments(parser) -> None:
@@ -59,9 +68,9 @@ def main(args) -> int:
         profile = load_profile(args.hardware)
         if args.ranks_per_node:
             profile = replace(profile, ranks_per_node=args.ranks_per_node)
-        gpus = [int(g) for g in str(args.gpus).split(",")]
+        gpus = _rank_counts(str(args.gpus))
         layouts = [Layout.parse(x) for x in args.layouts.split(",")] if args.layouts else None
-        ttft, tpot = _duration(args.ttft), _duration(args.tpot)
+        ttft, tpot = _duration("--ttft", args.ttft), _duration("--tpot", args.tpot)
     except (ValueError, LayoutError) as exc:
         print(f"llmcomm advise: {exc}", file=sys.stderr)
         return 2

@@ -80,7 +80,7 @@ def main(args) -> int:
     source = args.dir / json_report.FILENAME
     try:
         margin = parse_margin(args.margin)
-        report = json_report.load(source)
+        report = json_report.load_session_report(source)
         print(suggest(report, margin, args.spec))
     except FileNotFoundError:
         print(f"llmcomm budgets: {source} not found (run pytest with --llmcomm-report-dir {args.dir} first)",

@@ -60,7 +60,7 @@ def main(args) -> int:
             if not args.id or rate is None:
                 print("llmcomm cluster rate: give --id ID and --inter-rate RATE", file=sys.stderr)
                 return 2
-            print(_describe(netns.set_rate(netns.load(args.id), rate)))
+            print(_describe(netns.set_rate(netns.load_cluster(args.id), rate)))
         elif args.action == "calibrate":
             return _calibrate(args)
         else:
@@ -91,7 +91,7 @@ def _calibrate(args) -> int:
     if not args.id or not args.name:
         print("llmcomm cluster calibrate: give --id ID (llmcomm cluster status) and --name NAME", file=sys.stderr)
         return 2
-    cluster, shape = netns.load(args.id), resolve_engine(args.engine)
+    cluster, shape = netns.load_cluster(args.id), resolve_engine(args.engine)
     one_rank = run_case(RunConfig(shape, Layout(1, 1), batch=16, prompt_len=16, gen_len=8, repeats=5, warmup=1))
     profile, rows = calibrate_tiers.calibrate_cluster(cluster, args.name, calibrate_tiers.compute_from_run(one_rank, shape),
                                                 args.repeats)

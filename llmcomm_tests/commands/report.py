@@ -36,6 +36,6 @@ def main(args) -> int:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         print(f"llmcomm report: {source} has schema {found!r}, expected {schema!r}", file=sys.stderr)
         return 2
-    out = write_html(json_report.load(source), args.out or args.dir / FILENAME)
+    out = write_html(json_report.load_session_report(source), args.out or args.dir / FILENAME)
     print(out)
     return 0

@@ -1,8 +1,9 @@
 """Argument types shared by the subcommands, and a parser whose errors are one line.
 
 Bad input is refused while the command line is parsed, before anything is launched: each type
-below raises ``argparse.ArgumentTypeError``, which :class:`OneLineParser` prints as
-``llmcomm run: --gen-len: must be >= 1, got 0`` and exit status 2, as the spec loader does.
+below is a parser of :mod:`llmcomm_tests.core.units` that raises ``argparse.ArgumentTypeError``,
+which :class:`OneLineParser` prints as ``llmcomm run: --gen-len: must be >= 1, got 0`` and exit
+status 2, as the spec loader does.
 No torch here (``llmcomm --help`` stays instant).
 """
 
@@ -13,6 +14,11 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable, TypeVar
+
+from llmcomm_tests.core import units
+
+T = TypeVar("T")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,70 +31,35 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+def _argument_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """A parser of core/units as an argparse type: its ValueError becomes the usage error."""
+    def argument_type(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    argument_type.__name__ = name  # argparse names the type in some messages
+    return argument_type
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+positive_int = _argument_type(lambda text: units.parse_count(text, minimum=1), "positive_int")
+non_negative_int = _argument_type(units.parse_count, "non_negative_int")
+positive_float = _argument_type(units.parse_positive_number, "positive_float")
+fraction = _argument_type(units.parse_fraction, "fraction")  # strictly between 0 and 1 (a quantile)
+# comma-separated message sizes in whole bytes: 4096,64K,16MiB
+byte_sizes = _argument_type(lambda text: units.parse_list(text, units.parse_byte_count), "byte_sizes")
+
+
+def _world_size(text: str) -> int:
+    """A communication sweep's rank count: >= 2 (one rank communicates nothing)."""
+    value = units.parse_count(text)
+    if value < 2:
+        raise ValueError(f"{value}: a communication sweep needs at least 2 ranks")
     return value
 
 
-def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (a quantile)."""
-    value = positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-
-
-def byte_sizes(text: str) -> list[int]:
-    """Comma-separated message sizes in bytes; K, M and G (also KiB/KB, …) mean powers of 1024."""
-    sizes = []
-    for item in (part.strip() for part in text.split(",")):
-        m = _SIZE.match(item)
-        n = int(float(m[1]) * _SIZE_UNITS[m[2].lower()]) if m else 0
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"bad size {item!r}: a byte count such as 4096, 64K or 16M")
-        sizes.append(n)
-    return sizes
-
-
-def world_sizes(text: str) -> list[int]:
-    """Comma-separated rank counts of communication sweeps: each >= 2 (one rank communicates nothing)."""
-    worlds = []
-    for item in (part.strip() for part in text.split(",")):
-        value = _int(item)
-        if value < 2:
-            raise argparse.ArgumentTypeError(f"{value}: a communication sweep needs at least 2 ranks")
-        worlds.append(value)
-    return worlds
+world_sizes = _argument_type(lambda text: units.parse_list(text, _world_size), "world_sizes")
 
 
 def output_file(text: str) -> str:

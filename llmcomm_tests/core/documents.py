@@ -143,8 +143,10 @@ class LatencySummary:
         return len(self.samples) == self.count
 
     def quantile(self, q: float) -> float | None:
-        """The ``q``-quantile (0..1): exact while every sample is kept, else from the buckets
-        (geometric bucket centre, clamped to the observed range)."""
+        """The ``q``-quantile (0..1): exact while every sample is kept (``stats.percentile``), else
+        from the buckets (geometric bucket centre, clamped to the observed range).  A different
+        estimator on purpose: past ``SAMPLE_CAP`` the kept samples are a subsample, while the
+        buckets count every call, so a tail quantile from them is the whole run's."""
         if not self.count:
             return None
         if self.exact:

@@ -23,6 +23,6 @@ class SafeLoader12(yaml.SafeLoader):
     }
 
 
-def load(text: str):
+def load_yaml(text: str):
     """Plain data of one YAML document (raises yaml.YAMLError)."""
     return yaml.load(text, Loader=SafeLoader12)  # noqa: S506 - a SafeLoader subclass

@@ -126,10 +126,10 @@ def engine_from_text(text: str) -> EngineShape:
         return resolve_engine(text)
     import yaml  # late: presets need no YAML
 
-    from llmcomm_tests.core.yaml_loader import load
+    from llmcomm_tests.core.yaml_loader import load_yaml
 
     try:  # specs' rules: 1e-5 (and JSON's 1e-05) is a number
-        data = load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):

@@ -98,14 +98,15 @@ def path_for(root: str, name: str, env: dict, spec: str, case_id: str, spec_file
     return base / check_name(name) / spec / f"{case_id}.json"
 
 
-def load(path: Path) -> dict:
+def load_baseline(path: Path) -> dict:
+    """A stored baseline file: its case, volume and runs."""
     return json.loads(path.read_text())
 
 
 def add_run(path: Path, run: dict) -> dict:
     """Append ``run`` to the baseline at ``path`` (a new one when absent or when its bytes changed);
     written atomically, so a crash never leaves half a baseline."""
-    stored = load(path) if path.is_file() else None
+    stored = load_baseline(path) if path.is_file() else None
     if stored is None or stored.get("schema") != SCHEMA or stored["volume"] != run["volume"]:
         stored = {"schema": SCHEMA, "case": run["case"], "volume": run["volume"], "runs": []}
     entry = {"env": run["env"], "session": run["session"], "times": run["times"]}
@@ -233,7 +234,7 @@ def handle(case, doc: RunDocument, state) -> list[VerdictRow]:
         else:
             threshold = settings.threshold if settings else DEFAULT_THRESHOLD
             min_detectable = settings.min_detectable if settings else None
-            rows += compare(load(path), current, threshold, min_detectable)
+            rows += compare(load_baseline(path), current, threshold, min_detectable)
     if opts.baseline_save:
         path = where(opts.baseline_save)
         stored = add_run(path, current)

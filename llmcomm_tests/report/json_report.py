@@ -25,7 +25,8 @@ def document(state, complete: bool, exitstatus=None) -> SessionReport:
                          list(state.results), complete, None if exitstatus is None else int(exitstatus))
 
 
-def load(path: "str | Path") -> SessionReport:
+def load_session_report(path: "str | Path") -> SessionReport:
+    """A session's JSON report, read back (for the HTML report, budgets and benchmarks)."""
     return from_json(SessionReport, json.loads(Path(path).read_text()))
 
 

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 
 from llmcomm_tests.core import call_site
 from llmcomm_tests.core.contract import BUDGET_OPS, methods_of, site_class
+from llmcomm_tests.core.units import parse_count, parse_duration, parse_factor, parse_percent
 
-_SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>[0-9.]+)(?P<unit>%|ms|us|s|x)?$")
+_SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>\S+)$")
+_USAGE = "OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R"
+
+
 @dataclass(frozen=True)
 class Fault:
     op: str
@@ -52,25 +56,34 @@ class Fault:
 def parse_fault(text: str) -> Fault:
     m = _SYNTAX.match(text.strip())
     if not m or m["op"] not in BUDGET_OPS:
-        raise ValueError(f"bad fault {text!r}: expected OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R "
-                         f"with OP in {', '.join(BUDGET_OPS)}")
-    value, unit, kind = float(m["value"]), m["unit"], m["kind"]
-    if kind == "delay":
-        if unit == "%":
-            return Fault(m["op"], m["site"], kind, value / 100, relative=True)
-        scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, None: 1.0}.get(unit)
-        if scale is None:
-            raise ValueError(f"bad fault {text!r}: delay unit must be %, s, ms or us")
-        return Fault(m["op"], m["site"], kind, value * scale)
-    if kind in ("crash", "hang"):
-        if value != int(value) or unit:
-            raise ValueError(f"bad fault {text!r}: {kind}=RANK takes a global rank number")
-        return Fault(m["op"], m["site"], kind, value)
-    if kind == "size" and (value <= 1 or (m["op"] not in ("all_reduce", "broadcast"))):
+        raise ValueError(f"bad fault {text!r}: expected {_USAGE} with OP in {', '.join(BUDGET_OPS)}")
+    op, kind = m["op"], m["kind"]
+    try:
+        value, relative = _fault_value(kind, m["value"])
+    except ValueError as exc:
+        raise ValueError(f"bad fault {text!r}: {kind}: {exc}") from None
+    if kind == "size" and (value <= 1 or op not in ("all_reduce", "broadcast")):
         raise ValueError(f"bad fault {text!r}: size=N needs N > 1 and op all_reduce or broadcast")
-    if kind == "extra" and (value < 1 or value != int(value) or m["op"] != "all_reduce"):
-        raise ValueError(f"bad fault {text!r}: extra=N needs a whole N >= 1 and op all_reduce")
-    return Fault(m["op"], m["site"], kind, value)
+    if kind == "extra" and op != "all_reduce":
+        raise ValueError(f"bad fault {text!r}: extra=N needs op all_reduce")
+    return Fault(op, m["site"], kind, value, relative)
+
+
+def _fault_value(kind: str, text: str) -> tuple[float, bool]:
+    """(value, relative) of ``KIND=VALUE``: a delay is a percentage of the call (``10%``) or a
+    duration (``2ms``; a bare number is seconds), extra a count >= 1, size a factor (``2``, ``2x``),
+    crash and hang a global rank."""
+    if kind == "delay":
+        if text.endswith("%"):
+            return parse_percent(text), True
+        if not text[:1].isdigit() and not text.startswith("."):
+            raise ValueError(f"expected a percentage such as 10% or a duration such as 2ms, got {text!r}")
+        return parse_duration(text, unitless="s"), False
+    if kind == "extra":
+        return float(parse_count(text, minimum=1)), False
+    if kind == "size":
+        return parse_factor(text), False
+    return float(parse_count(text)), False  # crash, hang: a rank
 
 
 def parse_faults(texts) -> list[Fault]:

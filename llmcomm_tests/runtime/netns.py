@@ -152,7 +152,8 @@ def registered() -> list[Cluster]:
     return out
 
 
-def load(cluster_id: str) -> Cluster:
+def load_cluster(cluster_id: str) -> Cluster:
+    """The emulated cluster registered under ``cluster_id`` (by ``up``)."""
     path = _registry_path(cluster_id)
     if not path.is_file():
         raise ClusterError(f"no emulated cluster {cluster_id!r} (registry {REGISTRY})")
@@ -270,7 +271,7 @@ def down(cluster: "Cluster | str") -> list[str]:
     """Kill what runs inside, delete every namespace (their veths go with them), forget the cluster.
     Returns the namespaces removed."""
     if isinstance(cluster, str):
-        cluster = load(cluster)
+        cluster = load_cluster(cluster)
     present = set(existing_namespaces())
     removed = []
     for ns in cluster.namespaces:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from llmcomm_tests.spec.types import (BUDGET_METRICS, DEFAULT_HARDWARE, DURATION_METRICS, OP_CLASSES, SCHEMA_PATH, SLO_PRESETS, Baseline, Budget, Budgets, Case, LatencyTolerance, Requires, Spec, SpecError, Tolerances, Workload, _display_path, spec_schema)
-from llmcomm_tests.spec.values import describe, parse_bytes, parse_duration
+from llmcomm_tests.core.units import describe, parse_bytes, parse_duration
 
 __all__ = [
     "SpecError", "Spec", "Case", "Workload", "Budget", "Budgets", "Tolerances", "LatencyTolerance",

@@ -15,7 +15,8 @@ from llmcomm_tests.spec.topology import parse as parse_topology
 from llmcomm_tests.engine.config import EngineShape, resolve_engine
 from llmcomm_tests.engine.layout import Layout, LayoutError
 from llmcomm_tests.spec.types import (BUDGET_METRICS, DEFAULT_HARDWARE, DEFAULT_INSIDE_FRACTION, DEFAULT_REPEATS, DEFAULT_SLACK, DEFAULT_WARMUP, SLO_PRESETS, Baseline, Budget, Budgets, LatencyTolerance, Requires, Spec, SpecError, Tolerances, Workload)
-from llmcomm_tests.spec.values import fmt_value, parse_bytes, parse_duration
+from llmcomm_tests.core.units import parse_bytes, parse_duration
+from llmcomm_tests.spec.values import fmt_value
 from llmcomm_tests.spec.yaml_lines import Doc, Key, field_name
 
 __all__ = ["build_spec"]

@@ -10,7 +10,7 @@ import functools
 from typing import Any
 
 from llmcomm_tests.spec.types import SpecError, spec_schema
-from llmcomm_tests.spec.values import describe
+from llmcomm_tests.core.units import describe
 from llmcomm_tests.spec.yaml_lines import Doc, field_name
 
 __all__ = ["check_schema"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from llmcomm_tests.core.units import rate_bytes_per_s
+from llmcomm_tests.core.units import describe, rate_bytes_per_s
 
 FIELDS = {"nodes", "ranks_per_node", "emulate", "inter_rates", "nics_per_node", "node_cmd", "hosts", "results_dir"}
 
@@ -53,8 +53,7 @@ def parse(data: dict, where: str = "spec") -> Topology:
         raise TopologyError(f"{where}: topology: unknown field(s) {', '.join(sorted(unknown))}; known: "
                             f"{', '.join(sorted(FIELDS))}")
     for key in ("nodes", "ranks_per_node"):
-        if not isinstance(data.get(key), int) or data[key] < 1:
-            raise TopologyError(f"{where}: topology.{key} must be an integer >= 1")
+        _require_count(data.get(key), where, key)
     rates = data.get("inter_rates") or []
     if isinstance(rates, str):
         rates = [rates]
@@ -74,10 +73,16 @@ def parse(data: dict, where: str = "spec") -> Topology:
     if rates and not emulate:
         raise TopologyError(f"{where}: topology.inter_rates shapes an emulated link only (emulate: true)")
     nics = data.get("nics_per_node")
-    if nics is not None and (not isinstance(nics, int) or nics < 1):
-        raise TopologyError(f"{where}: topology.nics_per_node must be an integer >= 1")
+    if nics is not None:
+        _require_count(nics, where, "nics_per_node")
     return Topology(data["nodes"], data["ranks_per_node"], emulate, tuple(str(r) for r in rates), nics,
                     data.get("node_cmd"), hosts, data.get("results_dir"), where)
+
+
+def _require_count(value, where: str, key: str) -> None:
+    """A count typed in YAML: an integer >= 1 (a boolean or a quoted number is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TopologyError(f"{where}: topology.{key} must be an integer >= 1, got {describe(value)}")
 
 
 def for_session(given: Topology | None, widest: int, emulate_nodes: int | None, ranks_per_node: int | None,

@@ -1,6 +1,8 @@
 """Plugin options, each resolved like pytest-timeout's: command line → environment → ini → default.
 
-One small parser per option keeps bad values pointed at where they came from.
+One small parser per option keeps bad values pointed at where they came from: values are parsed by
+core/units, and a bad one reads ``--llmcomm-repeats: expected a whole number, got 'x'`` (the
+source, then the parser's message, which names the value).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from llmcomm_tests.core.envinfo import cuda_device_count
+from llmcomm_tests.core.units import parse_count, parse_flag, parse_positive_number, rate_bytes_per_s, split_list
 
 
 @dataclass(frozen=True)
@@ -23,39 +26,13 @@ class Option:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+    return parse_count(text, minimum=1)
 
 
 def _backend(text: str) -> str:
     if text not in ("auto", "gloo", "nccl"):
-        raise ValueError("must be auto, gloo or nccl")
+        raise ValueError(f"must be auto, gloo or nccl, got {text!r}")
     return text
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _flag(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def _baseline_name(text: str) -> str | None:
@@ -76,17 +53,15 @@ def _python(text: str) -> str | None:
         return None
     found = shutil.which(text)
     if found is None:
-        raise ValueError("no executable Python interpreter there")
+        raise ValueError(f"no executable Python interpreter at {text!r}")
     return os.path.abspath(found) if os.sep in text else found
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+    return tuple(split_list(text))
 
 
 def _rates(text: str) -> tuple[str, ...]:
-    from llmcomm_tests.core.units import rate_bytes_per_s
-
     rates = _names(text)
     for rate in rates:
         rate_bytes_per_s(rate)  # raises ValueError naming the bad rate
@@ -104,7 +79,7 @@ OPTIONS = (
            "where JUnit, JSON and HTML reports go"),
     Option("repeats", "--llmcomm-repeats", "LLMCOMM_REPEATS", "llmcomm_repeats", None, _positive_int,
            "timed repetitions per case (overrides the specs)"),
-    Option("timeout", "--llmcomm-timeout", "LLMCOMM_TIMEOUT", "llmcomm_timeout", 300.0, _positive_float,
+    Option("timeout", "--llmcomm-timeout", "LLMCOMM_TIMEOUT", "llmcomm_timeout", 300.0, parse_positive_number,
            "seconds before a case's hung ranks are killed"),
     Option("baseline_save", "--llmcomm-baseline-save", "LLMCOMM_BASELINE_SAVE", "llmcomm_baseline_save", None,
            _baseline_name, "store each case's results as baseline NAME"),
@@ -112,9 +87,9 @@ OPTIONS = (
            "llmcomm_baseline_compare", None, _baseline_name, "compare each case against baseline NAME"),
     Option("baseline_dir", "--llmcomm-baseline-dir", "LLMCOMM_BASELINE_DIR", "llmcomm_baseline_dir", ".llmcomm/baselines",
            str, "where baselines live (one folder per hardware key)"),
-    Option("keep_records", "--llmcomm-keep-records", "LLMCOMM_KEEP_RECORDS", "llmcomm_keep_records", False, _flag,
+    Option("keep_records", "--llmcomm-keep-records", "LLMCOMM_KEEP_RECORDS", "llmcomm_keep_records", False, parse_flag,
            "keep every communication call in the reports (default: a bounded summary per op class)"),
-    Option("trace", "--llmcomm-trace", "LLMCOMM_TRACE", "llmcomm_trace", False, _flag,
+    Option("trace", "--llmcomm-trace", "LLMCOMM_TRACE", "llmcomm_trace", False, parse_flag,
            "write each case's calls as a Chrome trace (Perfetto): <report dir>/traces/<spec>-<case>.json"),
     Option("ab", "--llmcomm-ab", "LLMCOMM_AB", "llmcomm_ab", None, _python,
            "A/B gate: run every case in this session's Python (A) and in PYTHON (B), interleaved in "
@@ -136,7 +111,7 @@ OPTIONS = (
            "real nodes: comma-separated hosts, node 0 (the rendezvous host) first"),
     Option("results_dir", "--llmcomm-results-dir", "LLMCOMM_RESULTS_DIR", "llmcomm_results_dir", None, _optional_str,
            "real nodes: a folder every node sees, where the ranks leave their results"),
-    Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, _seed,
+    Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, parse_count,
            "seed of the A/B pair order"),
 )
 
@@ -169,7 +144,7 @@ class LLMCommOptions:
 def add_options(parser) -> None:
     group = parser.getgroup("llmcomm", "llmcomm-tests: communication SLO specs")
     for opt in OPTIONS:
-        if opt.parse is _flag:  # a switch on the command line, true/false in env and ini
+        if opt.parse is parse_flag:  # a switch on the command line, true/false in env and ini
             group.addoption(opt.flag, dest=f"llmcomm_{opt.name}", action="store_const", const="true", default=None,
                             help=opt.help)
         else:
@@ -190,7 +165,7 @@ def resolve(config) -> LLMCommOptions:
                 try:
                     values[opt.name] = opt.parse(str(raw))
                 except ValueError as exc:
-                    raise ValueError(f"{source}={raw!r}: {exc}") from None
+                    raise ValueError(f"{source}: {exc}") from None
                 break
         else:
             values[opt.name] = opt.default
