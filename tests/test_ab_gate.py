@@ -4,7 +4,6 @@ Slow-ish (each comparison is 10+ interleaved pairs of a tiny TP2 case): one test
 
 import json
 import re
-import subprocess
 import sys
 
 import pytest
@@ -23,11 +22,11 @@ QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 @pytest.fixture(scope="module")
 def other_python(tmp_path_factory) -> str:
-    """A second environment: a venv over this one's packages (its own interpreter path and
-    site-packages; the gate puts this checkout's llmcomm_tests on its path)."""
-    venv = tmp_path_factory.mktemp("arm-b") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
-    return str(venv / "bin" / "python")
+    """A second environment: a venv over this one's packages, whatever kind this one is (its own
+    interpreter path and site-packages; the gate puts this checkout's llmcomm_tests on its path)."""
+    from llmcomm_tests.judging.ab.overlay import overlay_venv
+
+    return overlay_venv(tmp_path_factory.mktemp("arm-b") / "venv")
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shlex
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -174,6 +176,13 @@ def _run_step(script: str, tmp_path: Path, *, save: bool) -> subprocess.Complete
     env.update(GPUS="2", BASELINE="ci-smoke", SAVE_BASELINE="true" if save else "false", SLO_SPECS=str(specs),
                SELECT="tp2-pp1 or tp2-pp2", PYTEST_ARGS=pytest_args,
                LLMCOMM_REPORT_DIR=str(tmp_path / "reports"), LLMCOMM_BASELINE_DIR=str(tmp_path / "baselines"))
+    # The job's `python` is its venv's; here it is the interpreter running these tests (a wrapper,
+    # not a symlink: a symlinked venv python outside its venv loses the venv's packages).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", os.defpath)])
     step = tmp_path / "step.sh"
     step.write_text(script)
     # GitHub's `shell: bash` and GitLab's bash runner both stop at the first failing line.
