@@ -9,7 +9,9 @@ from llmcomm_tests.engine.layout import LayoutError
 from llmcomm_tests.report.trace import write_trace
 from llmcomm_tests.runtime.launch import LaunchError
 from llmcomm_tests.runtime.measure import run_case, run_summary
-from llmcomm_tests.runtime.run_config import RunConfig, add_arguments  # noqa: F401  (the subcommand's arguments)
+from llmcomm_tests.runtime.run_config import RunConfig, add_arguments
+
+__all__ = ["add_arguments", "main"]  # the subcommand's arguments are the run's own
 
 
 def main(args) -> int:
