@@ -51,7 +51,7 @@ budgets:
 def _result_documents() -> SessionReport:
     from llmcomm_tests.analytic.hardware import load_profile
     from llmcomm_tests.judging.checks import budget_rows, volume_rows
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.suite.case_run import prediction
     from llmcomm_tests.suite.session import fingerprint
@@ -63,7 +63,7 @@ def _result_documents() -> SessionReport:
     for case in spec.cases():
         cfg = RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len,
                         gen_len=case.gen_len, dtype=case.dtype, repeats=case.repeats, warmup=case.warmup)
-        doc = run_case(cfg, backend="gloo", timeout_s=120)
+        doc = run_engine(cfg, backend="gloo", timeout_s=120)
         predicted = prediction(case, profile)  # as the pipeline keeps it
         verdict = Verdict(case.id)
         verdict.rows += volume_rows(doc.volume, predicted.volume)

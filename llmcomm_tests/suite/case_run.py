@@ -39,7 +39,7 @@ def prediction(case, profile) -> Prediction:
 
 def run_and_check(case, state) -> CaseResult:
     from llmcomm_tests.runtime.faults import never_fired
-    from llmcomm_tests.frameworks.base import run_case
+    from llmcomm_tests.frameworks.registry import adapter_for
     from llmcomm_tests.runtime.netns import ClusterError
     from llmcomm_tests.runtime.launch import LaunchError
 
@@ -67,8 +67,9 @@ def run_and_check(case, state) -> CaseResult:
         result.error, result.properties = str(exc), [("llmcomm.error", str(exc))]
         return result
     try:
-        doc = run_case(getattr(case, "framework", "ours"), cfg, backend=state.backend,
-                       timeout_s=state.options.timeout, available_ranks=state.ranks, nodes=nodes)
+        doc = adapter_for(getattr(case, "framework", "ours")).run(cfg, backend=state.backend,
+                                                                 timeout_s=state.options.timeout,
+                                                                 available_ranks=state.ranks, nodes=nodes)
     except LaunchError as exc:
         result.verdict.rows.append(VerdictRow("run", "launch", FAIL, detail=str(exc).splitlines()[0]))
         result.error = str(exc)
@@ -89,7 +90,7 @@ def run_and_check(case, state) -> CaseResult:
     # A profile calibrates torch.distributed over a backend; another framework's own collectives
     # (vLLM's shared-memory all-reduce, …) are another transport: no bound from it.
     other = (f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
-             f"{state.backend}: not bounded" if case.framework != "ours" else None)
+             f"{state.backend}: not bounded" if not adapter_for(case.framework).bounded_by_profile else None)
     # A case on a topology is judged by a profile of that cluster (both tiers, its nodes' own
     # transport), never by one calibrated on a single host: even inside one emulated node a TP2's
     # first prefill all-reduce ran 11x cpu-loopback's model.
