@@ -61,9 +61,7 @@ def _result_documents() -> SessionReport:
     profile = load_profile("cpu-loopback")
     items = []
     for case in spec.cases():
-        cfg = RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len,
-                        gen_len=case.gen_len, dtype=case.dtype, repeats=case.repeats, warmup=case.warmup)
-        doc = run_engine(cfg, backend="gloo", timeout_s=120)
+        doc = run_engine(RunConfig.for_case(case), backend="gloo", timeout_s=120)
         predicted = prediction(case, profile)  # as the pipeline keeps it
         verdict = Verdict(case.id)
         verdict.rows += volume_rows(doc.volume, predicted.volume)
