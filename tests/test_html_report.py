@@ -20,7 +20,6 @@ import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -224,15 +223,13 @@ def test_empty_session_renders():
 
 
 def test_write_for_session_writes_into_the_report_dir(session_doc, tmp_path):
-    state = SimpleNamespace(results=session_doc.items, env=session_doc.env, backend="gloo",
-                            hardware="cpu-loopback", ranks=4,
-                            options=SimpleNamespace(report_dir=str(tmp_path / "reports"), repeats=2))
-    out = html_report.write_for_session(state, exitstatus=1)
+    report = SessionReport(session_doc.env, "gloo", "cpu-loopback", 4,
+                           {"report_dir": str(tmp_path / "reports"), "repeats": 2}, session_doc.items, exitstatus=1)
+    out = html_report.write_for_session(report, tmp_path / "reports")
     assert out == tmp_path / "reports" / "llmcomm-report.html" and out.is_file()
-    broken = SimpleNamespace(results=[{"run": 1}], env={}, backend="gloo", hardware="x", ranks=1,
-                             options=SimpleNamespace(report_dir=str(tmp_path / "broken")))
+    broken = SessionReport({}, "gloo", "x", 1, {"report_dir": str(tmp_path / "broken")}, [{"run": 1}])
     with pytest.warns(UserWarning, match="HTML report not written"):
-        assert html_report.write_for_session(broken) is None
+        assert html_report.write_for_session(broken, tmp_path / "broken") is None
 
 
 # -- command line ----------------------------------------------------------------------------------
