@@ -63,7 +63,7 @@ def _workloads(text: str) -> list[tuple[int, int, int]]:
 def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str, save: Path | None) -> list[dict]:
     from llmcomm_tests.engine.config import PRESETS
     from llmcomm_tests.engine.layout import Layout
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
 
     docs = []
@@ -73,7 +73,7 @@ def run_all(layouts: list[str], workloads, repeats: int, warmup: int, dtype: str
             cfg = RunConfig(PRESETS["tiny"], layout, batch=b, prompt_len=sp, gen_len=sd, dtype=dtype,
                             repeats=repeats, warmup=warmup, keep_records=True)
             t0 = time.perf_counter()
-            doc = run_case(cfg, timeout_s=300)
+            doc = run_engine(cfg, timeout_s=300)
             print(f"  ran {layout} batch {b} prompt {sp} gen {sd}: {len(doc.records)} records, "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
             docs.append(doc)

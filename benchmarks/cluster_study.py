@@ -51,13 +51,13 @@ class LayoutRun:
 
 def run_layout(cluster: netns.Cluster, layout: Layout, w: StudySettings, timeout_s: float = 300.0) -> LayoutRun:
     """One layout through the node launcher on as many nodes as it needs (records kept)."""
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
 
     cfg = RunConfig(resolve_engine(w.engine), layout, batch=w.batch, prompt_len=w.prompt_len, gen_len=w.gen_len,
                     dtype=w.dtype, repeats=w.repeats, warmup=w.warmup, keep_records=True)
     before = netns.link_tx_bytes(cluster)
-    doc = run_case(cfg, backend="gloo", timeout_s=timeout_s, nodes=node_launch.emulated_nodes(cluster))
+    doc = run_engine(cfg, backend="gloo", timeout_s=timeout_s, nodes=node_launch.emulated_nodes(cluster))
     after = netns.link_tx_bytes(cluster)
     return LayoutRun(doc, sum(after[k] - before[k] for k in after))
 

@@ -20,14 +20,13 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from llmcomm_tests.judging import baseline, checks
 from llmcomm_tests.core import contract
 from llmcomm_tests.runtime import metrics
-from llmcomm_tests.core.documents import CallClass, CaseInfo, CaseResult, RankOps, RunDocument
+from llmcomm_tests.core.documents import CallClass, CaseInfo, CaseResult, RankOps, RunDocument, SessionReport
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.suite.case_run import prediction
@@ -112,11 +111,10 @@ def main() -> int:
     verdict = checks.evaluate(case, doc, predicted.volume, profile, profile.name)
     result = CaseResult(case.spec_name, str(case.path), case.id, profile.name, "nccl", {}, predicted, verdict, doc)
     with tempfile.TemporaryDirectory() as tmp:
-        state = SimpleNamespace(options=SimpleNamespace(report_dir=tmp), env={}, backend="nccl",
-                                hardware=profile.name, ranks=TP, results=[result])
-        json_report.start(state)
-        json_report.append_item(state, result)
-        report = json_report.write(state, complete=True, exitstatus=0)
+        json_report.start(tmp)
+        json_report.append_item(tmp, result)
+        report = json_report.write(tmp, SessionReport({}, "nccl", profile.name, TP, {"report_dir": tmp}, [result],
+                                                      complete=True, exitstatus=0))
         sizes = {"llmcomm-report.json": report.stat().st_size,
                  "llmcomm-items.jsonl": (Path(tmp) / json_report.ITEMS_FILENAME).stat().st_size}
         run = baseline.summarize(doc, {}, "session-1")

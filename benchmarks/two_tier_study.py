@@ -23,7 +23,7 @@ from llmcomm_tests.runtime import netns
 import cluster_study as study  # noqa: E402  (this folder is first on the path when run as a script)
 from llmcomm_tests.engine.config import resolve_engine  # noqa: E402
 from llmcomm_tests.engine.layout import Layout  # noqa: E402
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig  # noqa: E402
 
 ORDER_MARGIN = 1.25  # as tests/test_cluster.py: TPOT's A/A spread (docs/measurements.md#timing-noise-between-sessions)
@@ -45,7 +45,7 @@ def main() -> int:
     shape = resolve_engine(w.engine)
     cores = os.cpu_count() or 1
     t0 = time.time()
-    compute_doc = run_case(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
+    compute_doc = run_engine(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
                                      gen_len=w.gen_len, dtype=w.dtype, repeats=w.repeats, warmup=w.warmup))
     m = compute_doc.metrics
     print(f"# 1-rank compute run: TTFT {m.ttft.p50 * 1e3:.1f} ms, TPOT {m.tpot.p50 * 1e3:.2f} ms "

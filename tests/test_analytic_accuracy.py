@@ -128,11 +128,11 @@ def test_fit_line_ignores_a_minority_regime():
 
 def test_every_real_record_maps_to_an_op_instance():
     """The record → msg_bytes mapping is volume.op_instances' convention, on a real TP×PP run."""
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
 
     tiny, layout = PRESETS["tiny"], Layout(2, 2)
-    doc = run_case(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0, keep_records=True),
+    doc = run_engine(RunConfig(tiny, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0, keep_records=True),
                    timeout_s=120)
     model = {(i["op"], i["phase"], i["group_size"], i["msg_bytes"]) for i in op_instances(tiny, layout, 2, 8, 3)}
     for r in doc.records:

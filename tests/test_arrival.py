@@ -66,13 +66,13 @@ def test_clock_offsets_move_ranks_onto_one_clock():
 
 
 def test_chrome_trace_nests_wait_and_transfer_inside_each_call(tmp_path):
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.engine.config import PRESETS
     from llmcomm_tests.engine.layout import Layout
     from llmcomm_tests.report.trace import write_trace
 
-    doc = run_case(RunConfig(PRESETS["tiny"], Layout(2, 1), prompt_len=8, gen_len=3, repeats=1, warmup=0,
+    doc = run_engine(RunConfig(PRESETS["tiny"], Layout(2, 1), prompt_len=8, gen_len=3, repeats=1, warmup=0,
                              keep_records=True), timeout_s=120)
     trace = json.loads(write_trace(doc, tmp_path / "t.json").read_text())
     events = trace["traceEvents"]

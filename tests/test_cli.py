@@ -133,7 +133,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_launch(argv, fragment, tmp_
         raise AssertionError(f"launched despite bad input {argv}")
 
     monkeypatch.setattr(launch, "launch", tripwire)
-    monkeypatch.setattr(measure, "run_case", tripwire)
+    monkeypatch.setattr(measure, "run_engine", tripwire)
     monkeypatch.chdir(tmp_path)
     try:
         code = main(list(argv))

@@ -28,7 +28,7 @@ from llmcomm_tests.runtime import netns, node_launch
 from llmcomm_tests.analytic import tiers, two_tier
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
 
 TINY = PRESETS["tiny"]
@@ -67,7 +67,7 @@ def _torchrun_processes(marker: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_runs():
-    return {layout: run_case(RunConfig(TINY, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
+    return {layout: run_engine(RunConfig(TINY, layout, batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
                                        keep_records=True))
             for layout in STUDY_LAYOUTS}
 
@@ -97,7 +97,7 @@ def test_tier_volume_check_fails_on_planted_faults(tiny_runs):
     doc = tiny_runs[Layout(2, 2)]
     predicted = tiers.predicted(TINY, Layout(2, 2), 2, 8, 3, "fp32", RPN)
     assert tiers.diff(predicted, tiers.measured(doc.records, 4))
-    fault = run_case(RunConfig(TINY, Layout(4, 1), batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
+    fault = run_engine(RunConfig(TINY, Layout(4, 1), batch=2, prompt_len=8, gen_len=3, repeats=1, warmup=0,
                                keep_records=True, inject=tuple(parse_faults(["all_reduce@mlp:size=2"]))))
     lines = tiers.diff(tiers.predicted(TINY, Layout(4, 1), 2, 8, 3, "fp32", RPN), tiers.measured(fault.records, RPN))
     assert lines and all(ln.startswith("inter/all_reduce/") and "/mlp:" in ln for ln in lines)
@@ -111,7 +111,7 @@ def test_local_template_two_nodes_same_tokens_as_one_host():
     run = node_launch.run_on_nodes(node_launch.local_nodes(2, RPN, timeout_s=120), "llmcomm_tests.runtime.torchrun_entry:main",
                                    _rank_args(layout))
     assert run.rank_nodes == {0: "local0", 1: "local0", 2: "local1", 3: "local1"}
-    ref = run_case(RunConfig(TINY, layout, repeats=1, warmup=0))
+    ref = run_engine(RunConfig(TINY, layout, repeats=1, warmup=0))
     assert run.document()["tokens"] == ref.tokens
     assert not run.results.exists()  # the temporary shared folder is gone
 
@@ -217,7 +217,7 @@ def test_emulated_tp2_pp2_same_tokens_and_exact_tier_volume(cluster):
     sent = sum(v - before[k] for k, v in netns.link_tx_bytes(cluster).items())
     doc = run.document()
     assert run.rank_nodes == {r: cluster.nodes[r // RPN].name for r in range(4)}
-    assert doc["tokens"] == run_case(RunConfig(TINY, layout, repeats=1, warmup=0)).tokens
+    assert doc["tokens"] == run_engine(RunConfig(TINY, layout, repeats=1, warmup=0)).tokens
     measured = tiers.measured(doc["records"], RPN)
     assert tiers.diff(tiers.predicted(TINY, layout, 1, 32, 8, "fp32", RPN), measured) == []
     # The kernel saw at least the payload the model puts on the link (headers and rendezvous on top).
@@ -305,7 +305,7 @@ def study_200mbit():
 
     w = study.StudySettings()
     shape = resolve_engine(w.engine)
-    compute_doc = run_case(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
+    compute_doc = run_engine(RunConfig(shape, Layout(1, 1), batch=w.batch, prompt_len=w.prompt_len,
                                      gen_len=w.gen_len, dtype=w.dtype, repeats=w.repeats, warmup=w.warmup))
     c = netns.up_owned(2, RPN, "200mbit")
     try:
@@ -407,7 +407,7 @@ def test_slurm_template_runs_two_nodes_with_a_stand_in_srun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((tmp_path / "results" / "run.json").read_text())
     assert (doc["case"]["tp"], doc["case"]["pp"], doc["case"]["world_size"]) == (2, 2, 4)
-    assert doc["tokens"] == run_case(RunConfig(TINY, Layout(2, 2), prompt_len=8, gen_len=3, repeats=1)).tokens
+    assert doc["tokens"] == run_engine(RunConfig(TINY, Layout(2, 2), prompt_len=8, gen_len=3, repeats=1)).tokens
 
 
 def test_kubernetes_template_is_a_pytorchjob_running_the_rank_wrapper():

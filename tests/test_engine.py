@@ -8,7 +8,7 @@ from llmcomm_tests.engine.config import PRESETS, EngineShape
 from llmcomm_tests.engine.layout import Layout, LayoutError, kv_heads_of
 from llmcomm_tests.engine.parallel import ParallelEngine
 from llmcomm_tests.engine.weights import full_state_dict
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
 
 LAYOUTS = [(1, 1), (2, 1), (4, 1), (1, 2), (1, 4), (2, 2)]
@@ -50,7 +50,7 @@ def test_single_process_engine_matches_transformers_llama(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def runs(tiny):
     cfg = dict(batch=2, prompt_len=16, gen_len=6, repeats=1, warmup=0, keep_logits=True)
-    return {lay: run_case(RunConfig(tiny, Layout(*lay), **cfg), timeout_s=120) for lay in LAYOUTS}
+    return {lay: run_engine(RunConfig(tiny, Layout(*lay), **cfg), timeout_s=120) for lay in LAYOUTS}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda lay: f"tp{lay[0]}-pp{lay[1]}")
@@ -72,8 +72,8 @@ def test_replicated_kv_heads_match_single_process():
     shape = EngineShape("gqa", n_layers=2, hidden=128, n_heads=8, n_kv_heads=2, ffn=256, vocab=512)
     assert [list(kv_heads_of(shape, 4, r)) for r in range(4)] == [[0], [0], [1], [1]]
     cfg = dict(batch=1, prompt_len=8, gen_len=4, repeats=1, warmup=0, keep_logits=True)
-    single = run_case(RunConfig(shape, Layout(1, 1), **cfg))
-    tp4 = run_case(RunConfig(shape, Layout(4, 1), **cfg))
+    single = run_engine(RunConfig(shape, Layout(1, 1), **cfg))
+    tp4 = run_engine(RunConfig(shape, Layout(4, 1), **cfg))
     assert tp4.tokens == single.tokens
     np.testing.assert_allclose(tp4.logits, single.logits, rtol=1e-4, atol=1e-4)
 

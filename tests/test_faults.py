@@ -9,7 +9,7 @@ from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.runtime.gpu_delay import fit_clock
 from llmcomm_tests.runtime.faults import never_fired, parse_faults
 from llmcomm_tests.runtime.launch import RankTimeout, launch
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
 
 
@@ -26,7 +26,7 @@ def test_send_delay_on_pp2_plants_the_delay_and_counts_it():
     the caller's own wait.  all_reduce faults on a PP-only layout match nothing: counted as 0."""
     cfg = RunConfig(PRESETS["tiny"], Layout(1, 2), batch=1, prompt_len=8, gen_len=3, repeats=1, warmup=0,
                     inject=tuple(parse_faults(["send:delay=2ms", "all_reduce:delay=1ms"])))
-    doc = run_case(cfg, backend="gloo", timeout_s=120)
+    doc = run_engine(cfg, backend="gloo", timeout_s=120)
     sends = [s for s in doc.ops if s.op == "send"]
     assert sends and min(s.latency.min_s for s in sends) >= 2e-3, [s.latency.min_s for s in sends]
     fired = doc.faults_fired

@@ -14,13 +14,14 @@ import json
 import pytest
 
 from llmcomm_tests.analytic.volume import predict_volume
-from llmcomm_tests.analytic.volume_frameworks import predict_for
+from llmcomm_tests.analytic.volume_frameworks import FRAMEWORKS, predict_for
 from llmcomm_tests.judging.checks import volume_rows
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.frameworks import base
+from llmcomm_tests.frameworks import registry
 from llmcomm_tests.frameworks.vllm_adapter import _error_line
-from llmcomm_tests.frameworks.vllm_plugin import _message_bytes, position_of, site_of
+from llmcomm_tests.frameworks.sites import site_of
+from llmcomm_tests.frameworks.vllm_plugin import _message_bytes, position_of
 from llmcomm_tests.runtime.faults import parse_faults
 
 TINY = PRESETS["tiny"]
@@ -43,9 +44,9 @@ def _failed(doc, framework: str, layout: Layout) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ours_tp2():
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
 
-    return run_case(_cfg(2), backend="gloo")
+    return run_engine(_cfg(2), backend="gloo")
 
 
 # -- the models and the plugin's pure parts (no framework needed) --------------------------------
@@ -88,11 +89,23 @@ def test_vllm_pp_boundary_is_ours_without_token_transfers():
     assert not [r for r in vllm if r["site"] in ("pp.tokens", "tokens.broadcast")]
 
 
+def test_every_modelled_framework_has_an_adapter():
+    assert tuple(registry.ADAPTERS) == FRAMEWORKS
+    assert registry.adapter_for("ours").missing() is None
+    assert [name for name, a in registry.ADAPTERS.items() if a.bounded_by_profile] == ["ours"]
+
+
+@pytest.mark.parametrize("framework", ["vllm", "transformers"])
+def test_a_framework_starting_its_own_ranks_refuses_nodes(framework):
+    with pytest.raises(ValueError, match=f"framework {framework} starts its own ranks on one host"):
+        registry.adapter_for(framework).run(_cfg(2), nodes=object())
+
+
 def test_unknown_framework_is_refused():
     with pytest.raises(ValueError, match="unknown framework 'sglang'"):
         predict_for("sglang", TINY, Layout(2, 1), 1, 32, 8)
     with pytest.raises(ValueError, match="unknown framework"):
-        base.missing("sglang")
+        registry.adapter_for("sglang").missing()
 
 
 @pytest.mark.parametrize("name, site", [
@@ -146,14 +159,14 @@ def test_error_line_quotes_the_failing_assert():
 
 
 def _need(framework: str) -> None:
-    reason = base.missing(framework)
+    reason = registry.adapter_for(framework).missing()
     if reason:
         pytest.skip(reason)
 
 
 def test_transformers_tp2_tokens_and_exact_volume(ours_tp2):
     _need("transformers")
-    doc = base.run_case("transformers", _cfg(2), backend="gloo", timeout_s=300)
+    doc = registry.adapter_for("transformers").run(_cfg(2), backend="gloo", timeout_s=300)
     assert doc.tokens == ours_tp2.tokens
     assert doc.volume_stable
     assert _failed(doc, "transformers", Layout(2, 1)) == []
@@ -163,7 +176,7 @@ def test_transformers_tp2_tokens_and_exact_volume(ours_tp2):
 
 def test_transformers_planted_extra_all_reduce_fails_volume():
     _need("transformers")
-    doc = base.run_case("transformers", _cfg(2, inject=["all_reduce@attn:extra=1"], repeats=1), backend="gloo")
+    doc = registry.adapter_for("transformers").run(_cfg(2, inject=["all_reduce@attn:extra=1"], repeats=1), backend="gloo")
     failed = _failed(doc, "transformers", Layout(2, 1))
     assert failed and all(" attn:" in f for f in failed), failed
 
@@ -173,7 +186,7 @@ def test_transformers_refuses_pipeline_parallel():
     from llmcomm_tests.frameworks.hf_adapter import Unsupported
 
     with pytest.raises(Unsupported, match="tp1-pp2 refused: pipeline parallel is not supported"):
-        base.run_case("transformers", _cfg(1, 2))
+        registry.adapter_for("transformers").run(_cfg(1, 2))
 
 
 def test_checkpoint_is_cached_and_holds_our_weights(tmp_path):
@@ -199,7 +212,7 @@ def test_checkpoint_is_cached_and_holds_our_weights(tmp_path):
 @pytest.fixture(scope="module")
 def vllm_tp2():
     _need("vllm")
-    return base.run_case("vllm", _cfg(2), timeout_s=600)
+    return registry.adapter_for("vllm").run(_cfg(2), timeout_s=600)
 
 
 def test_vllm_tp2_tokens_equal_ours(vllm_tp2, ours_tp2):
@@ -232,7 +245,7 @@ def test_vllm_tp2_timing_reported(vllm_tp2):
 
 def test_vllm_planted_extra_all_reduce_fails_volume():
     _need("vllm")
-    doc = base.run_case("vllm", _cfg(2, inject=["all_reduce@attn:extra=1"], repeats=1), timeout_s=600)
+    doc = registry.adapter_for("vllm").run(_cfg(2, inject=["all_reduce@attn:extra=1"], repeats=1), timeout_s=600)
     failed = _failed(doc, "vllm", Layout(2, 1))
     assert failed and all(" attn:" in f for f in failed), failed
 
@@ -244,7 +257,7 @@ def test_vllm_pp2_generates():
     from llmcomm_tests.runtime.launch import RankFailed
 
     try:
-        doc = base.run_case("vllm", _cfg(1, 2, repeats=1), timeout_s=600)
+        doc = registry.adapter_for("vllm").run(_cfg(1, 2, repeats=1), timeout_s=600)
     except RankFailed as exc:
         assert "assert self.intermediate_tensors is not None" in str(exc)
         raise

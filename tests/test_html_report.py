@@ -20,7 +20,6 @@ import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -51,7 +50,7 @@ budgets:
 def _result_documents() -> SessionReport:
     from llmcomm_tests.analytic.hardware import load_profile
     from llmcomm_tests.judging.checks import budget_rows, volume_rows
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.suite.case_run import prediction
     from llmcomm_tests.suite.session import fingerprint
@@ -61,9 +60,7 @@ def _result_documents() -> SessionReport:
     profile = load_profile("cpu-loopback")
     items = []
     for case in spec.cases():
-        cfg = RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len,
-                        gen_len=case.gen_len, dtype=case.dtype, repeats=case.repeats, warmup=case.warmup)
-        doc = run_case(cfg, backend="gloo", timeout_s=120)
+        doc = run_engine(RunConfig.for_case(case), backend="gloo", timeout_s=120)
         predicted = prediction(case, profile)  # as the pipeline keeps it
         verdict = Verdict(case.id)
         verdict.rows += volume_rows(doc.volume, predicted.volume)
@@ -226,15 +223,13 @@ def test_empty_session_renders():
 
 
 def test_write_for_session_writes_into_the_report_dir(session_doc, tmp_path):
-    state = SimpleNamespace(results=session_doc.items, env=session_doc.env, backend="gloo",
-                            hardware="cpu-loopback", ranks=4,
-                            options=SimpleNamespace(report_dir=str(tmp_path / "reports"), repeats=2))
-    out = html_report.write_for_session(state, exitstatus=1)
+    report = SessionReport(session_doc.env, "gloo", "cpu-loopback", 4,
+                           {"report_dir": str(tmp_path / "reports"), "repeats": 2}, session_doc.items, exitstatus=1)
+    out = html_report.write_for_session(report, tmp_path / "reports")
     assert out == tmp_path / "reports" / "llmcomm-report.html" and out.is_file()
-    broken = SimpleNamespace(results=[{"run": 1}], env={}, backend="gloo", hardware="x", ranks=1,
-                             options=SimpleNamespace(report_dir=str(tmp_path / "broken")))
+    broken = SessionReport({}, "gloo", "x", 1, {"report_dir": str(tmp_path / "broken")}, [{"run": 1}])
     with pytest.warns(UserWarning, match="HTML report not written"):
-        assert html_report.write_for_session(broken) is None
+        assert html_report.write_for_session(broken, tmp_path / "broken") is None
 
 
 # -- command line ----------------------------------------------------------------------------------

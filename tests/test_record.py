@@ -9,7 +9,7 @@ import rank_entries
 from llmcomm_tests.calibration.sweep import sweep, table
 from llmcomm_tests.core.contract import bus_factor, site_class, wire_bytes
 from llmcomm_tests.engine.layout import Layout
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
 from llmcomm_tests.runtime.launch import launch
 
@@ -19,7 +19,7 @@ LAYOUTS = [(2, 1), (1, 2), (2, 2), (4, 1)]
 
 @pytest.fixture(scope="module")
 def docs(tiny):
-    return {lay: run_case(RunConfig(tiny, Layout(*lay), batch=B, prompt_len=SP, gen_len=SD, repeats=2, warmup=0,
+    return {lay: run_engine(RunConfig(tiny, Layout(*lay), batch=B, prompt_len=SP, gen_len=SD, repeats=2, warmup=0,
                                     cross_check=True, keep_records=True), timeout_s=120) for lay in LAYOUTS}
 
 

@@ -19,7 +19,7 @@ import pytest
 from llmcomm_tests.analytic.volume import per_rank_volume, predict_volume
 from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout, LayoutError
-from llmcomm_tests.runtime.measure import run_case
+from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
 from llmcomm_tests.core.contract import site_class
 from llmcomm_tests.core.documents import to_json
@@ -64,7 +64,7 @@ def recorded_per_rank(ops, rep: int = 0) -> list[dict]:
 def _run(tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str = "fp32"):
     cfg = RunConfig(TINY, Layout(tp, pp), batch=batch, prompt_len=prompt_len, gen_len=gen_len, dtype=dtype,
                     repeats=1, warmup=0, keep_records=True)
-    return run_case(cfg, timeout_s=120)
+    return run_engine(cfg, timeout_s=120)
 
 
 def _assert_matches(doc, tp: int, pp: int, batch: int, prompt_len: int, gen_len: int, dtype: str) -> None:

@@ -85,14 +85,14 @@ def _calibrate(args) -> int:
     from llmcomm_tests.runtime import netns
     from llmcomm_tests.engine.config import resolve_engine
     from llmcomm_tests.engine.layout import Layout
-    from llmcomm_tests.runtime.measure import run_case
+    from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
 
     if not args.id or not args.name:
         print("llmcomm cluster calibrate: give --id ID (llmcomm cluster status) and --name NAME", file=sys.stderr)
         return 2
     cluster, shape = netns.load_cluster(args.id), resolve_engine(args.engine)
-    one_rank = run_case(RunConfig(shape, Layout(1, 1), batch=16, prompt_len=16, gen_len=8, repeats=5, warmup=1))
+    one_rank = run_engine(RunConfig(shape, Layout(1, 1), batch=16, prompt_len=16, gen_len=8, repeats=5, warmup=1))
     profile, rows = calibrate_tiers.calibrate_cluster(cluster, args.name, calibrate_tiers.compute_from_run(one_rank, shape),
                                                 args.repeats)
     out = Path(args.out) if args.out else USER_PROFILE_DIR / f"{args.name}.yaml"

@@ -8,7 +8,7 @@ from llmcomm_tests.core.documents import write_json
 from llmcomm_tests.engine.layout import LayoutError
 from llmcomm_tests.report.trace import write_trace
 from llmcomm_tests.runtime.launch import LaunchError
-from llmcomm_tests.runtime.measure import run_case, run_summary
+from llmcomm_tests.runtime.measure import run_engine, run_summary
 from llmcomm_tests.runtime.run_config import RunConfig, add_arguments
 
 __all__ = ["add_arguments", "main"]  # the subcommand's arguments are the run's own
@@ -22,7 +22,7 @@ def main(args) -> int:
         print(f"llmcomm run: {exc}", file=sys.stderr)
         return 2
     try:
-        doc = run_case(cfg, backend=args.backend, timeout_s=args.timeout, available_ranks=args.ranks,
+        doc = run_engine(cfg, backend=args.backend, timeout_s=args.timeout, available_ranks=args.ranks,
                        threads_per_rank=args.threads_per_rank)
     except ValueError as exc:  # refused before launch (e.g. nccl without enough GPUs)
         print(f"llmcomm run: {exc}", file=sys.stderr)

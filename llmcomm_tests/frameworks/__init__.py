@@ -1,1 +1,1 @@
-"""Engine adapters: the same case run by our engine, by vLLM or by transformers (``base.run_case``)."""
+"""Engine adapters: the same case run by our engine, by vLLM or by transformers (``registry.adapter_for``)."""

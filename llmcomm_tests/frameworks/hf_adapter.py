@@ -36,7 +36,7 @@ class Unsupported(ValueError):
     """A layout this adapter refuses before launch (one-line reason)."""
 
 
-def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_ranks: int | None = None,
+def run_in_transformers(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_ranks: int | None = None,
              checkpoint: str | None = None) -> dict:
     from llmcomm_tests.runtime import launch
     from llmcomm_tests.runtime.measure import assemble
@@ -59,7 +59,7 @@ def run_case(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_
 
 def _hook_sites(model) -> None:
     from llmcomm_tests.core import call_site
-    from llmcomm_tests.frameworks.vllm_plugin import site_of
+    from llmcomm_tests.frameworks.sites import site_of
 
     for name, module in model.named_modules():
         site = site_of(name) or ("lm_head" if name == "lm_head" else None)

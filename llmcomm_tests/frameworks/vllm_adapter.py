@@ -103,7 +103,7 @@ def read_records(record_dir: Path) -> list[dict]:
     return ops
 
 
-def run_case(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = None,
+def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = None,
              checkpoint: str | None = None) -> dict:
     """Run ``cfg`` (a ``RunConfig``) in vLLM; the run document has our schema plus ``framework``
     and ``control`` (control-plane records, kept out of the volume check)."""

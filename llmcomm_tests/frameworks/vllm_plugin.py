@@ -41,6 +41,8 @@ import re
 import time
 from contextlib import contextmanager
 
+from llmcomm_tests.frameworks.sites import site_of
+
 RECORD_DIR_ENV = "LLMCOMM_VLLM_RECORD_DIR"
 INJECT_ENV = "LLMCOMM_INJECT"
 REP_PREFIX = "llmcomm-rep"
@@ -341,23 +343,6 @@ def _patch_objects(GC) -> None:
 
 
 # -- worker: phase, step, repetition, sites -------------------------------------------------------
-
-_SITE_PATTERNS = [
-    (re.compile(r"(^|\.)embed_tokens$"), lambda m: "embed"),
-    (re.compile(r"(^|\.)layers\.(\d+)\.self_attn\.o_proj$"), lambda m: f"layer{m.group(2)}.attn.o_proj"),
-    (re.compile(r"(^|\.)layers\.(\d+)\.mlp\.down_proj$"), lambda m: f"layer{m.group(2)}.mlp.down_proj"),
-    (re.compile(r"(^|\.)logits_processor$"), lambda m: "lm_head"),
-]
-
-
-def site_of(module_name: str) -> str | None:
-    """Our site name for a vLLM module name (None: not a communication site)."""
-    for pattern, name in _SITE_PATTERNS:
-        m = pattern.search(module_name)
-        if m:
-            return name(m)
-    return None
-
 
 def _hook_model(model) -> None:
     for name, module in model.named_modules():

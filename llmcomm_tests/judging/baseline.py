@@ -37,6 +37,7 @@ import os
 import re
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmcomm_tests.core import stats
@@ -214,30 +215,46 @@ def compare(stored: dict, current: dict, threshold: float, min_detectable: float
     return rows
 
 
-def handle(case, doc: RunDocument, state) -> list[VerdictRow]:
-    """Compare one case and/or add it to a baseline (the pipeline calls this when an option is set)."""
-    opts = state.options
+@dataclass(frozen=True)
+class BaselineRequest:
+    """What a session asks of the baselines: compare against ``compare`` and/or add this run to
+    ``save`` (names), under ``directory``; ``env`` and ``session_id`` tie the stored run to the
+    environment and session it came from."""
+
+    directory: str
+    compare: str | None
+    save: str | None
+    env: dict
+    session_id: str
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.compare or self.save)
+
+
+def handle(case, doc: RunDocument, request: BaselineRequest) -> list[VerdictRow]:
+    """Compare one case and/or add it to a baseline (the pipeline calls this when a name is set)."""
     settings = case.baseline
-    current = summarize(doc, state.env, state.session_id, settings.metrics if settings else ())
+    current = summarize(doc, request.env, request.session_id, settings.metrics if settings else ())
     spec_file = settings.file if settings else None
 
     def where(name: str) -> Path:
-        return path_for(opts.baseline_dir, name, current["env"], case.spec_name, case.id, spec_file,
+        return path_for(request.directory, name, current["env"], case.spec_name, case.id, spec_file,
                         Path(case.path).parent)
 
     rows = []
-    if opts.baseline_compare:
-        path = where(opts.baseline_compare)
+    if request.compare:
+        path = where(request.compare)
         if not path.is_file():
-            rows.append(VerdictRow("baseline", f"baseline {opts.baseline_compare}", FAIL,
+            rows.append(VerdictRow("baseline", f"baseline {request.compare}", FAIL,
                                    detail=f"no baseline at {path} (save one with --llmcomm-baseline-save)"))
         else:
             threshold = settings.threshold if settings else DEFAULT_THRESHOLD
             min_detectable = settings.min_detectable if settings else None
             rows += compare(load_baseline(path), current, threshold, min_detectable)
-    if opts.baseline_save:
-        path = where(opts.baseline_save)
+    if request.save:
+        path = where(request.save)
         stored = add_run(path, current)
-        rows.append(VerdictRow("baseline", f"saved to {opts.baseline_save}", PASS,
+        rows.append(VerdictRow("baseline", f"saved to {request.save}", PASS,
                                detail=f"{len(stored['runs'])} run(s) in {path}"))
     return rows

@@ -234,17 +234,14 @@ def render(session_doc: SessionReport) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_for_session(state, exitstatus=None, complete: bool = True) -> Path | None:
-    """The plugin's session-end hook: the session report of ``state`` → ``<report dir>/llmcomm-report.html``.
+def write_for_session(report: SessionReport, report_dir: "str | Path") -> Path | None:
+    """The plugin's session-end hook: ``report`` → ``<report_dir>/llmcomm-report.html``.
 
     Never raises: a report that cannot be drawn is a warning, not a failed session."""
     import warnings
 
-    from llmcomm_tests.report import json_report
-
     try:
-        doc = json_report.document(state, complete, exitstatus)
-        return write_html(doc, Path(state.options.report_dir) / FILENAME)
+        return write_html(report, Path(report_dir) / FILENAME)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"llmcomm: HTML report not written: {type(exc).__name__}: {exc}", stacklevel=2)
         return None

@@ -19,40 +19,34 @@ FILENAME = "llmcomm-report.json"
 ITEMS_FILENAME = "llmcomm-items.jsonl"
 
 
-def document(state, complete: bool, exitstatus=None) -> SessionReport:
-    return SessionReport(state.env, state.backend, state.hardware, state.ranks,
-                         {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(state.options).items()},
-                         list(state.results), complete, None if exitstatus is None else int(exitstatus))
-
-
 def load_session_report(path: "str | Path") -> SessionReport:
     """A session's JSON report, read back (for the HTML report, budgets and benchmarks)."""
     return from_json(SessionReport, json.loads(Path(path).read_text()))
 
 
-def _out_dir(state) -> Path:
-    out = Path(state.options.report_dir)
+def _out_dir(report_dir: "str | Path") -> Path:
+    out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def start(state) -> None:
+def start(report_dir: "str | Path") -> None:
     """A new session: the item log starts empty."""
-    (_out_dir(state) / ITEMS_FILENAME).write_text("")
+    (_out_dir(report_dir) / ITEMS_FILENAME).write_text("")
 
 
-def append_item(state, result: CaseResult) -> None:
-    with open(_out_dir(state) / ITEMS_FILENAME, "a") as f:
+def append_item(report_dir: "str | Path", result: CaseResult) -> None:
+    with open(_out_dir(report_dir) / ITEMS_FILENAME, "a") as f:
         f.write(json.dumps(to_json(result)) + "\n")
 
 
-def write(state, complete: bool = False, exitstatus=None) -> Path:
+def write(report_dir: "str | Path", report: SessionReport) -> Path:
     """The whole session document, replaced atomically (never half-written)."""
-    out = _out_dir(state)
+    out = _out_dir(report_dir)
     path = out / FILENAME
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".llmcomm-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(to_json(document(state, complete, exitstatus)), f, indent=1)
+        json.dump(to_json(report), f, indent=1)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from CI artifact uploaders
     os.replace(tmp, path)
     return path

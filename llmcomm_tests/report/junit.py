@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmcomm_tests.core.documents import SessionReport
 from llmcomm_tests.report.table import format_table
 
 
@@ -19,7 +20,8 @@ def _flatten(prefix: str, value, out: list) -> None:
         out.append((prefix, str(value)))
 
 
-def enrich(path: "str | Path", state) -> None:
+def enrich(path: "str | Path", report: SessionReport) -> None:
+    """Add ``report``'s environment as suite properties and each case's verdict table to its testcase."""
     from junitparser import JUnitXml, TestSuite
 
     path = Path(path)
@@ -28,10 +30,10 @@ def enrich(path: "str | Path", state) -> None:
     xml = JUnitXml.fromfile(str(path))
     suites = [xml] if isinstance(xml, TestSuite) else list(xml)
     props: list = []
-    _flatten("llmcomm.env", state.env, props)
-    props += [("llmcomm.backend", state.backend), ("llmcomm.hardware", state.hardware),
-              ("llmcomm.ranks", str(state.ranks))]
-    tables = {r.nodeid.split("::")[-1]: (r.nodeid, format_table(r.verdict.rows)) for r in state.results if r.nodeid}
+    _flatten("llmcomm.env", report.env, props)
+    props += [("llmcomm.backend", report.backend), ("llmcomm.hardware", report.hardware),
+              ("llmcomm.ranks", str(report.ranks))]
+    tables = {r.nodeid.split("::")[-1]: (r.nodeid, format_table(r.verdict.rows)) for r in report.items if r.nodeid}
     for suite in suites:
         for name, value in props:
             suite.add_property(name, value)

@@ -1,6 +1,6 @@
 """One case, end to end on the ranks: build the engine shard, record, warm up, time repetitions.
 
-``run_case`` is the arrow case → launch → engine + recorder → run document; it knows nothing of
+``run_engine`` is the arrow case → launch → engine + recorder → run document; it knows nothing of
 specs, checks or reports.
 """
 
@@ -17,7 +17,7 @@ from llmcomm_tests.core.documents import RunDocument
 from llmcomm_tests.core.envinfo import comm_variables, nccl_config_files, nvidia_driver
 from llmcomm_tests.runtime.run_config import RunConfig
 
-def run_case(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
+def run_engine(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
              available_ranks: int | None = None, threads_per_rank: int = 1, nodes=None) -> RunDocument:
     """Launch ``cfg`` and return its run document.  ``nodes`` (a ``cluster.node_launch.NodeLaunch``)
     starts the ranks with torchrun on each node instead of forking them here."""

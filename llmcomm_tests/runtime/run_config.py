@@ -1,4 +1,5 @@
-"""What one run of the engine is (``RunConfig``), and its round trip through a command line.
+"""What one run of the engine is (``RunConfig``; a spec's case gives it with ``RunConfig.for_case``),
+and its round trip through a command line.
 
 ``llmcomm run`` and the torchrun entry on every node (``runtime.torchrun_entry``) read the same
 arguments (``add_arguments`` → ``RunConfig.from_arguments``); the node launcher writes them
@@ -11,12 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llmcomm_tests.core.arguments import non_negative_int, output_file, positive_float, positive_int
 from llmcomm_tests.core.documents import CaseInfo
 from llmcomm_tests.engine.config import EngineShape, engine_from_text
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.runtime.faults import parse_faults
+
+if TYPE_CHECKING:
+    from llmcomm_tests.spec.types import Case
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,17 @@ class RunConfig:
     cross_check: bool = False  # also count ops with torch.profiler, an independent source
     keep_records: bool = False  # every call in the run document (large: a summary per class is kept anyway)
     inject: tuple = field(default_factory=tuple)  # planted faults (llmcomm_tests.runtime.faults)
+
+    @classmethod
+    def for_case(cls, case: "Case", *, repeats: int | None = None, keep_records: bool = False,
+                 inject: tuple = ()) -> "RunConfig":
+        """The run of a spec's case: ``repeats`` (None: the spec's) overrides the case's count,
+        ``inject`` holds planted faults (``faults.Fault``)."""
+        return cls(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len, gen_len=case.gen_len,
+                   dtype=case.dtype, repeats=max(1, case.repeats if repeats is None else repeats),
+                   warmup=case.warmup,
+                   # the tier volume check classifies every call by the nodes it spans
+                   keep_records=keep_records or case.topology is not None, inject=tuple(inject))
 
     def case_info(self, backend: str) -> CaseInfo:
         return CaseInfo(self.engine.to_dict(), self.layout.tp, self.layout.pp, self.batch, self.prompt_len,

@@ -12,7 +12,7 @@
 
 Parsed into a typed ``Topology``; errors are one line naming the file and the field.  The session's
 options can give a topology to specs without one (:func:`for_session`).  A case with a topology
-starts its ranks through runtime/node_launch.py (measure.run_case), rank r on node r // ranks_per_node.
+starts its ranks through runtime/node_launch.py (measure.run_engine), rank r on node r // ranks_per_node.
 """
 
 from __future__ import annotations

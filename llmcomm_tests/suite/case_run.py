@@ -1,95 +1,106 @@
-"""One case through the whole pipeline: launch → record → metrics → checks → case result.
+"""One case through the whole pipeline, in four steps with explicit inputs:
 
-The case result (``documents.CaseResult``) is what reports and baselines are built from; it travels
+* ``prepare``: case + options + profile → run config and prediction (``CasePlan``);
+* ``execute``: run config → run document, through the framework's adapter (``frameworks.registry``);
+* ``judge``: run document → verdict (``judging.checks``, planted faults, baselines);
+* ``package``: verdict → case result and its JUnit properties.
+
+``run_and_check`` strings them together for a pytest session (the only step that reads the
+session object); under ``--llmcomm-ab`` the A/B gate (``judging.ab``) runs the case instead.  The
+case result (``documents.CaseResult``) is what reports and baselines are built from; it travels
 from pytest-xdist workers to the controller as JSON (``documents.to_json``) inside the test report.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from llmcomm_tests.core.documents import (FAIL, CaseResult, PredictedMetrics, PredictedOpClass, Prediction,
+                                          RunDocument, Verdict, VerdictRow, VolumeRow)
 from llmcomm_tests.judging.checks import evaluate
-from llmcomm_tests.core.documents import (FAIL, CaseResult, PredictedMetrics, PredictedOpClass, Prediction, RunDocument, Verdict, VerdictRow, VolumeRow)
+from llmcomm_tests.suite.hardware_choice import ProfileChoice
+from llmcomm_tests.suite.options import LLMCommOptions
+
+if TYPE_CHECKING:
+    from llmcomm_tests.judging.ab.gate import ABRequest
+    from llmcomm_tests.judging.baseline import BaselineRequest
+    from llmcomm_tests.runtime.run_config import RunConfig
 
 
-def run_config(case, state):
+@dataclass(frozen=True)
+class CasePlan:
+    """What a case will run and what it should cost."""
+
+    cfg: "RunConfig"
+    predicted: Prediction
+
+
+def run_config(case, options: LLMCommOptions) -> "RunConfig":
+    """The case's run under the session's options (repeats, records, planted faults)."""
     from llmcomm_tests.runtime.faults import parse_faults
     from llmcomm_tests.runtime.run_config import RunConfig
 
-    repeats = state.options.repeats if state.options.repeats is not None else case.repeats
-    return RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len, gen_len=case.gen_len,
-                     dtype=case.dtype, repeats=max(1, repeats), warmup=case.warmup,
-                     # the tier volume check classifies every call by the nodes it spans
-                     keep_records=state.options.keep_records or state.options.trace or case.topology is not None,
-                     inject=tuple(parse_faults(state.options.inject)))
+    return RunConfig.for_case(case, repeats=options.repeats, keep_records=options.keep_records or options.trace,
+                              inject=parse_faults(options.inject))
 
 
 def prediction(case, profile) -> Prediction:
     from llmcomm_tests.analytic.e2e import predict_case
-    from llmcomm_tests.analytic.volume_frameworks import predict_for
 
     # Each framework has its own volume pattern (docs/communication.md); latency stays ours.
-    volume = [VolumeRow(**r) for r in predict_for(getattr(case, "framework", "ours"), case.engine, case.layout,
-                                                  case.batch, case.prompt_len, case.gen_len, case.dtype)]
+    volume = predicted_volume(case)
     if profile is None:
         return Prediction(volume)
     doc = predict_case(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype, profile)
     return Prediction(volume, [PredictedOpClass(**r) for r in doc["latency"]], PredictedMetrics(**doc["metrics"]))
 
 
-def run_and_check(case, state) -> CaseResult:
+def predicted_volume(case, tp_plan: dict | None = None) -> list[VolumeRow]:
+    """The framework's volume model; ``tp_plan`` (what a transformers run reports) sets its embedding rule."""
+    from llmcomm_tests.analytic.volume_frameworks import predict_for
+
+    return [VolumeRow(**r) for r in predict_for(case.framework, case.engine, case.layout, case.batch,
+                                                case.prompt_len, case.gen_len, case.dtype, tp_plan=tp_plan)]
+
+
+def prepare(case, options: LLMCommOptions, hw: ProfileChoice) -> CasePlan:
+    return CasePlan(run_config(case, options), prediction(case, hw.profile))
+
+
+def execute(case, cfg: "RunConfig", *, backend: str, timeout_s: float, available_ranks: int, nodes=None) -> RunDocument:
+    """Run ``cfg`` in the case's framework (``nodes``: a NodeLaunch, or None to fork ranks here).
+    Raises ``LaunchError`` for ranks that failed or hung."""
+    from llmcomm_tests.frameworks.registry import adapter_for
+
+    return adapter_for(case.framework).run(cfg, backend=backend, timeout_s=timeout_s,
+                                           available_ranks=available_ranks, nodes=nodes)
+
+
+def keep_trace(case, doc: RunDocument, report_dir: str, keep_records: bool) -> None:
+    """The case's calls as a Chrome trace under ``report_dir``, written where the case ran: the
+    records need not travel to the controller (dropped unless ``keep_records``)."""
+    from llmcomm_tests.report.trace import write_trace
+
+    write_trace(doc, Path(report_dir) / "traces" / f"{case.spec_name}-{case.id}.json", str(case))
+    if not keep_records:
+        doc.records = None
+
+
+def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: ProfileChoice, *, backend: str,
+          timed_cases: int, baseline: "BaselineRequest | None" = None) -> Verdict:
+    """The checks of one run: volume, latency, budgets (``judging.checks``), planted faults that
+    fired nowhere, calls the backend never completed, and the baseline when one is asked for."""
+    from llmcomm_tests.frameworks.registry import adapter_for
     from llmcomm_tests.runtime.faults import never_fired
-    from llmcomm_tests.frameworks.base import run_case
-    from llmcomm_tests.runtime.netns import ClusterError
-    from llmcomm_tests.runtime.launch import LaunchError
 
-    if state.options.ab:  # the A/B gate runs the case in both environments instead (llmcomm_tests/judging/ab/)
-        from llmcomm_tests.judging.ab.result import case_result
-
-        return case_result(case, state, prediction(case, state.profile_for(case).profile), run_config(case, state))
-    try:
-        hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
-    except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows
-        result = CaseResult(case.spec_name, str(case.path), case.id, case.hardware, state.backend, state.env,
-                            prediction(case, None), Verdict(case.id, [VerdictRow("run", "hardware", FAIL,
-                                                                                 detail=str(exc))]))
-        result.error, result.properties = str(exc), [("llmcomm.error", str(exc))]
-        return result
     profile = hw.profile
-    predicted = prediction(case, profile)
-    result = CaseResult(case.spec_name, str(case.path), case.id, hw.name, state.backend, state.env, predicted,
-                        Verdict(case.id), hardware_how=hw.how)
-    cfg = run_config(case, state)
-    try:
-        nodes = state.node_launch_for(case)  # None: ranks forked on this host
-    except ClusterError as exc:
-        result.verdict.rows.append(VerdictRow("run", "nodes", FAIL, detail=str(exc)))
-        result.error, result.properties = str(exc), [("llmcomm.error", str(exc))]
-        return result
-    try:
-        doc = run_case(getattr(case, "framework", "ours"), cfg, backend=state.backend,
-                       timeout_s=state.options.timeout, available_ranks=state.ranks, nodes=nodes)
-    except LaunchError as exc:
-        result.verdict.rows.append(VerdictRow("run", "launch", FAIL, detail=str(exc).splitlines()[0]))
-        result.error = str(exc)
-        result.properties = [("llmcomm.error", str(exc)[:2000])]
-        return result
-    if doc.framework and doc.framework.get("tp_plan") is not None:  # transformers: its plan's embedding rule
-        from llmcomm_tests.analytic.volume_frameworks import predict_for
-
-        predicted.volume = [VolumeRow(**r) for r in predict_for(
-            "transformers", case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype,
-            tp_plan=doc.framework["tp_plan"])]
-    if state.options.trace:  # written here, on the worker: the records need not travel to the controller
-        from llmcomm_tests.report.trace import write_trace
-
-        write_trace(doc, Path(state.options.report_dir) / "traces" / f"{case.spec_name}-{case.id}.json", str(case))
-        if not state.options.keep_records:
-            doc.records = None
     # A profile calibrates torch.distributed over a backend; another framework's own collectives
     # (vLLM's shared-memory all-reduce, …) are another transport: no bound from it.
-    other = (f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
-             f"{state.backend}: not bounded" if case.framework != "ours" else None)
+    other = (None if adapter_for(case.framework).bounded_by_profile else
+             f"{case.framework} runs its own collectives; profile {hw.name} calibrates torch.distributed on "
+             f"{backend}: not bounded")
     # A case on a topology is judged by a profile of that cluster (both tiers, its nodes' own
     # transport), never by one calibrated on a single host: even inside one emulated node the calls
     # run far from cpu-loopback's model (docs/measurements.md#emulated-cluster).
@@ -97,8 +108,7 @@ def run_and_check(case, state) -> CaseResult:
         other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, the topology "
                  f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "
                  f"name the profile with hardware: or --llmcomm-hardware)")
-    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other,
-                       timed_cases=state.timed_cases)
+    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other, timed_cases=timed_cases)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin
         verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
@@ -107,13 +117,86 @@ def run_and_check(case, state) -> CaseResult:
         verdict.rows += [VerdictRow("latency", f"{name} (rank {rank})", FAIL, n=count,
                                     detail="the backend returned no completion for these calls: they were not timed")
                          for name, count in sorted(missing.items())]
-    if state.options.baseline_compare or state.options.baseline_save:
-        from llmcomm_tests.judging import baseline
+    if baseline is not None and baseline.wanted:
+        from llmcomm_tests.judging.baseline import handle
 
-        verdict.rows += baseline.handle(case, doc, state)
-    result.run, result.verdict = doc, verdict
+        verdict.rows += handle(case, doc, baseline)
+    return verdict
+
+
+def package(case, hw: ProfileChoice, backend: str, env: dict, predicted: Prediction, doc: RunDocument,
+            verdict: Verdict) -> CaseResult:
+    """The case result of a run and its verdict, with the JUnit properties dashboards read."""
+    result = CaseResult(case.spec_name, str(case.path), case.id, hw.name, backend, env, predicted, verdict,
+                        hardware_how=hw.how, run=doc)
     result.properties = [("llmcomm.hardware", f"{hw.name} ({hw.how})")] + properties(doc, predicted, verdict)
     return result
+
+
+def failed_result(case, hardware: str, backend: str, env: dict, predicted: Prediction, row: VerdictRow,
+                  error: str, hardware_how: str = "") -> CaseResult:
+    """A case that could not run: one failed row and its error (no run document)."""
+    result = CaseResult(case.spec_name, str(case.path), case.id, hardware, backend, env, predicted,
+                        Verdict(case.id, [row]), hardware_how=hardware_how)
+    result.error, result.properties = error, [("llmcomm.error", error[:2000])]
+    return result
+
+
+# -- the pytest session's pipeline ----------------------------------------------------------------
+
+
+def baseline_request(state) -> "BaselineRequest":
+    from llmcomm_tests.judging.baseline import BaselineRequest
+
+    o = state.options
+    return BaselineRequest(o.baseline_dir, o.baseline_compare, o.baseline_save, state.env, state.session_id)
+
+
+def ab_request(state) -> "ABRequest":
+    from llmcomm_tests.judging.ab.gate import ABRequest
+
+    o = state.options
+    return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks)
+
+
+def run_and_check(case, state) -> CaseResult:
+    """One case of a pytest session (``state``: its ``LLMCommSession``), prepared, run, judged and packaged."""
+    from llmcomm_tests.runtime.launch import LaunchError
+    from llmcomm_tests.runtime.netns import ClusterError
+
+    options = state.options
+    if options.ab:  # the A/B gate runs the case in both environments instead (judging/ab)
+        from llmcomm_tests.judging.ab.result import case_result
+
+        plan = prepare(case, options, state.profile_for(case))
+        return case_result(case, plan.predicted, plan.cfg, ab_request(state), hardware=state.hardware, env=state.env)
+    try:
+        hw = state.profile_for(case)  # --llmcomm-hardware, else the spec's hardware:, else the machine's
+    except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows
+        return failed_result(case, case.hardware, state.backend, state.env, prediction(case, None),
+                             VerdictRow("run", "hardware", FAIL, detail=str(exc)), str(exc))
+    plan = prepare(case, options, hw)
+
+    def failed(check: str, detail: str, error: str) -> CaseResult:
+        return failed_result(case, hw.name, state.backend, state.env, plan.predicted,
+                             VerdictRow("run", check, FAIL, detail=detail), error, hw.how)
+
+    try:
+        nodes = state.node_launch_for(case)  # None: ranks forked on this host
+    except ClusterError as exc:
+        return failed("nodes", str(exc), str(exc))
+    try:
+        doc = execute(case, plan.cfg, backend=state.backend, timeout_s=options.timeout,
+                      available_ranks=state.ranks, nodes=nodes)
+    except LaunchError as exc:
+        return failed("launch", str(exc).splitlines()[0], str(exc))
+    if doc.framework and doc.framework.get("tp_plan") is not None:  # transformers: its plan's embedding rule
+        plan.predicted.volume = predicted_volume(case, doc.framework["tp_plan"])
+    if options.trace:
+        keep_trace(case, doc, options.report_dir, options.keep_records)
+    verdict = judge(case, doc, plan.cfg, plan.predicted, hw, backend=state.backend, timed_cases=state.timed_cases,
+                    baseline=baseline_request(state))
+    return package(case, hw, state.backend, state.env, plan.predicted, doc, verdict)
 
 
 def properties(doc: RunDocument, predicted: Prediction, verdict: Verdict) -> list[tuple[str, str]]:

@@ -99,20 +99,21 @@ class CaseItem(pytest.Item):
 
 
 def judges_timing(item, state) -> bool:
-    """Whether this item is a case of our engine that will run here (and so have latency rows):
-    another framework's collectives are not bounded by a profile."""
+    """Whether this item is a case that will run here with latency rows: one whose framework's
+    collectives a profile bounds (our engine's; not another framework's own transport)."""
+    from llmcomm_tests.frameworks.registry import adapter_for
+
     case = getattr(item, "case", None)
-    return case is not None and case.framework == "ours" and skip_reason(case, state) is None
+    return case is not None and adapter_for(case.framework).bounded_by_profile and skip_reason(case, state) is None
 
 
 def skip_reason(case, state) -> str | None:
     """Why a case cannot run here (or None)."""
-    if case.framework != "ours":
-        from llmcomm_tests.frameworks.base import missing
+    from llmcomm_tests.frameworks.registry import adapter_for
 
-        reason = missing(case.framework)
-        if reason:
-            return reason
+    reason = adapter_for(case.framework).missing()
+    if reason:
+        return reason
     if case.topology is not None:
         reason = _topology_skip(case)
         if reason:

@@ -131,18 +131,20 @@ class ReportWriter:
             from llmcomm_tests.report import json_report
 
             result = from_json(CaseResult, data)
+            report_dir = self.state.options.report_dir
             if not self.state.results:
-                json_report.start(self.state)
+                json_report.start(report_dir)
             self.state.results.append(result)
-            json_report.append_item(self.state, result)  # survives even a hard kill of pytest
+            json_report.append_item(report_dir, result)  # survives even a hard kill of pytest
 
     def pytest_sessionfinish(self, session, exitstatus):
         if self.state.results:
             from llmcomm_tests.report import html, json_report
 
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-            json_report.write(self.state, complete=not interrupted, exitstatus=exitstatus)
-            html.write_for_session(self.state, exitstatus, complete=not interrupted)  # never raises (warns)
+            report = self.state.session_report(complete=not interrupted, exitstatus=exitstatus)
+            json_report.write(self.state.options.report_dir, report)
+            html.write_for_session(report, self.state.options.report_dir)  # never raises (warns)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.state.results:
@@ -155,4 +157,4 @@ class ReportWriter:
         if self.state.results and config.option.xmlpath:
             from llmcomm_tests.report import junit
 
-            junit.enrich(config.option.xmlpath, self.state)
+            junit.enrich(config.option.xmlpath, self.state.session_report())

@@ -16,7 +16,7 @@ from importlib import metadata
 
 import pytest
 
-from llmcomm_tests.core.documents import CaseResult
+from llmcomm_tests.core.documents import CaseResult, SessionReport
 from llmcomm_tests.core.envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
 from llmcomm_tests.suite.options import LLMCommOptions, available_ranks, cuda_device_count
@@ -171,6 +171,12 @@ class LLMCommSession:
     def profile(self):
         """The machine's hardware profile (the per-case one is ``profile_for(case).profile``)."""
         return self.machine_profile().profile
+
+    def session_report(self, complete: bool = True, exitstatus=None) -> SessionReport:
+        """The session's cases and what they ran with, as the JSON, HTML and JUnit reports take it."""
+        return SessionReport(self.env, self.backend, self.hardware, self.ranks,
+                             {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()},
+                             list(self.results), complete, None if exitstatus is None else int(exitstatus))
 
     def header(self) -> list[str]:
         e = self.env

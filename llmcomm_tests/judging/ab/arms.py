@@ -197,10 +197,10 @@ def serve(inp, out) -> None:
             if kind == "env":
                 reply = ("ok", _environment(sys.executable))
             elif kind == "run":
-                from llmcomm_tests.runtime.measure import run_case
+                from llmcomm_tests.runtime.measure import run_engine
 
                 _, cfg, backend, timeout_s, available_ranks = request
-                doc = run_case(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
+                doc = run_engine(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
                 reply = ("ok", to_json(observe(doc)))
             else:
                 reply = ("error", f"unknown request {kind!r}")

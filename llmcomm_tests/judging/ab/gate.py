@@ -1,7 +1,7 @@
 """One case through both arms: the A/B verdict rows.
 
 ``compare_arms`` is the loop (schedule → both arms → volume exactly → paired statistics →
-stop?); ``run_case_ab`` is what the pytest pipeline calls for a case under ``--llmcomm-ab``:
+stop?); ``gate_case`` is what the pytest pipeline calls for a case under ``--llmcomm-ab``:
 arm A is this session's interpreter, arm B the one named by the option.  Planted faults
 (``--llmcomm-inject``) go to arm B only: planted in both, an A/B comparison could not see them.
 """
@@ -192,20 +192,32 @@ def verdict_rows(result: ABResult, volume_rows: list[VerdictRow], runs, threshol
 # -- the pytest pipeline's entry ------------------------------------------------------------------
 
 
-def run_case_ab(case, state, cfg) -> ABResult:
+@dataclass(frozen=True)
+class ABRequest:
+    """How a session gates its cases: arm B's interpreter (arm A is this one), at most ``pairs``
+    seeded AB/BA pairs, and how each arm launches a run."""
+
+    arm_b: str
+    pairs: int
+    seed: int
+    backend: str
+    timeout_s: float
+    available_ranks: int
+
+
+def gate_case(case, cfg, request: ABRequest) -> ABResult:
     """The A/B comparison of one spec case (``cfg``: its run config, as the pipeline builds it):
-    arm A this interpreter, arm B ``--llmcomm-ab``."""
-    opts = state.options
+    arm A this interpreter, arm B ``request.arm_b``."""
     cfg_b = cfg
     cfg_a = dataclasses.replace(cfg_b, inject=())  # planted faults: arm B only
     settings = getattr(case, "baseline", None)
     threshold = settings.threshold if settings is not None and settings.threshold else DEFAULT_THRESHOLD
     try:
-        arm_a, arm_b = arm("A", sys.executable), arm("B", opts.ab)
+        arm_a, arm_b = arm("A", sys.executable), arm("B", request.arm_b)
     except ArmError as exc:
         empty = ArmEnv(sys.executable, sys.executable, "")
         return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], empty,
-                        ArmEnv(opts.ab, opts.ab, ""), {}, error=str(exc))
-    return compare_arms(cfg_a, cfg_b, arm_a, arm_b, threshold=threshold, max_pairs=opts.ab_pairs,
-                        seed=opts.ab_seed, backend=state.backend, timeout_s=opts.timeout,
-                        available_ranks=state.ranks)
+                        ArmEnv(request.arm_b, request.arm_b, ""), {}, error=str(exc))
+    return compare_arms(cfg_a, cfg_b, arm_a, arm_b, threshold=threshold, max_pairs=request.pairs,
+                        seed=request.seed, backend=request.backend, timeout_s=request.timeout_s,
+                        available_ranks=request.available_ranks)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llmcomm_tests.core.documents import FAIL, NA, PASS, CaseResult, Verdict, to_json
 from llmcomm_tests.judging.ab.arms import env_difference
-from llmcomm_tests.judging.ab.gate import ABResult, run_case_ab
+from llmcomm_tests.judging.ab.gate import ABRequest, ABResult, gate_case
 
 
 def properties(result: ABResult) -> list[tuple[str, str]]:
@@ -24,11 +24,11 @@ def properties(result: ABResult) -> list[tuple[str, str]]:
     return props
 
 
-def case_result(case, state, prediction, cfg) -> CaseResult:
+def case_result(case, prediction, cfg, request: ABRequest, *, hardware: str, env: dict) -> CaseResult:
     """Run ``case`` through both arms; ``prediction`` and ``cfg`` (the run config) are the
-    pipeline's own for the case."""
-    result = run_case_ab(case, state, cfg)
-    return CaseResult(spec=case.spec_name, path=str(case.path), case_id=case.id, hardware=state.hardware,
-                      backend=state.backend, env=state.env, ab=to_json(result.report()),
+    pipeline's own for the case, ``hardware`` and ``env`` the session's."""
+    result = gate_case(case, cfg, request)
+    return CaseResult(spec=case.spec_name, path=str(case.path), case_id=case.id, hardware=hardware,
+                      backend=request.backend, env=env, ab=to_json(result.report()),
                       prediction=prediction, verdict=Verdict(case.id, result.rows), run=None,
                       error=result.error, properties=properties(result))
