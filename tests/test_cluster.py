@@ -243,7 +243,7 @@ def test_emulated_killed_rank_on_node_2_named_nothing_left(tmp_path):
 @needs_netns
 def test_crashed_owner_is_reaped():
     """A session SIGKILLed with its cluster up leaves it registered; the next start removes it."""
-    code = ("import os,signal\nfrom llmcomm_tests.cluster import netns\n"
+    code = ("import os,signal\nfrom llmcomm_tests.runtime import netns\n"
             "c=netns.up_owned(2,1,'200mbit');print(c.id,flush=True);os.kill(os.getpid(),signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=str(Path(__file__).resolve().parents[1]))

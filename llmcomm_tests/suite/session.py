@@ -20,6 +20,7 @@ from llmcomm_tests.core.documents import CaseResult
 from llmcomm_tests.core.envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
 from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
 from llmcomm_tests.suite.options import LLMCommOptions, available_ranks, cuda_device_count
+from llmcomm_tests.suite.resources import SessionResources
 from llmcomm_tests.spec import SpecNames
 
 __all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice", "fingerprint"]
@@ -67,8 +68,12 @@ class LLMCommSession:
     session_id: str = ""  # tells baseline runs of one session from runs of another
     spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
     timed_cases: int = 1  # cases that will run with latency rows: their tests share one 5 % (judging/checks.py)
+    resources: SessionResources = field(default_factory=SessionResources)  # closed by ``close``
 
     def __post_init__(self):
+        from llmcomm_tests.runtime import launch
+
+        self.resources.callback(launch.shutdown)  # the fork server and ranks of this process's launches
         self.ranks, self.ranks_reason = available_ranks(self.options)
         self.env = fingerprint()
         # xdist workers inherit the controller's environment: one id for the whole session
@@ -142,15 +147,14 @@ class LLMCommSession:
         key = (t.nodes, t.ranks_per_node, case.inter_rate)
         clusters = self.__dict__.setdefault("_clusters", {})
         if key not in clusters:
-            clusters[key] = netns.up_owned(*key)  # removed at session end, or by its atexit/signal handler
+            clusters[key] = netns.up_owned(*key)
+            self.resources.callback(netns.release, clusters[key])
         return node_launch.emulated_nodes(clusters[key])
 
     def close(self) -> None:
-        """Take down the emulated clusters this session brought up."""
-        from llmcomm_tests.runtime import netns
-
-        for cluster in self.__dict__.pop("_clusters", {}).values():
-            netns.release(cluster)
+        """Close everything this process started for the session (arm servers, emulated clusters,
+        the fork server and its ranks)."""
+        self.resources.close()
 
     @property
     def hardware_option(self) -> str:

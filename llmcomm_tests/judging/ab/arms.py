@@ -220,16 +220,9 @@ def main() -> None:
     except BrokenPipeError:  # the client went away mid-run: nothing left to tell it
         pass
     finally:
-        _stop_fork_server()
+        from llmcomm_tests.runtime import launch
 
-
-def _stop_fork_server() -> None:
-    """Stop this server's fork server before exiting, so no process outlives the arm."""
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        stop()
+        launch.shutdown()  # before exiting: no process outlives the arm
 
 
 if __name__ == "__main__":

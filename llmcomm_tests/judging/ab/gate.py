@@ -8,7 +8,6 @@ arm A is this session's interpreter, arm B the one named by the option.  Planted
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import sys
 import time
@@ -53,9 +52,16 @@ class ABResult:
 # -- arm servers, one per (role, interpreter), kept for the session ------------------------------
 
 _arms: dict[tuple[str, str], Arm] = {}
+_owners: list = []  # who closes the servers: a pytest session's resources (suite/resources.py)
 
 
-def arm(name: str, python: str) -> Arm:
+def arm(name: str, python: str, owner=None) -> Arm:
+    """The running server of this role and interpreter, started on first use.  ``owner`` (with a
+    ``callback(close)`` method) closes every server when it closes; without one, the caller calls
+    ``close_arms``."""
+    if owner is not None and not any(o is owner for o in _owners):
+        _owners.append(owner)
+        owner.callback(close_arms)
     key = (name, python)
     if key not in _arms or _arms[key].proc.poll() is not None:
         _arms[key] = Arm(name, python)
@@ -70,9 +76,6 @@ def close_arms() -> None:
         server.request_quit()
     for server in servers:
         server.close()
-
-
-atexit.register(close_arms)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def run_case_ab(case, state, cfg) -> ABResult:
     settings = getattr(case, "baseline", None)
     threshold = settings.threshold if settings is not None and settings.threshold else DEFAULT_THRESHOLD
     try:
-        arm_a, arm_b = arm("A", sys.executable), arm("B", opts.ab)
+        arm_a, arm_b = arm("A", sys.executable, state.resources), arm("B", opts.ab, state.resources)
     except ArmError as exc:
         empty = ArmEnv(sys.executable, sys.executable, "")
         return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], empty,
