@@ -54,12 +54,12 @@ def _result_documents() -> SessionReport:
     from llmcomm_tests.runtime.measure import run_case
     from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.suite.case_run import prediction
-    from llmcomm_tests.suite.session import fingerprint
+    from llmcomm_tests.core.envinfo import Environment
     from llmcomm_tests.spec import parse_spec
 
     spec = parse_spec(SPEC, "slo_specs/html-fixture.yaml")
     profile = load_profile("cpu-loopback")
-    items = []
+    items, env = [], Environment.capture().fingerprint()
     for case in spec.cases():
         cfg = RunConfig(case.engine, case.layout, batch=case.batch, prompt_len=case.prompt_len,
                         gen_len=case.gen_len, dtype=case.dtype, repeats=case.repeats, warmup=case.warmup)
@@ -68,7 +68,7 @@ def _result_documents() -> SessionReport:
         verdict = Verdict(case.id)
         verdict.rows += volume_rows(doc.volume, predicted.volume)
         verdict.rows += budget_rows(case.budgets, doc, "cpu-loopback")  # tpot <= 1 µs: fails on purpose
-        items.append(CaseResult(case.spec_name, str(case.path), case.id, "cpu-loopback", "gloo", fingerprint(),
+        items.append(CaseResult(case.spec_name, str(case.path), case.id, "cpu-loopback", "gloo", env,
                                 predicted, verdict, doc, nodeid=f"slo_specs/html-fixture.yaml::{case.id}"))
     # Baseline rows as the baseline module writes them: a relative change with its 95 % interval.
     items[0].verdict.rows += [
@@ -78,7 +78,7 @@ def _result_documents() -> SessionReport:
         VerdictRow("baseline", "tpot", "pass", "change", -0.03, n=4, low=-0.2, high=0.15, budget=0.1,
                    budget_label="change", detail="-3.0% [98.33% CI -20.0%, +15.0%]; detects >= 40.0% at 95% power"),
     ]
-    session = SessionReport(fingerprint(), "gloo", "cpu-loopback", 4,
+    session = SessionReport(env, "gloo", "cpu-loopback", 4,
                             {"report_dir": "reports", "repeats": 2, "baseline_compare": "before-upgrade"}, items,
                             complete=True, exitstatus=1)
     return from_json(SessionReport, json.loads(json.dumps(to_json(session))))  # what the session JSON holds

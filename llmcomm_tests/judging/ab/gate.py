@@ -206,9 +206,8 @@ def run_case_ab(case, state, cfg) -> ABResult:
     try:
         arm_a, arm_b = arm("A", sys.executable, state.resources), arm("B", opts.ab, state.resources)
     except ArmError as exc:
-        empty = ArmEnv(sys.executable, sys.executable, "")
-        return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], empty,
-                        ArmEnv(opts.ab, opts.ab, ""), {}, error=str(exc))
+        return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], ArmEnv(sys.executable),
+                        ArmEnv(opts.ab), {}, error=str(exc))
     return compare_arms(cfg_a, cfg_b, arm_a, arm_b, threshold=threshold, max_pairs=opts.ab_pairs,
                         seed=opts.ab_seed, backend=state.backend, timeout_s=opts.timeout,
                         available_ranks=state.ranks)
