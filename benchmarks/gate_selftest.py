@@ -24,7 +24,7 @@ from llmcomm_tests.judging import baseline
 from llmcomm_tests.core.documents import RunDocument, from_json
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.runtime.faults import parse_faults
-from llmcomm_tests.suite.session import fingerprint
+from llmcomm_tests.core.envinfo import Environment
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     faults = parse_faults(args.faults.split(","))
     layout = Layout.parse(args.layout)
-    env = fingerprint()
+    env = Environment.capture().fingerprint()
     sessions = iter(range(10**9))
 
     def summary(inject=()):

@@ -3,9 +3,11 @@ volume rows, the environment heading the rows.  The real arms are in test_ab_gat
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
+from llmcomm_tests.core.envinfo import Environment
 from llmcomm_tests.judging.ab.arms import ArmEnv, ArmError
 from llmcomm_tests.judging.ab.gate import compare_arms
 from llmcomm_tests.judging.ab.observe import ArmRun
@@ -16,9 +18,9 @@ VOLUME = [VolumeRow("all_reduce", "decode", "attn", 56, 57344, 57344)]
 
 class ScriptedArm:
     def __init__(self, name, slowdown=0.0, extra=False, fail_on=(), seed=0):
-        self.env = ArmEnv(f"/envs/{name}/python", f"/envs/{name}/python", "3.11.7",
-                          {"torch": "2.13.0" if name == "A" else "2.14.1"},
-                          rank_executable=f"/envs/{name}/python", rank_torch="2.13.0")
+        server = replace(Environment.capture(), executable=f"/envs/{name}/python", python="3.11.7",
+                         packages={"torch": "2.13.0" if name == "A" else "2.14.1"})
+        self.env = ArmEnv(f"/envs/{name}/python", server, rank_executable=f"/envs/{name}/python", rank_torch="2.13.0")
         self.slowdown, self.extra, self.fail_on = slowdown, extra, set(fail_on)
         self.rng, self.calls = random.Random(seed), 0
         self.drift = 0.0

@@ -1,4 +1,4 @@
-"""Environment facts: what the fingerprint and the run document capture, and the CUDA device count."""
+"""Environment facts: what the one Environment captures, its two stored forms, and the CUDA device count."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from llmcomm_tests.core import envinfo
-from llmcomm_tests.suite.session import fingerprint
+from llmcomm_tests.core.envinfo import Environment
 
 CAPTURED = {"CUDA_VISIBLE_DEVICES": "1,3", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "UCX_TLS": "rc,cuda_copy",
             "FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_ALGO": "Ring", "GLOO_SOCKET_IFNAME": "lo",
@@ -44,13 +44,35 @@ def test_nccl_config_files_are_captured(environment, monkeypatch):
     assert envinfo.nccl_config_files() == expected_system
 
 
-def test_fingerprint_and_run_document_carry_them(environment):
-    from llmcomm_tests.runtime.measure import environment as run_environment
+RANK = SimpleNamespace(backend="gloo", world_size=1)
 
+
+def test_fingerprint_and_run_document_carry_them(environment):
     (environment / ".nccl.conf").write_text("NCCL_PROTO=LL\n")
-    for env in (fingerprint(), run_environment(SimpleNamespace(backend="gloo", world_size=1))):
+    for env in (Environment.capture().fingerprint(), Environment.capture(RANK).rank_document()):
         assert {k: env["variables"].get(k) for k in CAPTURED} == CAPTURED
         assert env["nccl_config"][str(environment / ".nccl.conf")] == "NCCL_PROTO=LL\n"
+
+
+def test_stored_forms_keep_their_keys():
+    """Reports, run documents and stored baselines read these keys: they must not move."""
+    import torch
+
+    assert list(Environment.capture().fingerprint()) == [
+        "llmcomm_tests", "torch", "nccl", "python", "host", "platform", "cpu_count", "cuda_devices", "gpu_models",
+        "driver", "variables", "nccl_config"]
+    rank = Environment.capture(RANK).rank_document()
+    expected = ["torch", "python", "host", "backend", "world_size", "cuda", "nccl", "devices", "cpu_count",
+                "variables", "nccl_config"] + (["driver"] if torch.cuda.is_available() else [])
+    assert list(rank) == expected
+    assert rank["torch"] == str(torch.__version__) and rank["backend"] == "gloo" and rank["world_size"] == 1
+
+
+def test_a_session_captures_without_importing_torch():
+    code = ("import sys\nfrom llmcomm_tests.core.envinfo import Environment\n"
+            "env = Environment.capture()\nprint(env.fingerprint()['torch'] == env.packages['torch'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "False"], out.stderr
 
 
 def _readable(path) -> bool:

@@ -33,7 +33,7 @@ def fake_gpus(monkeypatch, model: str, count: int) -> None:
     monkeypatch.setattr(options, "cuda_device_count", lambda: count)
     monkeypatch.setattr(session_mod, "cuda_device_count", lambda: count)
     monkeypatch.setattr(envinfo, "gpu_models", lambda: [model] * count)
-    monkeypatch.setattr(session_mod, "gpu_models", lambda: [model] * count)
+    monkeypatch.setattr(envinfo, "cuda_device_count", lambda: count)  # what the session's Environment reads
 
 
 def test_presets_are_found_by_device_model_and_node_size():

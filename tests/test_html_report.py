@@ -53,19 +53,19 @@ def _result_documents() -> SessionReport:
     from llmcomm_tests.runtime.measure import run_engine
     from llmcomm_tests.runtime.run_config import RunConfig
     from llmcomm_tests.suite.case_run import prediction
-    from llmcomm_tests.suite.session import fingerprint
+    from llmcomm_tests.core.envinfo import Environment
     from llmcomm_tests.spec import parse_spec
 
     spec = parse_spec(SPEC, "slo_specs/html-fixture.yaml")
     profile = load_profile("cpu-loopback")
-    items = []
+    items, env = [], Environment.capture().fingerprint()
     for case in spec.cases():
         doc = run_engine(RunConfig.for_case(case), backend="gloo", timeout_s=120)
         predicted = prediction(case, profile)  # as the pipeline keeps it
         verdict = Verdict(case.id)
         verdict.rows += volume_rows(doc.volume, predicted.volume)
         verdict.rows += budget_rows(case.budgets, doc, "cpu-loopback")  # tpot <= 1 µs: fails on purpose
-        items.append(CaseResult(case.spec_name, str(case.path), case.id, "cpu-loopback", "gloo", fingerprint(),
+        items.append(CaseResult(case.spec_name, str(case.path), case.id, "cpu-loopback", "gloo", env,
                                 predicted, verdict, doc, nodeid=f"slo_specs/html-fixture.yaml::{case.id}"))
     # Baseline rows as the baseline module writes them: a relative change with its 95 % interval.
     items[0].verdict.rows += [
@@ -75,7 +75,7 @@ def _result_documents() -> SessionReport:
         VerdictRow("baseline", "tpot", "pass", "change", -0.03, n=4, low=-0.2, high=0.15, budget=0.1,
                    budget_label="change", detail="-3.0% [98.33% CI -20.0%, +15.0%]; detects >= 40.0% at 95% power"),
     ]
-    session = SessionReport(fingerprint(), "gloo", "cpu-loopback", 4,
+    session = SessionReport(env, "gloo", "cpu-loopback", 4,
                             {"report_dir": "reports", "repeats": 2, "baseline_compare": "before-upgrade"}, items,
                             complete=True, exitstatus=1)
     return from_json(SessionReport, json.loads(json.dumps(to_json(session))))  # what the session JSON holds

@@ -133,3 +133,24 @@ def test_no_rank_outlives_an_interrupted_or_killed_launcher(tmp_path, sig):
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(p).kill()
         proc.wait()
+
+
+def test_stopping_the_fork_server_kills_a_rank_no_launch_has_registered():
+    """Every child of the fork server holds its "alive" pipe: one the launcher does not know of yet
+    (forked a moment before a signal) would keep the server, and whoever waits for it, up forever."""
+    code = ("import time\nfrom llmcomm_tests.runtime import launch\n"
+            "proc = launch._mp_context().Process(target=time.sleep, args=(3600,), daemon=True)\n"
+            "proc.start()\nstart = time.monotonic()\nlaunch.stop_fork_server()\n"
+            "print(proc.pid, time.monotonic() - start, flush=True)\n")
+    proc = _run_script(code)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pid, waited = out.decode().split()[-2:]
+    assert _gone([int(pid)]), out.decode()
+    from llmcomm_tests.runtime.launch import STOP_GRACE_S
+
+    assert float(waited) < STOP_GRACE_S / 2, out.decode()  # the server ended by itself, not at the deadline

@@ -229,6 +229,38 @@ def test_reports_stay_valid_when_interrupted(specs):
     assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_sigterm_mid_case_ends_pytest_as_sigterm_does_and_leaves_no_process(specs):
+    """SIGTERM while ranks run (rank 0 hangs at its first send): the session closes its fork server
+    and ranks once, then pytest ends by the signal."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *QUIET, "-q", "-k", "tp1-pp2-b1",
+                             "--llmcomm-inject", "send:hang=0"], cwd=specs.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pytest_process = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    started = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        started = pytest_process.children(recursive=True)
+        fork_servers = [p for p in started if "forkserver" in " ".join(_cmdline(p))]
+        if fork_servers and len(fork_servers[0].children()) == 2:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"the case's ranks did not start: {proc.communicate()[0].decode()[-2000:]}")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, out.decode()[-2000:]
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_loading_the_plugin_does_not_import_torch(specs):
     specs.makeconftest("import sys\n\ndef pytest_collection_finish(session):\n"
                        "    print('TORCH_LOADED', 'torch' in sys.modules)\n")

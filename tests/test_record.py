@@ -169,6 +169,27 @@ print("OK")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "OK"
 
 
+def test_stacked_patches_put_back_the_very_descriptors_they_replaced():
+    import torch.distributed as dist
+
+    from llmcomm_tests.runtime.pg_patch import PgPatch
+
+    originals = {n: dist.ProcessGroup.__dict__[n] for n in ("allreduce", "send")}
+    wait = dist.Work.__dict__["wait"]
+    under, over = PgPatch(), PgPatch()
+    seen = []
+    assert under.wrap_method("allreduce", lambda original: seen.append(original) or (lambda pg, *a: None))
+    under.wrap_wait(lambda original: lambda work, *a: None)
+    assert over.wrap_method("allreduce", lambda original: seen.append(original) or (lambda pg, *a: None))
+    assert over.wrap_method("send", lambda original: lambda pg, *a: None)
+    assert not over.wrap_method("no_such_method", lambda original: original)
+    assert seen[0] is originals["allreduce"] and seen[1] is not originals["allreduce"]  # the second wraps the first
+    over.restore()
+    under.restore()
+    assert {n: dist.ProcessGroup.__dict__[n] for n in originals} == originals
+    assert dist.Work.__dict__["wait"] is wait and not hasattr(dist.ProcessGroup, "no_such_method")
+
+
 @pytest.mark.parametrize("faults", [(), ("all_gather:delay=200ms",)], ids=["clean", "delay"])
 def test_allgather_base_is_recorded_and_faulted_as_all_gather(faults):
     """torch 2.6–2.12 route ``all_gather_into_tensor`` to ``ProcessGroup._allgather_base`` (2.13:

@@ -1,11 +1,16 @@
-"""Environment facts shared by the rank side (run documents) and the plugin side (fingerprints).
+"""The environment a run, a baseline or an A/B arm is tied to: one :class:`Environment`, captured by
+its one constructor in any process, and the facts it is made of.
 Importing this module imports no torch: the plugin must load without it."""
 
 from __future__ import annotations
 
 import os
+import platform
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass
+from importlib import metadata
 
 # Variables that change what is measured: the collective libraries' own (NCCL, gloo, torch's NCCL
 # wrapper), the transports NCCL may run over (UCX, libfabric for EFA/Slingshot), which devices a rank
@@ -13,6 +18,92 @@ import sys
 COMM_VARIABLE_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "UCX_", "FI_")
 COMM_VARIABLES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER")
 NCCL_SYSTEM_CONFIG = "/etc/nccl.conf"
+NCCL_PACKAGES = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")  # the first installed is "nccl"
+# Distributions whose versions an environment records: what the ranks run on, and the frameworks.
+PACKAGES = ("torch", "numpy", "scipy", "transformers", "accelerate", "vllm") + NCCL_PACKAGES
+
+# The keys of the two JSON forms, as run documents, reports and baselines store them.
+FINGERPRINT_KEYS = ("llmcomm_tests", "torch", "nccl", "python", "host", "platform", "cpu_count", "cuda_devices",
+                    "gpu_models", "driver", "variables", "nccl_config")
+RANK_KEYS = ("torch", "python", "host", "backend", "world_size", "cuda", "nccl", "devices", "cpu_count", "variables",
+             "nccl_config", "driver")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Versions, host, devices and the communication settings of one process.
+
+    ``capture()`` anywhere imports no torch: versions are the installed distributions'.
+    ``capture(rank)`` on a rank (anything with ``backend`` and ``world_size``) asks torch itself:
+    its version, CUDA and NCCL runtime versions, and the devices it sees."""
+
+    llmcomm_tests: str
+    python: str  # the interpreter's version
+    executable: str
+    host: str
+    platform: str
+    cpu_count: int | None
+    packages: dict[str, str | None]  # PACKAGES -> installed version, None where absent
+    cuda_devices: int
+    gpu_models: list[str]  # one per NVIDIA device of the machine, from the driver
+    driver: str | None
+    variables: dict[str, str]
+    nccl_config: dict[str, str]
+    # What a rank reports (None elsewhere):
+    backend: str | None = None
+    world_size: int | None = None
+    torch_runtime: str | None = None  # torch.__version__ (local build tag included)
+    cuda: str | None = None
+    nccl_runtime: str | None = None
+    devices: list[str] | None = None  # what torch sees: CUDA device names, else the CPU
+
+    @classmethod
+    def capture(cls, rank=None) -> "Environment":
+        from llmcomm_tests import __version__
+
+        facts = dict(llmcomm_tests=__version__, python=platform.python_version(), executable=sys.executable,
+                     host=socket.gethostname(), platform=platform.platform(), cpu_count=os.cpu_count(),
+                     packages={name: package_version(name) for name in PACKAGES}, gpu_models=gpu_models(),
+                     driver=nvidia_driver(), variables=comm_variables(), nccl_config=nccl_config_files())
+        if rank is None:
+            return cls(cuda_devices=cuda_device_count(), **facts)
+        import torch
+
+        cuda = torch.cuda.is_available()
+        devices = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda
+                   else [f"cpu ({platform.processor() or platform.machine()})"])
+        return cls(cuda_devices=len(devices) if cuda else 0, backend=rank.backend, world_size=rank.world_size,
+                   torch_runtime=str(torch.__version__), cuda=torch.version.cuda,
+                   nccl_runtime=".".join(map(str, torch.cuda.nccl.version())) if cuda else None, devices=devices,
+                   **facts)
+
+    @property
+    def nccl_package(self) -> str | None:
+        return next((self.packages[p] for p in NCCL_PACKAGES if self.packages.get(p)), None)
+
+    def fingerprint(self) -> dict:
+        """The session's form (``FINGERPRINT_KEYS``): what a report and a baseline are tied to."""
+        values = {"torch": self.packages.get("torch"), "nccl": self.nccl_package}
+        return {k: values[k] if k in values else getattr(self, k) for k in FINGERPRINT_KEYS}
+
+    def rank_document(self) -> dict:
+        """A rank's form (``RANK_KEYS``), as run documents store it; ``driver`` only where CUDA runs."""
+        values = {"torch": self.torch_runtime, "nccl": self.nccl_runtime}
+        out = {k: values[k] if k in values else getattr(self, k) for k in RANK_KEYS}
+        if not self.cuda_devices:  # a rank counts only the CUDA devices torch can use
+            del out["driver"]
+        return out
+
+    def summary(self) -> dict[str, str]:
+        """What two A/B arms are compared by: the interpreter and every installed package."""
+        return {"python": f"{self.python} ({self.executable})", **{k: v for k, v in self.packages.items() if v}}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def comm_variables() -> dict[str, str]:

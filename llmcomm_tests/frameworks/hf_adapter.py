@@ -112,7 +112,7 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from llmcomm_tests.engine.parallel import TORCH_DTYPES
-    from llmcomm_tests.runtime.measure import environment
+    from llmcomm_tests.core.envinfo import Environment
     from llmcomm_tests.runtime.faults import install_faults
     from llmcomm_tests.runtime.recorder import Recorder
 
@@ -149,7 +149,7 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": generations, "logits": None,
               "env": None, "startup_s": startup_s, "tp_plan": {str(k): str(v) for k, v in dict(plan).items()}}
     if ctx.rank == 0:
-        result["env"] = dict(environment(ctx), transformers=transformers.__version__)
+        result["env"] = dict(Environment.capture(ctx).rank_document(), transformers=transformers.__version__)
     for installed in reversed(faults):
         installed.uninstall()
     recorder.uninstall()

@@ -23,7 +23,6 @@ matched nothing anywhere fails its case (``never_fired``).
 
 from __future__ import annotations
 
-import inspect
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from llmcomm_tests.core import call_site
 from llmcomm_tests.core.contract import BUDGET_OPS, methods_of, site_class
 from llmcomm_tests.core.units import parse_count, parse_duration, parse_factor, parse_percent
+from llmcomm_tests.runtime.pg_patch import PgPatch
 
 _SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>\S+)$")
 _USAGE = "OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R"
@@ -99,21 +99,14 @@ class InstalledFaults:
     def __init__(self, faults=()):
         self.faults = list(faults)
         self.fired: dict[str, int] = {str(f): 0 for f in self.faults}
-        self._saved: dict[str, object] = {}
+        self._patch = PgPatch()
         self._delayed: dict[int, tuple] = {}  # id(work) -> (work, issued ns, delay faults, op key, start event)
         self._durations: dict[tuple, float] = {}  # op key -> last completed GPU duration (relative delays)
         self._gpu_events: list = []  # (start, end, key) not yet read
         self.gpu_delay = None  # GpuDelay, made on the first delay of a CUDA op
 
     def uninstall(self) -> None:
-        import torch.distributed as dist
-
-        for method, original in self._saved.items():
-            if method == "Work.wait":
-                dist.Work.wait = original
-            else:
-                setattr(dist.ProcessGroup, method, original)
-        self._saved.clear()
+        self._patch.restore()
 
     # -- delays: applied when the caller waits, on the host (gloo) or the GPU stream (NCCL) -------
 
@@ -205,45 +198,42 @@ def install_faults(faults, recorder=None, cuda: bool | None = None) -> Installed
         for method in methods_of(fault.op):
             by_method.setdefault(method, []).append(fault)
     if any(f.kind == "delay" for f in faults):
-        installed._saved["Work.wait"] = inspect.getattr_static(dist.Work, "wait")
-        dist.Work.wait = installed._wrap_wait(installed._saved["Work.wait"])
+        installed._patch.wrap_wait(installed._wrap_wait)
     for method, method_faults in by_method.items():
-        original = inspect.getattr_static(dist.ProcessGroup, method, None)  # the descriptor: restorable
-        if original is None:  # not in this torch release
-            continue
-        installed._saved[method] = original
+        def make_faulty(_original, _faults=method_faults, _method=method):
+            def faulty(pg, *args, **kwargs):
+                active = [f for f in _faults if not _busy and call_site.phase != "none"
+                          and (recorder is None or recorder.active)
+                          and (f.site is None or site_class(call_site.site) == f.site)]
+                if not active:
+                    return _original(pg, *args, **kwargs)
+                for fault in active:
+                    if fault.kind != "delay":  # a delay counts when it is planted (at the caller's wait)
+                        installed.fired[str(fault)] += 1
+                    if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
+                        if fault.kind == "crash":
+                            raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
+                        time.sleep(1e9)
+                    if fault.kind == "size":
+                        return _padded(pg, args, kwargs, _original, fault.value, torch)
+                issued_ns = time.perf_counter_ns()
+                work = _original(pg, *args, **kwargs)
+                extras = [f for f in active if f.kind == "extra"]
+                if extras:  # all_reduce only (parse_fault): its Work may be waited twice
+                    work.wait()
+                    for fault in extras:
+                        _extra_all_reduce(pg, args, kwargs, int(fault.value))
+                delays = [f for f in active if f.kind == "delay"]
+                if delays and work is not None:
+                    tensor = _first_tensor(args)
+                    cuda = tensor is not None and tensor.is_cuda
+                    key = (_method, tensor.numel() if tensor is not None else 0)
+                    installed._delay_at_wait(work, delays, key, cuda, issued_ns)
+                return work
 
-        def faulty(pg, *args, _original=original, _faults=method_faults, _method=method, **kwargs):
-            active = [f for f in _faults if not _busy and call_site.phase != "none"
-                      and (recorder is None or recorder.active)
-                      and (f.site is None or site_class(call_site.site) == f.site)]
-            if not active:
-                return _original(pg, *args, **kwargs)
-            for fault in active:
-                if fault.kind != "delay":  # a delay counts when it is planted (at the caller's wait)
-                    installed.fired[str(fault)] += 1
-                if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
-                    if fault.kind == "crash":
-                        raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
-                    time.sleep(1e9)
-                if fault.kind == "size":
-                    return _padded(pg, args, kwargs, _original, fault.value, torch)
-            issued_ns = time.perf_counter_ns()
-            work = _original(pg, *args, **kwargs)
-            extras = [f for f in active if f.kind == "extra"]
-            if extras:  # all_reduce only (parse_fault): its Work may be waited twice
-                work.wait()
-                for fault in extras:
-                    _extra_all_reduce(pg, args, kwargs, int(fault.value))
-            delays = [f for f in active if f.kind == "delay"]
-            if delays and work is not None:
-                tensor = _first_tensor(args)
-                cuda = tensor is not None and tensor.is_cuda
-                key = (_method, tensor.numel() if tensor is not None else 0)
-                installed._delay_at_wait(work, delays, key, cuda, issued_ns)
-            return work
+            return faulty
 
-        setattr(dist.ProcessGroup, method, faulty)
+        installed._patch.wrap_method(method, make_faulty)
     return installed
 
 

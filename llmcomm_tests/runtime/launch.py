@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from llmcomm_tests.core.envinfo import cuda_device_count
 PRELOAD = ["llmcomm_tests.runtime.preload"]
 STACK_GRACE_S = 5.0  # at most this long for hung ranks to write their stacks (read as soon as they have)
 FAILURE_GRACE_S = 1.0  # after one rank fails, how long to wait for the others' own errors
+STOP_GRACE_S = 30.0  # the fork server tears torch down as it exits: seconds on a loaded host
 
 
 # Errors a rank sees when another rank died under it (gloo's wording): symptoms, not causes.
@@ -76,6 +78,7 @@ def resolve_backend(backend: str, world_size: int) -> str:
 
 
 _context = None
+_running: list = []  # rank processes of the launches in progress in this process
 
 
 def _mp_context():
@@ -84,6 +87,62 @@ def _mp_context():
         multiprocessing.set_forkserver_preload(PRELOAD)
         _context = multiprocessing.get_context("forkserver")
     return _context
+
+
+def shutdown() -> None:
+    """Kill the ranks of any launch in progress and stop the fork server; the next launch starts a
+    new one.  Does nothing where none was started.  A process that exits without calling it leaves
+    nothing either: each rank exits once its launcher is gone, and the fork server once it and
+    every rank are gone."""
+    _reap(list(_running))
+    stop_fork_server()
+
+
+def stop_fork_server() -> None:
+    """Stop the fork server and wait for it, at most ``STOP_GRACE_S`` before killing it.
+
+    Its children go first: each holds the server's "alive" pipe, and the server ends only when every
+    holder has closed it; a rank forked a moment ago is not in ``_running`` yet."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    lock, stop = getattr(server, "_lock", None), getattr(server, "_stop_unlocked", None)
+    if pid is None or lock is None or stop is None:
+        return
+    for child in _children_of(pid):
+        _kill(child)
+    # The interrupted thread may hold the lock (a signal arrived while it started the server): that
+    # server then ends with this process.
+    if not lock.acquire(timeout=5):
+        return
+    deadline = threading.Timer(STOP_GRACE_S, _kill, (pid,))
+    deadline.start()
+    try:
+        stop()
+    finally:
+        deadline.cancel()
+        lock.release()
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: the parent
+                children.append(int(entry))
+    return children
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @contextlib.contextmanager
@@ -125,10 +184,13 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
                 proc.start()
             writer.close()
             procs.append(proc)
+            _running.append(proc)
             readers[reader] = rank
         return _collect(procs, readers, workdir, timeout_s)
     finally:
         _reap(procs)
+        for proc in procs:
+            _running.remove(proc)
         for path in workdir.iterdir():
             path.unlink()
         workdir.rmdir()

@@ -6,15 +6,12 @@ specs, checks or reports.
 
 from __future__ import annotations
 
-import os
-import platform
-import socket
 from dataclasses import replace
 from types import SimpleNamespace
 
 from llmcomm_tests.runtime import arrival, launch, metrics
 from llmcomm_tests.core.documents import RunDocument
-from llmcomm_tests.core.envinfo import comm_variables, nccl_config_files, nvidia_driver
+from llmcomm_tests.core.envinfo import Environment
 from llmcomm_tests.runtime.run_config import RunConfig
 
 def run_engine(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
@@ -120,7 +117,7 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
                     logits = gen.logits.numpy()
     result = {"rank": ctx.rank, "ops": recorder.finalize(ctx.rank), "generations": runs["clean"],
               "recorded_generations": runs["recorded"], "logits": logits,
-              "env": environment(ctx) if ctx.rank == 0 else None,
+              "env": Environment.capture(ctx).rank_document() if ctx.rank == 0 else None,
               "faults_fired": {k: sum(i.fired.get(k, 0) for i in faults) for k in map(str, cfg.inject)},
               "no_completion": recorder.no_completion()}
     if cfg.cross_check:
@@ -131,32 +128,6 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     recorder.uninstall()
     faults[0].uninstall()
     return result
-
-
-def environment(ctx) -> dict:
-    """What the ranks ran with: versions, devices and the NCCL_* / GLOO_* variables."""
-    import torch
-
-    env = {
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-        "backend": ctx.backend,
-        "world_size": ctx.world_size,
-        "cuda": torch.version.cuda,
-        "nccl": None,
-        "devices": [],
-        "cpu_count": os.cpu_count(),
-        "variables": comm_variables(),
-        "nccl_config": nccl_config_files(),
-    }
-    if torch.cuda.is_available():
-        env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-        env["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        env["driver"] = nvidia_driver()
-    else:
-        env["devices"] = [f"cpu ({platform.processor() or platform.machine()})"]
-    return env
 
 
 def run_summary(doc) -> str:

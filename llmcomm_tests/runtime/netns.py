@@ -18,14 +18,13 @@ Layout (``up``)::
   addresses inside namespaces we create are used (10.231.K.0/24, K free per cluster).
 
 Leaving nothing behind: the registry (one JSON file per cluster under ``REGISTRY``) is written
-*before* each namespace is created, so ``down`` — or ``reap_stale`` at the next start, or the
-owner's atexit/signal handler — removes everything even after a crash halfway through ``up``.
+*before* each namespace is created, so ``down`` — by the owner, or ``reap_stale`` at the next
+start once the owner is gone — removes everything even after a crash halfway through ``up``.
 ``down`` kills every process still inside a node namespace (``ip netns pids``) before deleting it.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import secrets
@@ -308,37 +307,13 @@ def reap_stale() -> list[str]:
     return removed
 
 
-_owned: dict[str, Cluster] = {}
-
-
-def _cleanup_owned() -> None:
-    for cluster in list(_owned.values()):
-        try:
-            down(cluster)
-        except ClusterError:
-            pass
-        _owned.pop(cluster.id, None)
-
-
-def _on_signal(signum, frame):  # SIGTERM: clean up, then die of the signal as expected
-    _cleanup_owned()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
 def up_owned(nodes: int, ranks_per_node: int, inter_rate: str | None = "200mbit") -> Cluster:
-    """``up`` owned by this process: removed at exit (normal, Ctrl-C, SIGTERM) and, should this
-    process be SIGKILLed, by the next ``reap_stale``."""
-    cluster = up(nodes, ranks_per_node, inter_rate, owner_pid=os.getpid())
-    if not _owned:
-        atexit.register(_cleanup_owned)
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _on_signal)
-    _owned[cluster.id] = cluster
-    return cluster
+    """``up`` owned by this process: should it end without ``release`` (killed, crashed), the next
+    ``reap_stale`` removes the cluster.  Its owner closes it: a pytest session's resources
+    (suite/resources.py), or the caller's own ``try``/``finally``."""
+    return up(nodes, ranks_per_node, inter_rate, owner_pid=os.getpid())
 
 
 def release(cluster: Cluster) -> list[str]:
     """``down`` for a cluster from ``up_owned``."""
-    _owned.pop(cluster.id, None)
     return down(cluster)

@@ -20,7 +20,7 @@ Phase, step and site come from ``llmcomm_tests.core.call_site``, set by the engi
 
 from __future__ import annotations
 
-import inspect
+import functools
 import time
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ import torch.distributed as dist
 from llmcomm_tests.core import call_site
 from llmcomm_tests.core.contract import FUNCTIONAL_OPS, PG_METHODS, wire_bytes
 from llmcomm_tests.core.documents import CallClass, RankOps
+from llmcomm_tests.runtime.pg_patch import PgPatch
 
 def _tensors(arg) -> list[torch.Tensor]:
     if isinstance(arg, torch.Tensor):
@@ -92,32 +93,20 @@ class Recorder:
         self.cuda_events = cuda_events
         self._pending: dict[int, tuple[object, _Call]] = {}
         self._pending_tensors: dict[int, _Call] = {}
-        self._saved: dict[str, object] = {}
+        self._patch = PgPatch()
         self._library = None
 
     # -- installation ----------------------------------------------------------------------------
 
     def install(self) -> "Recorder":
         for method, (op, kind) in PG_METHODS.items():
-            # The class's own attribute (pybind's instancemethod descriptor), not getattr's unbound
-            # builtin: only the descriptor binds ``self`` again once it is put back.
-            original = inspect.getattr_static(dist.ProcessGroup, method, None)
-            if original is None:
-                continue
-            self._saved[method] = original
-            setattr(dist.ProcessGroup, method, self._wrap_method(method, op, kind, original))
-        self._saved["Work.wait"] = inspect.getattr_static(dist.Work, "wait")
-        dist.Work.wait = self._wrap_wait(self._saved["Work.wait"])
+            self._patch.wrap_method(method, functools.partial(self._wrap_method, method, op, kind))
+        self._patch.wrap_wait(self._wrap_wait)
         self._install_functional()
         return self
 
     def uninstall(self) -> None:
-        for method, original in self._saved.items():
-            if method == "Work.wait":
-                dist.Work.wait = original
-            else:
-                setattr(dist.ProcessGroup, method, original)
-        self._saved.clear()
+        self._patch.restore()
         if self._library is not None:
             self._library._destroy()
             self._library = None

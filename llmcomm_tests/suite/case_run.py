@@ -156,7 +156,7 @@ def ab_request(state) -> "ABRequest":
     from llmcomm_tests.judging.ab.gate import ABRequest
 
     o = state.options
-    return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks)
+    return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks, state.resources)
 
 
 def run_and_check(case, state) -> CaseResult:

@@ -7,7 +7,6 @@ must not import torch: torch is imported when a case runs.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +49,7 @@ def pytest_configure(config):
             raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
     config.stash[SESSION_KEY] = state
     if not _is_worker(config):
+        state.resources.handle_sigterm()  # pytest's controller only, not an xdist worker
         if not config.option.xmlpath and _runs_specs(config):
             config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
         config.pluginmanager.register(ReportWriter(config), "llmcomm-report-writer")
@@ -92,12 +92,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-    gate = sys.modules.get("llmcomm_tests.judging.ab.gate")  # A/B arm servers, if this session started any
-    if gate is not None:
-        gate.close_arms()
     state = config.stash.get(SESSION_KEY, None)
     if state is not None:
-        state.close()  # emulated clusters this process brought up
+        state.close()  # whatever this process started: passed, failed or interrupted
 
 
 def pytest_report_header(config):

@@ -7,52 +7,22 @@ pytest-xdist the controller, which runs no case itself, still sees every result.
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 
 import pytest
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport
-from llmcomm_tests.core.envinfo import comm_variables, gpu_models, nccl_config_files, nvidia_driver
+from llmcomm_tests.core.envinfo import Environment
 from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
 from llmcomm_tests.suite.options import LLMCommOptions, available_ranks, cuda_device_count
+from llmcomm_tests.suite.resources import SessionResources
 from llmcomm_tests.spec import SpecNames
 
-__all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice", "fingerprint"]
+__all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice"]
 SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def fingerprint() -> dict:
-    """The environment a baseline or report is tied to — without importing torch."""
-    from llmcomm_tests import __version__
-
-    nccl = next((package_version(p) for p in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")
-                 if package_version(p)), None)
-    return {
-        "llmcomm_tests": __version__,
-        "torch": package_version("torch"),
-        "nccl": nccl,
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cuda_devices": cuda_device_count(),
-        "gpu_models": gpu_models(),
-        "driver": nvidia_driver(),
-        "variables": comm_variables(),
-        "nccl_config": nccl_config_files(),
-    }
 
 
 @dataclass
@@ -63,18 +33,28 @@ class LLMCommSession:
     ranks: int = 0
     ranks_reason: str = ""
     results: list[CaseResult] = field(default_factory=list)
-    env: dict = field(default_factory=dict)
+    environment: Environment | None = None  # captured at the start, without importing torch
     session_id: str = ""  # tells baseline runs of one session from runs of another
     spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
     timed_cases: int = 1  # cases that will run with latency rows: their tests share one 5 % (judging/checks.py)
+    resources: SessionResources = field(default_factory=SessionResources)  # closed by ``close``
 
     def __post_init__(self):
+        from llmcomm_tests.runtime import launch
+
+        self.resources.callback(launch.shutdown)  # the fork server and ranks of this process's launches
         self.ranks, self.ranks_reason = available_ranks(self.options)
-        self.env = fingerprint()
+        if self.environment is None:
+            self.environment = Environment.capture()
         # xdist workers inherit the controller's environment: one id for the whole session
         if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(SESSION_ID_ENV)):
             os.environ[SESSION_ID_ENV] = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         self.session_id = os.environ[SESSION_ID_ENV]
+
+    @property
+    def env(self) -> dict:
+        """The environment as reports and baselines store it."""
+        return self.environment.fingerprint()
 
     @property
     def backend(self) -> str:
@@ -142,15 +122,14 @@ class LLMCommSession:
         key = (t.nodes, t.ranks_per_node, case.inter_rate)
         clusters = self.__dict__.setdefault("_clusters", {})
         if key not in clusters:
-            clusters[key] = netns.up_owned(*key)  # removed at session end, or by its atexit/signal handler
+            clusters[key] = netns.up_owned(*key)
+            self.resources.callback(netns.release, clusters[key])
         return node_launch.emulated_nodes(clusters[key])
 
     def close(self) -> None:
-        """Take down the emulated clusters this session brought up."""
-        from llmcomm_tests.runtime import netns
-
-        for cluster in self.__dict__.pop("_clusters", {}).values():
-            netns.release(cluster)
+        """Close everything this process started for the session (arm servers, emulated clusters,
+        the fork server and its ranks)."""
+        self.resources.close()
 
     @property
     def hardware_option(self) -> str:
@@ -179,10 +158,10 @@ class LLMCommSession:
                              list(self.results), complete, None if exitstatus is None else int(exitstatus))
 
     def header(self) -> list[str]:
-        e = self.env
-        devices = ", ".join(f"{n}x {m}" for m, n in Counter(e["gpu_models"]).items()) or "no CUDA devices"
-        lines = [f"llmcomm-tests {e['llmcomm_tests']}: torch {e['torch']}, backend {self.backend}, "
-                 f"NCCL {e['nccl'] or '-'}, devices: {devices}, hardware profile {self.hardware} "
+        e = self.environment
+        devices = ", ".join(f"{n}x {m}" for m, n in Counter(e.gpu_models).items()) or "no CUDA devices"
+        lines = [f"llmcomm-tests {e.llmcomm_tests}: torch {e.packages.get('torch')}, backend {self.backend}, "
+                 f"NCCL {e.nccl_package or '-'}, devices: {devices}, hardware profile {self.hardware} "
                  f"({self.hardware_option})" + (", overriding every spec's hardware:" if self.options.hardware else
                                                 "; a spec's hardware: applies to its cases"),
                  f"llmcomm ranks: {self.ranks} ({self.ranks_reason}); reports -> {self.options.report_dir}/"]

@@ -23,31 +23,31 @@ import struct
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("torch", "numpy", "scipy", "transformers", "accelerate", "vllm", "nvidia-nccl-cu12",
-            "nvidia-nccl-cu13")
+from llmcomm_tests.core.envinfo import Environment
+
 QUIT_TIMEOUT_S = 60.0
 
 
 @dataclass
 class ArmEnv:
-    """What an arm runs with: its server's interpreter and packages, and what a rank forked by its
-    launcher reports about itself (the proof that the ranks use this arm's environment)."""
+    """What an arm runs with: its server's environment, and what a rank forked by its launcher
+    reports about itself (the proof that the ranks use this arm's environment)."""
 
     python: str  # as requested
-    executable: str  # sys.executable of the server
-    python_version: str
-    packages: dict[str, str | None] = field(default_factory=dict)
+    env: Environment | None = None  # the server's own; None where it never started
     rank_executable: str = ""
     rank_torch: str = ""
     rank_torch_file: str = ""
 
+    @property
+    def executable(self) -> str:
+        return self.env.executable if self.env is not None else self.python
+
     def summary(self) -> dict[str, str]:
-        out = {"python": f"{self.python_version} ({self.executable})"}
-        out.update({k: v for k, v in self.packages.items() if v})
-        return out
+        return self.env.summary() if self.env is not None else {"python": f" ({self.python})"}
 
 
 def env_difference(a: ArmEnv, b: ArmEnv) -> str:
@@ -87,7 +87,9 @@ class Arm:
                                          stdout=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise ArmError(f"arm {name}: cannot start {python}: {exc}") from None
-        self.env = ArmEnv(**self._call(("env",)))
+        from llmcomm_tests.core.documents import from_json
+
+        self.env = from_json(ArmEnv, self._call(("env",)))
 
     def run(self, cfg, backend: str, timeout_s: float, available_ranks: int | None):
         from llmcomm_tests.core.documents import from_json
@@ -161,22 +163,12 @@ def rank_probe(ctx) -> dict:
 
 
 def _environment(python: str) -> dict:
-    import platform
-    from importlib import metadata
-
+    from llmcomm_tests.core.documents import to_json
     from llmcomm_tests.runtime import launch
     from llmcomm_tests.judging.ab.arms import rank_probe as probe_entry
 
-    packages = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
     probe = launch.launch(probe_entry, world_size=1, backend="gloo", timeout_s=120)[0]
-    return {"python": python, "executable": sys.executable, "python_version": platform.python_version(),
-            "packages": packages, "rank_executable": probe["executable"], "rank_torch": probe["torch"],
-            "rank_torch_file": probe["torch_file"]}
+    return to_json(ArmEnv(python, Environment.capture(), probe["executable"], probe["torch"], probe["torch_file"]))
 
 
 def serve(inp, out) -> None:
@@ -220,16 +212,9 @@ def main() -> None:
     except BrokenPipeError:  # the client went away mid-run: nothing left to tell it
         pass
     finally:
-        _stop_fork_server()
+        from llmcomm_tests.runtime import launch
 
-
-def _stop_fork_server() -> None:
-    """Stop this server's fork server before exiting, so no process outlives the arm."""
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        stop()
+        launch.shutdown()  # before exiting: no process outlives the arm
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ arm A is this session's interpreter, arm B the one named by the option.  Planted
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import sys
 import time
@@ -53,9 +52,16 @@ class ABResult:
 # -- arm servers, one per (role, interpreter), kept for the session ------------------------------
 
 _arms: dict[tuple[str, str], Arm] = {}
+_owners: list = []  # who closes the servers: a pytest session's resources (suite/resources.py)
 
 
-def arm(name: str, python: str) -> Arm:
+def arm(name: str, python: str, owner=None) -> Arm:
+    """The running server of this role and interpreter, started on first use.  ``owner`` (with a
+    ``callback(close)`` method) closes every server when it closes; without one, the caller calls
+    ``close_arms``."""
+    if owner is not None and not any(o is owner for o in _owners):
+        _owners.append(owner)
+        owner.callback(close_arms)
     key = (name, python)
     if key not in _arms or _arms[key].proc.poll() is not None:
         _arms[key] = Arm(name, python)
@@ -70,9 +76,6 @@ def close_arms() -> None:
         server.request_quit()
     for server in servers:
         server.close()
-
-
-atexit.register(close_arms)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -203,6 +206,7 @@ class ABRequest:
     backend: str
     timeout_s: float
     available_ranks: int
+    owner: object = None  # closes the arm servers with the session (``callback(close)``); None: close_arms()
 
 
 def gate_case(case, cfg, request: ABRequest) -> ABResult:
@@ -213,11 +217,10 @@ def gate_case(case, cfg, request: ABRequest) -> ABResult:
     settings = getattr(case, "baseline", None)
     threshold = settings.threshold if settings is not None and settings.threshold else DEFAULT_THRESHOLD
     try:
-        arm_a, arm_b = arm("A", sys.executable), arm("B", request.arm_b)
+        arm_a, arm_b = arm("A", sys.executable, request.owner), arm("B", request.arm_b, request.owner)
     except ArmError as exc:
-        empty = ArmEnv(sys.executable, sys.executable, "")
-        return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], empty,
-                        ArmEnv(request.arm_b, request.arm_b, ""), {}, error=str(exc))
+        return ABResult([VerdictRow("ab", "ab arms", FAIL, detail=str(exc).splitlines()[0])], ArmEnv(sys.executable),
+                        ArmEnv(request.arm_b), {}, error=str(exc))
     return compare_arms(cfg_a, cfg_b, arm_a, arm_b, threshold=threshold, max_pairs=request.pairs,
                         seed=request.seed, backend=request.backend, timeout_s=request.timeout_s,
                         available_ranks=request.available_ranks)
