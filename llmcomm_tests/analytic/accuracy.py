@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from llmcomm_tests.analytic import latency
 from llmcomm_tests.core.contract import latency_op
 from llmcomm_tests.core.stats import percentile
 from llmcomm_tests.core.text import text_table
-from llmcomm_tests.analytic import latency
 
 if TYPE_CHECKING:
     from llmcomm_tests.analytic.hardware import HardwareProfile
@@ -140,8 +141,6 @@ def fit_spread(profile: "HardwareProfile", docs: list[dict], quantile: float = 0
     value as ``k_hi_sweep`` and the record count.  The tier's ``alpha_min_s`` is lowered (with a
     note) if any record beats the floor, so the lower bound stays a physical floor.  Use runs that
     are not the ones you then evaluate.  Returns ``(profile, notes)``."""
-    from dataclasses import replace
-
     ratios: dict = defaultdict(list)
     floor_gap: dict = defaultdict(lambda: float("inf"))  # tier -> min(duration - bytes term)
     for rec, inst in _timed_instances(docs):

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 
-from llmcomm_tests.runtime import launch
 from llmcomm_tests.core.contract import LATENCY_OPS, bus_factor
 from llmcomm_tests.core.stats import percentile
+from llmcomm_tests.engine.parallel import TORCH_DTYPES
+from llmcomm_tests.runtime import launch
 
 OPS = LATENCY_OPS
 DEFAULT_SIZES = [2 ** k for k in range(10, 25, 2)]  # 1 KiB … 16 MiB
@@ -72,12 +74,9 @@ def rows_from(per_rank: list[dict], world_size: int, repeats: int) -> list[dict]
 
 
 def rank_sweep(ctx, ops, sizes, repeats, warmup, dtype):
-    import time
-
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.engine.parallel import TORCH_DTYPES
 
     torch_dtype = TORCH_DTYPES[dtype]
     elem = torch.empty((), dtype=torch_dtype).element_size()
@@ -197,8 +196,6 @@ def compute_between_calls(compute_ms: float, compute_mb: float = 0.0, device="cp
     """A callable that does real work for ``compute_ms`` of wall time, as a layer's compute would:
     x (1 x 256) @ W (256 x k), reading all of W's ``compute_mb`` MiB each pass, or with
     ``compute_mb`` 0 a cache-resident 64 x 64 matmul."""
-    import time
-
     import torch
 
     if compute_mb:
@@ -218,12 +215,9 @@ def compute_between_calls(compute_ms: float, compute_mb: float = 0.0, device="cp
 
 
 def _rank_engine_sweep(ctx, ops, sizes, repeats, warmup, dtype, group_size, compute_ms, order="burst", compute_mb=0.0):
-    import time
-
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.engine.parallel import TORCH_DTYPES
 
     torch_dtype = TORCH_DTYPES[dtype]
     elem = torch.empty((), dtype=torch_dtype).element_size()

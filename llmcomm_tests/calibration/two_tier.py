@@ -24,10 +24,13 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from llmcomm_tests.calibration.fit import fit_profile
 from llmcomm_tests.analytic.hardware import Compute, HardwareProfile, load_profile
+from llmcomm_tests.calibration.fit import fit_profile
+from llmcomm_tests.calibration.sweep import rank_sweep, rows_from
+from llmcomm_tests.core.units import rate_bytes_per_s
 from llmcomm_tests.engine.config import DTYPE_BYTES, EngineShape
 from llmcomm_tests.runtime import node_launch
+from llmcomm_tests.runtime.launch import init_rank, teardown_rank
 
 SIZES = [1024 * 4 ** k for k in range(7)]  # 1 KiB … 4 MiB
 OPS = ("all_reduce", "all_gather", "broadcast", "gather", "send_recv")  # what the engine issues
@@ -38,8 +41,6 @@ def rank_sweep_main(argv: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.calibration.sweep import rank_sweep, rows_from
-    from llmcomm_tests.runtime.launch import init_rank, teardown_rank
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", required=True)
@@ -125,8 +126,6 @@ def two_tier_profile(rows: dict, name: str, ranks_per_node: int, inter_rate_Bps:
 def calibrate_cluster(cluster, name: str, compute: Compute | None = None, repeats: int = 6):
     """(profile, sweep rows) of an emulated cluster (netns.Cluster): both tiers' sweeps through the
     node launcher, the inter tier's floor at the shaped rate."""
-    from llmcomm_tests.core.units import rate_bytes_per_s
-
     rows = tier_sweeps(node_launch.emulated_nodes(cluster, 600), repeats=repeats)
     link = f"veth + tbf {cluster.inter_rate or 'unshaped'} per node egress"
     rate = rate_bytes_per_s(cluster.inter_rate) if cluster.inter_rate else None

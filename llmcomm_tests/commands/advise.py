@@ -15,7 +15,11 @@ import json
 import sys
 from dataclasses import replace
 
+from llmcomm_tests.analytic.hardware import load_profile
+from llmcomm_tests.analytic.two_tier import advise, table, why_not
 from llmcomm_tests.core.units import parse_count, parse_duration, parse_list
+from llmcomm_tests.engine.config import resolve_engine
+from llmcomm_tests.engine.layout import Layout, LayoutError
 
 
 def _duration(option: str, text: str | None) -> float | None:
@@ -57,11 +61,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llmcomm_tests.analytic.hardware import load_profile
-    from llmcomm_tests.analytic.two_tier import advise, table, why_not
-    from llmcomm_tests.engine.config import resolve_engine
-    from llmcomm_tests.engine.layout import Layout, LayoutError
-
     try:
         text = args.engine.strip()
         shape = resolve_engine(json.loads(text) if text.startswith("{") else text)

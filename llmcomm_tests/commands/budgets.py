@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from llmcomm_tests.core.text import seconds
+from llmcomm_tests.report import json_report
 
 TIME_METRICS = {  # budget metric -> the run document's distribution
     "ttft": lambda run: run.metrics.ttft, "tpot": lambda run: run.metrics.tpot, "e2e": lambda run: run.metrics.e2e,
@@ -75,8 +76,6 @@ def _duration(s: float) -> str:
 
 
 def main(args) -> int:
-    from llmcomm_tests.report import json_report
-
     source = args.dir / json_report.FILENAME
     try:
         margin = parse_margin(args.margin)

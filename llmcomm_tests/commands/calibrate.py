@@ -19,6 +19,7 @@ from llmcomm_tests.calibration.fit import (DEFAULT_MARGIN, DEFAULT_SIZES, ENGINE
                                            band_table, fit_engine_conditions, fit_profile, quality_table)
 from llmcomm_tests.core.arguments import (OneLineParser, byte_sizes, fraction, output_file, positive_float,
                                           positive_int, world_sizes)
+from llmcomm_tests.core.documents import RunDocument, from_json
 
 
 def _read_json(path: str):
@@ -32,8 +33,6 @@ def _read_json(path: str):
 
 
 def _read_run_document(path: str):
-    from llmcomm_tests.core.documents import RunDocument, from_json
-
     data = _read_json(path)
     try:
         return from_json(RunDocument, data)
@@ -56,8 +55,6 @@ def _read_rows(path: str) -> list[dict]:
 
 def _run_paths(items: list[str]) -> list[str]:
     """Run-document paths from comma-separated items; a directory stands for its *.json files."""
-    from pathlib import Path
-
     paths = []
     for item in items:
         for part in item.split(","):

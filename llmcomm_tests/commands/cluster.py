@@ -19,6 +19,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+from llmcomm_tests.analytic.hardware import USER_PROFILE_DIR
+from llmcomm_tests.calibration import two_tier as calibrate_tiers
+from llmcomm_tests.engine.config import resolve_engine
+from llmcomm_tests.engine.layout import Layout
+from llmcomm_tests.runtime import netns
+from llmcomm_tests.runtime.measure import run_engine
+from llmcomm_tests.runtime.run_config import RunConfig
 
 
 def add_arguments(parser) -> None:
@@ -36,8 +45,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llmcomm_tests.runtime import netns
-
     rate = None if str(args.inter_rate).lower() == "none" else args.inter_rate
     try:
         if args.action == "up":
@@ -78,15 +85,6 @@ def main(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pathlib import Path
-
-    from llmcomm_tests.analytic.hardware import USER_PROFILE_DIR
-    from llmcomm_tests.calibration import two_tier as calibrate_tiers
-    from llmcomm_tests.runtime import netns
-    from llmcomm_tests.engine.config import resolve_engine
-    from llmcomm_tests.engine.layout import Layout
-    from llmcomm_tests.runtime.measure import run_engine
-    from llmcomm_tests.runtime.run_config import RunConfig
 
     if not args.id or not args.name:
         print("llmcomm cluster calibrate: give --id ID (llmcomm cluster status) and --name NAME", file=sys.stderr)

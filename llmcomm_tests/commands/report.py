@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from llmcomm_tests.core.arguments import output_file
+from llmcomm_tests.core.documents import SessionReport
+from llmcomm_tests.report import json_report
+from llmcomm_tests.report.html import FILENAME, write_html
 
 
 def add_arguments(parser) -> None:
@@ -17,10 +20,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llmcomm_tests.core.documents import SessionReport
-    from llmcomm_tests.report import json_report
-    from llmcomm_tests.report.html import FILENAME, write_html
-
     source = args.dir / json_report.FILENAME
     try:
         data = json.loads(source.read_text(encoding="utf-8"))

@@ -4,6 +4,8 @@ Importing this module imports no torch: the plugin must load without it."""
 
 from __future__ import annotations
 
+import ctypes.util
+import glob
 import os
 import platform
 import socket
@@ -11,6 +13,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
+
+from llmcomm_tests import __version__
 
 # Variables that change what is measured: the collective libraries' own (NCCL, gloo, torch's NCCL
 # wrapper), the transports NCCL may run over (UCX, libfabric for EFA/Slingshot), which devices a rank
@@ -59,8 +63,6 @@ class Environment:
 
     @classmethod
     def capture(cls, rank=None) -> "Environment":
-        from llmcomm_tests import __version__
-
         facts = dict(llmcomm_tests=__version__, python=platform.python_version(), executable=sys.executable,
                      host=socket.gethostname(), platform=platform.platform(), cpu_count=os.cpu_count(),
                      packages={name: package_version(name) for name in PACKAGES}, gpu_models=gpu_models(),
@@ -158,8 +160,6 @@ def _count() -> int:
 
 def _driver_present() -> bool:
     """The NVIDIA kernel driver (Linux) or a loadable CUDA driver library (WSL and others)."""
-    import ctypes.util
-
     return os.path.isdir("/proc/driver/nvidia") or any(ctypes.util.find_library(n) for n in ("nvidia-ml", "cuda"))
 
 
@@ -183,8 +183,6 @@ def nvidia_driver() -> str | None:
 def gpu_models() -> list[str]:
     """One model name per NVIDIA device on the machine (``CUDA_VISIBLE_DEVICES`` not applied: the
     fingerprint records that variable beside it), read from the driver's /proc files (no CUDA init)."""
-    import glob
-
     models = []
     for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
         try:

@@ -4,6 +4,7 @@ well-kept library) rather than hand-written approximations.  No torch here."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 TRIM = 0.1  # the trimmed mean of log times: robust to a busy host's stragglers, tighter than a median
@@ -158,8 +159,6 @@ def pairs_needed(sd_log: float, change: float, alpha: float = 0.05, power: float
     """Pairs for a signed-rank test to detect ``change`` (relative) with per-pair log-ratio s.d.
     ``sd_log``: ((z_{1-alpha/2} + z_power) * sd / ln(1 + change))^2 / ARE — a paired t test's
     sample size over the signed-rank test's asymptotic relative efficiency."""
-    import math
-
     z = normal_quantile(1 - alpha / 2) + normal_quantile(power)
     return max(6, math.ceil((z * sd_log / math.log1p(change)) ** 2 / WILCOXON_ARE))
 
@@ -167,8 +166,6 @@ def pairs_needed(sd_log: float, change: float, alpha: float = 0.05, power: float
 def min_detectable_change(sd_log: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest relative change n pairs detect with ``power`` (t quantiles, df n-1, scaled by
     the signed-rank test's efficiency)."""
-    import math
-
     if n < 2:
         return float("inf")
     q = t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from llmcomm_tests.core.yaml_loader import load_yaml
+
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 _FIELD_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string")}
 
@@ -126,7 +128,6 @@ def engine_from_text(text: str) -> EngineShape:
         return resolve_engine(text)
     import yaml  # late: presets need no YAML
 
-    from llmcomm_tests.core.yaml_loader import load_yaml
 
     try:  # specs' rules: 1e-5 (and JSON's 1e-05) is a number
         data = load_yaml(text)

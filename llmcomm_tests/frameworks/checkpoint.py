@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 from llmcomm_tests.engine.config import EngineShape
+from llmcomm_tests.engine.parallel import TORCH_DTYPES
+from llmcomm_tests.engine.weights import full_state_dict
 
 TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 FORMAT = 1  # bump when the folder's content changes, so stale caches are not reused
@@ -63,8 +65,6 @@ def write_checkpoint(shape: EngineShape, folder: Path, seed: int = 0, dtype: str
     """Write the checkpoint into ``folder`` (created)."""
     from safetensors.torch import save_file
 
-    from llmcomm_tests.engine.parallel import TORCH_DTYPES
-    from llmcomm_tests.engine.weights import full_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(TORCH_DTYPES[dtype]).contiguous() for k, v in full_state_dict(shape, seed).items()}

@@ -16,6 +16,18 @@ combine with TP and is not wired here yet.
 from __future__ import annotations
 
 import importlib.util
+import time
+from importlib.metadata import version
+
+from llmcomm_tests.core import call_site
+from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.engine.parallel import TORCH_DTYPES
+from llmcomm_tests.frameworks.checkpoint import ensure_checkpoint
+from llmcomm_tests.frameworks.sites import site_of
+from llmcomm_tests.runtime import launch
+from llmcomm_tests.runtime.faults import install_faults
+from llmcomm_tests.runtime.measure import assemble
+from llmcomm_tests.runtime.recorder import Recorder
 
 INSTALL_HINT = "pip install 'llmcomm-tests[transformers]'  (transformers>=5.16)"
 BACKEND_SUFFIX = "transformers"
@@ -24,7 +36,6 @@ BACKEND_SUFFIX = "transformers"
 def missing() -> str | None:
     if importlib.util.find_spec("transformers") is None:
         return f"transformers is not installed: {INSTALL_HINT}"
-    from importlib.metadata import version
 
     major = int(version("transformers").split(".")[0])
     if major < 5:
@@ -38,10 +49,6 @@ class Unsupported(ValueError):
 
 def run_in_transformers(cfg, *, backend: str = "auto", timeout_s: float = 300.0, available_ranks: int | None = None,
              checkpoint: str | None = None) -> dict:
-    from llmcomm_tests.runtime import launch
-    from llmcomm_tests.runtime.measure import assemble
-    from llmcomm_tests.frameworks.checkpoint import ensure_checkpoint
-
     cfg.layout.validate(cfg.engine, available_ranks)
     if cfg.layout.pp > 1:
         raise Unsupported(f"transformers adapter: {cfg.layout} refused: pipeline parallel is not supported "
@@ -58,9 +65,6 @@ def run_in_transformers(cfg, *, backend: str = "auto", timeout_s: float = 300.0,
 
 
 def _hook_sites(model) -> None:
-    from llmcomm_tests.core import call_site
-    from llmcomm_tests.frameworks.sites import site_of
-
     for name, module in model.named_modules():
         site = site_of(name) or ("lm_head" if name == "lm_head" else None)
         if site is None:
@@ -81,11 +85,8 @@ def _hook_sites(model) -> None:
 def _generate(model, prompt, gen_len: int) -> tuple[list[list[int]], list[float]]:
     """Greedy decoding, one forward per token; times from the request start until rank 0 holds
     token i (as our engine)."""
-    import time
-
     from transformers import DynamicCache
 
-    from llmcomm_tests.core import call_site
 
     cache = DynamicCache()
     tokens, times = [], []
@@ -104,17 +105,11 @@ def _generate(model, prompt, gen_len: int) -> tuple[list[list[int]], list[float]
 
 def rank_run(ctx, cfg, folder: str) -> dict:
     """Rank side: load the sharded model, record, warm up, time repetitions (as ``measure.rank_run``)."""
-    import time
-
     import torch
     import torch.distributed as dist
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from llmcomm_tests.engine.parallel import TORCH_DTYPES
-    from llmcomm_tests.core.envinfo import Environment
-    from llmcomm_tests.runtime.faults import install_faults
-    from llmcomm_tests.runtime.recorder import Recorder
 
     t0 = time.perf_counter()
     kwargs = {"dtype": TORCH_DTYPES[cfg.dtype]}

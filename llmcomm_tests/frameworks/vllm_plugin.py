@@ -41,7 +41,9 @@ import re
 import time
 from contextlib import contextmanager
 
+from llmcomm_tests.core.contract import site_class, wire_bytes
 from llmcomm_tests.frameworks.sites import site_of
+from llmcomm_tests.runtime.faults import parse_faults
 
 RECORD_DIR_ENV = "LLMCOMM_VLLM_RECORD_DIR"
 INJECT_ENV = "LLMCOMM_INJECT"
@@ -79,7 +81,6 @@ def register() -> None:
     if _installed or not os.environ.get(RECORD_DIR_ENV):
         return
     _installed = True
-    from llmcomm_tests.runtime.faults import parse_faults
 
     state.faults = parse_faults([t for t in os.environ.get(INJECT_ENV, "").split(";") if t.strip()])
     _patch_group_coordinator()
@@ -98,8 +99,6 @@ def _rank() -> int:
 
 
 def _wire(op: str, nbytes: int, size: int, group_rank: int, root: int) -> int:
-    from llmcomm_tests.core.contract import wire_bytes
-
     return wire_bytes(op, nbytes, size, group_rank, root)
 
 
@@ -152,7 +151,6 @@ def _at_site(name: str):
 def _faults_for(op: str) -> list:
     if not state.active or state.in_fault or not state.faults:
         return []
-    from llmcomm_tests.core.contract import site_class
 
     return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from llmcomm_tests.analytic import tiers
 from llmcomm_tests.analytic.accuracy import class_transfer
 from llmcomm_tests.core.documents import FAIL, NA, PASS, OpSummary, RunDocument, Verdict, VerdictRow, VolumeRow
 from llmcomm_tests.core.stats import binomial_cdf, median_ci, percentile
@@ -59,8 +60,6 @@ def tier_rows(case, doc: RunDocument) -> list[VerdictRow]:
     repetition classified by the nodes they span against the model's calls classified the same way
     (analytic/tiers.py): exact, like the volume rows (bytes as called, and wire bytes: what the
     tier's links carry)."""
-    from llmcomm_tests.analytic import tiers
-
     per_node = case.topology.ranks_per_node
     predicted = tiers.predicted(case.engine, case.layout, case.batch, case.prompt_len, case.gen_len, case.dtype,
                                 per_node)

@@ -13,10 +13,12 @@ import datetime as _dt
 import html
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport
 from llmcomm_tests.core.text import fmt, nbytes, seconds
+from llmcomm_tests.report.plots import all_plots
 from llmcomm_tests.report.table import HEADER, cells
 
 FILENAME = "llmcomm-report.html"
@@ -174,8 +176,6 @@ def baseline_section(items: list[CaseResult]) -> str:
 
 
 def plots_section(items: list[CaseResult]) -> str:
-    from llmcomm_tests.report.plots import all_plots
-
     out = ["<h2>Figures</h2>"]
     plots = all_plots(items)
     if not plots:
@@ -238,8 +238,6 @@ def write_for_session(report: SessionReport, report_dir: "str | Path") -> Path |
     """The plugin's session-end hook: ``report`` → ``<report_dir>/llmcomm-report.html``.
 
     Never raises: a report that cannot be drawn is a warning, not a failed session."""
-    import warnings
-
     try:
         return write_html(report, Path(report_dir) / FILENAME)
     except Exception as exc:  # noqa: BLE001

@@ -18,6 +18,7 @@ with the same rank-side code.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,7 +27,10 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,8 +107,6 @@ def stop_fork_server() -> None:
 
     Its children go first: each holds the server's "alive" pipe, and the server ends only when every
     holder has closed it; a rank forked a moment ago is not in ``_running`` yet."""
-    from multiprocessing import forkserver
-
     server = getattr(forkserver, "_forkserver", None)
     pid = getattr(server, "_forkserver_pid", None)
     lock, stop = getattr(server, "_lock", None), getattr(server, "_stop_unlocked", None)
@@ -365,10 +367,6 @@ def _log_tail(workdir: Path, rank: int, lines: int = 20) -> str:
 
 def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, timeout_s, conn, launcher_pid,
                workdir, env):
-    import faulthandler
-    import threading
-    import traceback
-
     # First of all: a SIGUSR1 that arrives before the handler would kill the rank without a word.
     stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
@@ -413,8 +411,6 @@ def _watch_launcher(pid: int) -> None:
 def init_rank(rank: int, world_size: int, local_rank: int, backend: str, rendezvous: str | None,
               timeout_s: float) -> RankContext:
     """Join the process group (rendezvous None → env://, as under torchrun)."""
-    from datetime import timedelta
-
     import torch
     import torch.distributed as dist
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import replace
 from types import SimpleNamespace
 
-from llmcomm_tests.runtime import arrival, launch, metrics
-from llmcomm_tests.core.documents import RunDocument
+from llmcomm_tests.core.documents import RunDocument, from_json
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.engine.parallel import ParallelEngine
+from llmcomm_tests.runtime import arrival, launch, metrics, node_launch
+from llmcomm_tests.runtime.faults import install_faults
+from llmcomm_tests.runtime.recorder import Recorder
 from llmcomm_tests.runtime.run_config import RunConfig
+
 
 def run_engine(cfg: RunConfig, *, backend: str = "auto", timeout_s: float = 300.0,
              available_ranks: int | None = None, threads_per_rank: int = 1, nodes=None) -> RunDocument:
@@ -31,9 +35,6 @@ def _run_on_nodes(cfg: RunConfig, backend: str, timeout_s: float, nodes) -> RunD
     """Rank r on node r // ranks_per_node, on as many nodes as the layout needs; the ranks run
     ``llmcomm_tests.runtime.torchrun_entry`` (this module's rank_run, then assemble on rank 0) and the document comes
     back through the node launcher's shared folder."""
-    from llmcomm_tests.runtime import node_launch
-    from llmcomm_tests.core.documents import from_json
-
     world, per_node = cfg.layout.world_size, nodes.ranks_per_node
     placed = node_launch.subset(replace(nodes, timeout_s=timeout_s), -(-world // per_node), min(per_node, world))
     run = node_launch.run_on_nodes(placed, "llmcomm_tests.runtime.torchrun_entry:main",
@@ -72,15 +73,12 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     import torch
     import torch.distributed as dist
 
-    from llmcomm_tests.engine.parallel import ParallelEngine
-    from llmcomm_tests.runtime.recorder import Recorder
 
     engine = ParallelEngine(cfg.engine, cfg.layout, ctx.rank, dtype=cfg.dtype, seed=cfg.seed, device=ctx.device,
                             max_len=cfg.prompt_len + cfg.gen_len)
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
     recorder = Recorder(cuda_events=ctx.backend == "nccl")
-    from llmcomm_tests.runtime.faults import install_faults
 
     # Planted faults act in the timed repetitions, recorded or not (never in warm-up).  Delays and
     # extra ops sit under the recorder (it times them); a larger message over it (it sees the

@@ -35,6 +35,7 @@ and is killed as a process group; ranks on this host are killed by pid as a last
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -344,8 +345,6 @@ def _kill(procs: list, results: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m llmcomm_tests.runtime.node_launch --template T --hosts a,b --ranks-per-node R
     --results-dir DIR -- <llmcomm_tests.runtime.torchrun_entry arguments, {results} = DIR>`` (ci/slurm uses it)."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m llmcomm_tests.runtime.node_launch")
     parser.add_argument("--template", required=True, help='e.g. "srun -N1 -n1 -w {host} --overlap", "ssh {host}"')
     parser.add_argument("--hosts", required=True, help="comma-separated, node 0 (rendezvous host) first")

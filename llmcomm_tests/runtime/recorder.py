@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 
 from llmcomm_tests.core import call_site
-from llmcomm_tests.core.contract import FUNCTIONAL_OPS, PG_METHODS, wire_bytes
+from llmcomm_tests.core.contract import FUNCTIONAL_OPS, PG_METHODS, site_class, wire_bytes
 from llmcomm_tests.core.documents import CallClass, RankOps
 from llmcomm_tests.runtime.pg_patch import PgPatch
+
 
 def _tensors(arg) -> list[torch.Tensor]:
     if isinstance(arg, torch.Tensor):
@@ -193,8 +194,6 @@ class Recorder:
         """Calls whose completion was never seen (the backend returned no Work, or nobody waited),
         per "op phase site class": they have no duration, and a latency row built without them
         must say so instead of vanishing."""
-        from llmcomm_tests.core.contract import site_class
-
         out: dict[str, int] = {}
         for rec in self.records:
             if not rec.end_ns:

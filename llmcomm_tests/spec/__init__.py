@@ -25,8 +25,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from llmcomm_tests.spec.types import (BUDGET_METRICS, DEFAULT_HARDWARE, DURATION_METRICS, OP_CLASSES, SCHEMA_PATH, SLO_PRESETS, Baseline, Budget, Budgets, Case, LatencyTolerance, Requires, Spec, SpecError, Tolerances, Workload, _display_path, spec_schema)
 from llmcomm_tests.core.units import describe, parse_bytes, parse_duration
+from llmcomm_tests.spec.build import build_spec
+from llmcomm_tests.spec.schema import check_schema
+from llmcomm_tests.spec.types import (BUDGET_METRICS, DEFAULT_HARDWARE, DURATION_METRICS, OP_CLASSES, SCHEMA_PATH,
+                                      SLO_PRESETS, Baseline, Budget, Budgets, Case, LatencyTolerance, Requires, Spec,
+                                      SpecError, Tolerances, Workload, _display_path, spec_schema)
+from llmcomm_tests.spec.yaml_lines import Doc
 
 __all__ = [
     "SpecError", "Spec", "Case", "Workload", "Budget", "Budgets", "Tolerances", "LatencyTolerance",
@@ -41,10 +46,6 @@ __all__ = [
 
 def parse_spec(text: str, path: "str | os.PathLike[str]" = "<string>") -> Spec:
     """A spec from YAML text; ``path`` is used in messages and kept as :attr:`Spec.path`."""
-    from llmcomm_tests.spec.build import build_spec
-    from llmcomm_tests.spec.schema import check_schema
-    from llmcomm_tests.spec.yaml_lines import Doc  # late: yaml and jsonschema load only when a spec is read
-
     display = _display_path(path)
     doc = Doc.parse(text, display)
     if not isinstance(doc.data, dict):

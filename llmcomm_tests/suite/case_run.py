@@ -15,18 +15,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from llmcomm_tests.core.documents import (FAIL, CaseResult, PredictedMetrics, PredictedOpClass, Prediction,
-                                          RunDocument, Verdict, VerdictRow, VolumeRow)
+from llmcomm_tests.analytic.e2e import predict_case
+from llmcomm_tests.analytic.volume_frameworks import predict_for
+from llmcomm_tests.core.documents import (FAIL, CaseResult, PredictedMetrics, PredictedOpClass, Prediction, RunDocument,
+                                          Verdict, VerdictRow, VolumeRow)
+from llmcomm_tests.frameworks.registry import adapter_for
+from llmcomm_tests.judging.ab.gate import ABRequest
+from llmcomm_tests.judging.baseline import BaselineRequest
 from llmcomm_tests.judging.checks import evaluate
+from llmcomm_tests.report.trace import write_trace
+from llmcomm_tests.runtime.faults import never_fired, parse_faults
+from llmcomm_tests.runtime.launch import LaunchError
+from llmcomm_tests.runtime.netns import ClusterError
+from llmcomm_tests.runtime.run_config import RunConfig
 from llmcomm_tests.suite.hardware_choice import ProfileChoice
 from llmcomm_tests.suite.options import LLMCommOptions
-
-if TYPE_CHECKING:
-    from llmcomm_tests.judging.ab.gate import ABRequest
-    from llmcomm_tests.judging.baseline import BaselineRequest
-    from llmcomm_tests.runtime.run_config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,11 @@ class CasePlan:
 
 def run_config(case, options: LLMCommOptions) -> "RunConfig":
     """The case's run under the session's options (repeats, records, planted faults)."""
-    from llmcomm_tests.runtime.faults import parse_faults
-    from llmcomm_tests.runtime.run_config import RunConfig
-
     return RunConfig.for_case(case, repeats=options.repeats, keep_records=options.keep_records or options.trace,
                               inject=parse_faults(options.inject))
 
 
 def prediction(case, profile) -> Prediction:
-    from llmcomm_tests.analytic.e2e import predict_case
-
     # Each framework has its own volume pattern (docs/communication.md); latency stays ours.
     volume = predicted_volume(case)
     if profile is None:
@@ -59,8 +58,6 @@ def prediction(case, profile) -> Prediction:
 
 def predicted_volume(case, tp_plan: dict | None = None) -> list[VolumeRow]:
     """The framework's volume model; ``tp_plan`` (what a transformers run reports) sets its embedding rule."""
-    from llmcomm_tests.analytic.volume_frameworks import predict_for
-
     return [VolumeRow(**r) for r in predict_for(case.framework, case.engine, case.layout, case.batch,
                                                 case.prompt_len, case.gen_len, case.dtype, tp_plan=tp_plan)]
 
@@ -72,8 +69,6 @@ def prepare(case, options: LLMCommOptions, hw: ProfileChoice) -> CasePlan:
 def execute(case, cfg: "RunConfig", *, backend: str, timeout_s: float, available_ranks: int, nodes=None) -> RunDocument:
     """Run ``cfg`` in the case's framework (``nodes``: a NodeLaunch, or None to fork ranks here).
     Raises ``LaunchError`` for ranks that failed or hung."""
-    from llmcomm_tests.frameworks.registry import adapter_for
-
     return adapter_for(case.framework).run(cfg, backend=backend, timeout_s=timeout_s,
                                            available_ranks=available_ranks, nodes=nodes)
 
@@ -81,8 +76,6 @@ def execute(case, cfg: "RunConfig", *, backend: str, timeout_s: float, available
 def keep_trace(case, doc: RunDocument, report_dir: str, keep_records: bool) -> None:
     """The case's calls as a Chrome trace under ``report_dir``, written where the case ran: the
     records need not travel to the controller (dropped unless ``keep_records``)."""
-    from llmcomm_tests.report.trace import write_trace
-
     write_trace(doc, Path(report_dir) / "traces" / f"{case.spec_name}-{case.id}.json", str(case))
     if not keep_records:
         doc.records = None
@@ -92,9 +85,6 @@ def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: P
           timed_cases: int, baseline: "BaselineRequest | None" = None) -> Verdict:
     """The checks of one run: volume, latency, budgets (``judging.checks``), planted faults that
     fired nowhere, calls the backend never completed, and the baseline when one is asked for."""
-    from llmcomm_tests.frameworks.registry import adapter_for
-    from llmcomm_tests.runtime.faults import never_fired
-
     profile = hw.profile
     # A profile calibrates torch.distributed over a backend; another framework's own collectives
     # (vLLM's shared-memory all-reduce, …) are another transport: no bound from it.
@@ -146,24 +136,17 @@ def failed_result(case, hardware: str, backend: str, env: dict, predicted: Predi
 
 
 def baseline_request(state) -> "BaselineRequest":
-    from llmcomm_tests.judging.baseline import BaselineRequest
-
     o = state.options
     return BaselineRequest(o.baseline_dir, o.baseline_compare, o.baseline_save, state.env, state.session_id)
 
 
 def ab_request(state) -> "ABRequest":
-    from llmcomm_tests.judging.ab.gate import ABRequest
-
     o = state.options
     return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks, state.resources)
 
 
 def run_and_check(case, state) -> CaseResult:
     """One case of a pytest session (``state``: its ``LLMCommSession``), prepared, run, judged and packaged."""
-    from llmcomm_tests.runtime.launch import LaunchError
-    from llmcomm_tests.runtime.netns import ClusterError
-
     options = state.options
     if options.ab:  # the A/B gate runs the case in both environments instead (judging/ab)
         from llmcomm_tests.judging.ab.result import case_result

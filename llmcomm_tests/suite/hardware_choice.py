@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from llmcomm_tests.analytic.hardware import load_profile, match_preset
 from llmcomm_tests.core import envinfo
 from llmcomm_tests.suite import options
 
@@ -35,8 +36,6 @@ def no_profile_message(device: str, count: int) -> str:
 
 
 def machine_profile(option: str | None, backend: str) -> ProfileChoice:
-    from llmcomm_tests.analytic.hardware import load_profile, match_preset
-
     if option:
         profile = load_profile(option)
         return ProfileChoice(profile, profile.name, f"--llmcomm-hardware {option}")

@@ -7,14 +7,16 @@ from dataclasses import replace
 
 import pytest
 
+from llmcomm_tests.frameworks.registry import adapter_for
 from llmcomm_tests.report.table import format_table
+from llmcomm_tests.runtime.netns import can_create_namespaces
+from llmcomm_tests.spec import SpecError, load_spec
+from llmcomm_tests.suite.case_run import run_and_check
+from llmcomm_tests.suite.session import SESSION_KEY
 
 
 class SpecFile(pytest.File):
     def collect(self):
-        from llmcomm_tests.suite.session import SESSION_KEY
-        from llmcomm_tests.spec import SpecError, load_spec
-
         state = self.config.stash[SESSION_KEY]
         try:
             spec = load_spec(self.path)
@@ -65,8 +67,6 @@ class CaseItem(pytest.Item):
 
     @property
     def session_state(self):
-        from llmcomm_tests.suite.session import SESSION_KEY
-
         return self.config.stash[SESSION_KEY]
 
     def setup(self):
@@ -75,8 +75,6 @@ class CaseItem(pytest.Item):
             raise pytest.skip.Exception(reason, _use_item_location=True)
 
     def runtest(self):
-        from llmcomm_tests.suite.case_run import run_and_check
-
         result = run_and_check(self.case, self.session_state)
         self.llmcomm_result = result
         table = format_table(result.verdict.rows)
@@ -101,16 +99,12 @@ class CaseItem(pytest.Item):
 def judges_timing(item, state) -> bool:
     """Whether this item is a case that will run here with latency rows: one whose framework's
     collectives a profile bounds (our engine's; not another framework's own transport)."""
-    from llmcomm_tests.frameworks.registry import adapter_for
-
     case = getattr(item, "case", None)
     return case is not None and adapter_for(case.framework).bounded_by_profile and skip_reason(case, state) is None
 
 
 def skip_reason(case, state) -> str | None:
     """Why a case cannot run here (or None)."""
-    from llmcomm_tests.frameworks.registry import adapter_for
-
     reason = adapter_for(case.framework).missing()
     if reason:
         return reason
@@ -143,6 +137,4 @@ def _topology_skip(case) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _namespaces_here() -> tuple[bool, str]:
-    from llmcomm_tests.runtime.netns import can_create_namespaces
-
     return can_create_namespaces()  # a probe namespace per call: once per process is enough

@@ -8,10 +8,12 @@ source, then the parser's message, which names the value).
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 from llmcomm_tests.core.envinfo import cuda_device_count
 from llmcomm_tests.core.units import parse_count, parse_flag, parse_positive_number, rate_bytes_per_s, split_list
+from llmcomm_tests.judging.baseline import check_name
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,6 @@ def _backend(text: str) -> str:
 
 
 def _baseline_name(text: str) -> str | None:
-    from llmcomm_tests.judging.baseline import check_name
-
     return check_name(text) if text else None
 
 
@@ -47,8 +47,6 @@ def _optional_str(text: str) -> str | None:
 
 def _python(text: str) -> str | None:
     """An interpreter for the A/B gate's arm B: an executable file (a name is looked up on PATH)."""
-    import shutil
-
     if not text:
         return None
     found = shutil.which(text)

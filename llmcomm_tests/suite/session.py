@@ -16,10 +16,12 @@ import pytest
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.runtime import launch, netns, node_launch
+from llmcomm_tests.spec import SpecNames
+from llmcomm_tests.spec.topology import for_session
 from llmcomm_tests.suite.hardware_choice import NoHardwareProfile, ProfileChoice, machine_profile
 from llmcomm_tests.suite.options import LLMCommOptions, available_ranks, cuda_device_count
 from llmcomm_tests.suite.resources import SessionResources
-from llmcomm_tests.spec import SpecNames
 
 __all__ = ["LLMCommSession", "NoHardwareProfile", "ProfileChoice"]
 SESSION_ID_ENV = "LLMCOMM_SESSION_ID"
@@ -40,8 +42,6 @@ class LLMCommSession:
     resources: SessionResources = field(default_factory=SessionResources)  # closed by ``close``
 
     def __post_init__(self):
-        from llmcomm_tests.runtime import launch
-
         self.resources.callback(launch.shutdown)  # the fork server and ranks of this process's launches
         self.ranks, self.ranks_reason = available_ranks(self.options)
         if self.environment is None:
@@ -101,8 +101,6 @@ class LLMCommSession:
         """The topology a spec's cases run on: its own ``topology:``, else the one the options give
         (``--llmcomm-emulate-nodes`` / ``--llmcomm-node-cmd``); ``--llmcomm-inter-rate`` replaces
         the rates of any emulated one."""
-        from llmcomm_tests.spec.topology import for_session
-
         o = self.options
         widest = max(layout.world_size for layout in spec.layouts)
         return for_session(spec.topology, widest, o.emulate_nodes, o.ranks_per_node, o.inter_rate, o.node_cmd,
@@ -111,8 +109,6 @@ class LLMCommSession:
     def node_launch_for(self, case):
         """How a case with a topology starts its ranks (a ``NodeLaunch``), or None (fork them here).
         An emulated cluster is brought up at its first case and kept for the session's others."""
-        from llmcomm_tests.runtime import netns, node_launch
-
         t = case.topology
         if t is None:
             return None

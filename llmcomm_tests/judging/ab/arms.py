@@ -23,10 +23,14 @@ import struct
 import subprocess
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmcomm_tests.core.documents import from_json, to_json
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.judging.ab.observe import ArmRun, observe
+from llmcomm_tests.runtime import launch
 
 QUIT_TIMEOUT_S = 60.0
 
@@ -87,14 +91,10 @@ class Arm:
                                          stdout=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise ArmError(f"arm {name}: cannot start {python}: {exc}") from None
-        from llmcomm_tests.core.documents import from_json
 
         self.env = from_json(ArmEnv, self._call(("env",)))
 
     def run(self, cfg, backend: str, timeout_s: float, available_ranks: int | None):
-        from llmcomm_tests.core.documents import from_json
-        from llmcomm_tests.judging.ab.observe import ArmRun
-
         return from_json(ArmRun, self._call(("run", cfg, backend, timeout_s, available_ranks)))
 
     def _call(self, request):
@@ -163,8 +163,6 @@ def rank_probe(ctx) -> dict:
 
 
 def _environment(python: str) -> dict:
-    from llmcomm_tests.core.documents import to_json
-    from llmcomm_tests.runtime import launch
     from llmcomm_tests.judging.ab.arms import rank_probe as probe_entry
 
     probe = launch.launch(probe_entry, world_size=1, backend="gloo", timeout_s=120)[0]
@@ -172,10 +170,6 @@ def _environment(python: str) -> dict:
 
 
 def serve(inp, out) -> None:
-    import traceback
-
-    from llmcomm_tests.core.documents import to_json
-    from llmcomm_tests.judging.ab.observe import observe
 
     while True:
         try:

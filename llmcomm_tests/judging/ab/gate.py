@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from llmcomm_tests.core.documents import FAIL, PASS, VerdictRow
+from llmcomm_tests.core.documents import FAIL, PASS, VerdictRow, to_json
 from llmcomm_tests.judging.ab.arms import Arm, ArmEnv, ArmError, env_difference
 from llmcomm_tests.judging.ab.observe import ArmRun
 from llmcomm_tests.judging.ab.paired import DEFAULT_THRESHOLD, MIN_PAIRS, PairedChange, paired_change, should_stop
@@ -41,8 +41,6 @@ class ABResult:
 
     def report(self) -> dict:
         """What the JSON/HTML report keeps of the comparison."""
-        from llmcomm_tests.core.documents import to_json
-
         return {"env_a": to_json(self.env_a), "env_b": to_json(self.env_b),
                 "difference": env_difference(self.env_a, self.env_b), "schedule": self.schedule,
                 "pairs": self.pairs, "stopped": self.stopped, "wall_s": self.wall_s,
