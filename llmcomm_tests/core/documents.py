@@ -237,7 +237,7 @@ class RankOps:
     step: Any  # int32
     start_ns: Any  # int64, the host monotonic clock at issue
     duration_s: Any  # float64
-    device_timed: bool = False  # durations from CUDA events (device time), not the host clock
+    device_timed: bool = False  # durations from CUDA events: not on the clock of start_ns
 
     def __len__(self) -> int:
         return len(self.cls)
@@ -337,6 +337,17 @@ class CommMetrics:
     bytes_per_token: float
     wire_bytes_total: int
     wait_per_token: Distribution = field(default_factory=Distribution)  # waiting for late peers, per token
+    wait_missing: str | None = None  # why wait_per_token lacks repetitions (calls without a split)
+
+
+@dataclass
+class CommTiming:
+    """Where the calls' wait/transfer split came from and what it could not cover."""
+
+    source: str  # "host clock", "kernels" (the profiler's device kernels or gloo events), "cuda events"
+    timed_calls: int = 0  # calls with a time on the split's clock
+    unsplit: str | None = None  # why calls have no split (shown on their latency rows)
+    mismatches: list[str] = field(default_factory=list)  # kernel counts that differ from the recorder's
 
 
 @dataclass
@@ -380,6 +391,7 @@ class RunDocument:
     # applied; its control-plane calls (vLLM's RPC messages, pickled metadata), out of the volume check.
     framework: Optional[dict[str, Any]] = None
     control: Optional[list[OpRecord]] = None
+    comm_timing: Optional[CommTiming] = None
     schema: str = RUN_SCHEMA
 
 

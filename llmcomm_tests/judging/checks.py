@@ -83,14 +83,19 @@ MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row say
 
 
 def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None,
-                 timed_cases: int = 1) -> list[VerdictRow]:
+                 timed_cases: int = 1, unsplit: str | None = None) -> list[VerdictRow]:
     """Per op class: the transfer's centre against the model's band, and its tail against the
     tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link.
-    ``timed_cases``: how many cases of the session are judged so (the test family's size)."""
+    ``timed_cases``: how many cases of the session are judged so (the test family's size).
+    A class whose calls have no split gets an n/a row saying why (``unsplit``: the run's reason)."""
     classes: dict[tuple, list[OpSummary]] = {}
+    unsplit_classes: dict[str, int] = {}
     for s in summaries:
         if s.transfer is not None:
             classes.setdefault((s.name, s.role, s.bytes), []).append(s)
+        elif s.count:
+            label = f"{s.name} {s.role}".rstrip()
+            unsplit_classes[label] = unsplit_classes.get(label, 0) + s.count
     # Every row is a test: at 5 % each, a case of 20 classes would fail most unchanged runs, and a
     # suite of 20 cases at 5 % each most CI runs.  Bonferroni over the session's rows keeps its
     # false-alarm rate at 5 %: two tests per class (centre and tail), classes per case, cases.
@@ -109,6 +114,11 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
         low, high, tail_s = low * max(0.0, 1 - tol.slack), high * (1 + tol.slack), tail_s * (1 + tol.tail_margin)
         rows.append(_centre_row(label, transfer, model, low, high, alpha))
         rows.append(_tail_row(label, transfer, model, max(tail_q, tol.inside_fraction), tail_s, alpha))
+    for label, count in sorted(unsplit_classes.items()):
+        if any(f"{name} {role}".rstrip() == label for name, role, _ in classes):
+            continue  # some of its calls were split and judged above
+        rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", n=count,
+                               detail=f"no wait/transfer split: {unsplit or 'calls not matched with all their peers'}"))
     return rows
 
 
@@ -159,6 +169,15 @@ def _merged(summaries):
     return out
 
 
+def kernel_count_row(timing) -> VerdictRow:
+    """The profiler's communication kernels against the recorder's calls, per rank and op family:
+    a count that differs is a finding (the recorder missed calls, or something else launched
+    communication), and the calls of that family keep no kernel time."""
+    detail = "; ".join(timing.mismatches[:4]) + (f"; {len(timing.mismatches) - 4} more" if len(timing.mismatches) > 4 else "")
+    return VerdictRow("latency", "communication kernels = recorded calls", FAIL if timing.mismatches else PASS,
+                      n=timing.timed_calls, detail=detail or f"{timing.timed_calls} calls timed by their kernels")
+
+
 # -- budgets --------------------------------------------------------------------------------------
 
 _SAMPLES = {
@@ -196,8 +215,10 @@ def budget_rows(budgets, doc: RunDocument, hardware: str) -> list[VerdictRow]:
             n = len(samples)
         for q, limit in limits:
             if not n:
+                why = (doc.comm.wait_missing if budget.metric == "wait_per_token" and doc.comm.wait_missing
+                       else "nothing of this kind ran")
                 rows.append(VerdictRow("budget", f"{budget.key} {q}", NA, unit, budget=limit, budget_label=q,
-                                       detail="no samples (nothing of this kind ran)"))
+                                       detail=f"no samples ({why})"))
                 continue
             value = measured[q]
             notes = [f"{q} {fmt(value, unit)} > {fmt(limit, unit)}"] if value > limit else []
@@ -224,10 +245,14 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
                                        detail="repetitions moved different ops or bytes"))
     if getattr(case, "topology", None) is not None:
         verdict.rows += tier_rows(case, doc)
+    timing = doc.comm_timing
+    if timing is not None and (timing.source == "kernels" or timing.mismatches):
+        verdict.rows.append(kernel_count_row(timing))
     if no_latency:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:
-        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size, timed_cases)
+        verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size, timed_cases,
+                                     timing.unsplit if timing is not None else None)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
                                        detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

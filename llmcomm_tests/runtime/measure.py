@@ -6,13 +6,17 @@ specs, checks or reports.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from types import SimpleNamespace
 
-from llmcomm_tests.core.documents import RunDocument, from_json
+import numpy as np
+
+from llmcomm_tests.core.documents import CommTiming, RunDocument, from_json
 from llmcomm_tests.core.envinfo import Environment
 from llmcomm_tests.engine.parallel import ParallelEngine
-from llmcomm_tests.runtime import arrival, launch, metrics, node_launch
+from llmcomm_tests.runtime import arrival, kernel_timing, launch, metrics, node_launch
+from llmcomm_tests.runtime.comm_profiler import CommProfiler, wanted
 from llmcomm_tests.runtime.faults import install_faults
 from llmcomm_tests.runtime.recorder import Recorder
 from llmcomm_tests.runtime.run_config import RunConfig
@@ -48,8 +52,7 @@ def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],
     on other hosts onto rank 0's clock (one host: None, the clock is shared)."""
     driver = per_rank[0]
     rank_ops = [r["ops"] for r in per_rank]
-    splits = arrival.split(rank_ops, {r: o for r, (o, _) in (offsets or {}).items()},
-                           max((e for _, e in (offsets or {}).values()), default=0))
+    timed_ops, splits, timing = split_calls(rank_ops, [r.get("comm_kernels") for r in per_rank], offsets)
     generations = driver["generations"]
     # Our ranks also time repetitions with the recorder off; a framework's run is recorded throughout.
     recorded = driver.get("recorded_generations", generations)
@@ -58,14 +61,39 @@ def assemble(cfg: RunConfig, backend: str, per_rank: list[dict],
         case=cfg.case_info(backend), env=driver["env"], tokens=generations[0]["tokens"],
         metrics=metrics.latency_metrics(generations, cfg.gen_len, cfg.batch),
         recorded_metrics=metrics.latency_metrics(recorded, cfg.gen_len, cfg.batch),
-        comm=metrics.comm_metrics(rank_ops, recorded, cfg.batch, cfg.gen_len, splits),
+        comm=metrics.comm_metrics(timed_ops, recorded, cfg.batch, cfg.gen_len, splits),
         volume=metrics.volume(rank_ops, rep=0), volume_stable=metrics.volume_stable(rank_ops, cfg.repeats),
         ops=metrics.op_summaries(rank_ops, splits, cfg.seed), timeline=metrics.timeline(rank_ops, splits),
         records=metrics.records(rank_ops, splits=splits) if cfg.keep_records else None,
         logits=sampler["logits"].tolist() if sampler is not None else None,
         cross_check=[r["cross_check"] for r in per_rank] if cfg.cross_check else None,
         faults_fired=[r.get("faults_fired", {}) for r in per_rank],  # inject.never_fired reads it
-        no_completion=[r.get("no_completion", {}) for r in per_rank])
+        no_completion=[r.get("no_completion", {}) for r in per_rank], comm_timing=timing)
+
+
+def split_calls(rank_ops, kernels, offsets=None):
+    """The calls on the clock their split is taken on, the split (``arrival.split``) and where it
+    came from: the kernels where every rank brought them (one host: their clock is shared), else
+    the host clock (moved by ``offsets`` across hosts); calls timed by CUDA events alone are not
+    split, and the reason travels with the document."""
+    have_kernels = all(k is not None for k in kernels) and bool(kernels)
+    if have_kernels and not offsets:
+        found = kernel_timing.split(rank_ops, kernels)
+        untimed = sum(len(o) for o in rank_ops) - found.timed_calls
+        unsplit = (f"{untimed} calls have no kernel: "
+                   + ("kernel counts differ from the recorder's" if found.mismatches else "no kernel seen")
+                   if untimed else None)
+        return found.ops, found.splits, CommTiming("kernels", found.timed_calls, unsplit, found.mismatches)
+    splits = arrival.split(rank_ops, {r: o for r, (o, _) in (offsets or {}).items()},
+                           max((e for _, e in (offsets or {}).values()), default=0))
+    mismatches = [m for ops, k in zip(rank_ops, kernels) if k is not None for m in kernel_timing.align(ops, k)[1]]
+    if any(o.device_timed for o in rank_ops):
+        why = ("ranks on several hosts: kernel clocks are per host, not aligned" if have_kernels else
+               "durations from CUDA events are on no clock the ranks share, and no kernel timing ran "
+               "(--comm-timing profiler)")
+        return rank_ops, splits, CommTiming("cuda events", 0, why, mismatches)
+    timed = sum(int((~np.isnan(o.duration_s)).sum()) for o in rank_ops)
+    return rank_ops, splits, CommTiming("host clock", timed, None, mismatches)
 
 
 def rank_run(ctx, cfg: RunConfig) -> dict:
@@ -79,6 +107,7 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
     recorder = Recorder(cuda_events=ctx.backend == "nccl")
+    profiler = CommProfiler(ctx.backend, rank=ctx.rank) if wanted(cfg.comm_timing, ctx.backend) else None
 
     # Planted faults act in the timed repetitions, recorded or not (never in warm-up).  Delays and
     # extra ops sit under the recorder (it times them); a larger message over it (it sees the
@@ -95,9 +124,10 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
             dist.barrier()  # start every repetition together; not recorded
             if ctx.backend == "nccl":
                 torch.cuda.synchronize()  # the barrier does not block the host on NCCL
-        recorder.rep, recorder.active, armed.active = rep, recorded, True
-        gen = engine.generate(prompt, cfg.gen_len, keep_logits=keep_logits)
-        recorder.active = armed.active = False
+        with profiler.repetition() if recorded and profiler else contextlib.nullcontext():
+            recorder.rep, recorder.active, armed.active = rep, recorded, True
+            gen = engine.generate(prompt, cfg.gen_len, keep_logits=keep_logits)
+            recorder.active = armed.active = False
         return gen
 
     for _ in range(cfg.warmup):
@@ -117,7 +147,8 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
               "recorded_generations": runs["recorded"], "logits": logits,
               "env": Environment.capture(ctx).rank_document() if ctx.rank == 0 else None,
               "faults_fired": {k: sum(i.fired.get(k, 0) for i in faults) for k in map(str, cfg.inject)},
-              "no_completion": recorder.no_completion()}
+              "no_completion": recorder.no_completion(),
+              "comm_kernels": profiler.kernels if profiler else None}
     if cfg.cross_check:
         from llmcomm_tests.runtime.crosscheck import profile_ops
 

@@ -115,35 +115,53 @@ def comm_metrics(rank_ops: list[RankOps], generations: list[dict], batch: int, g
                  splits=None) -> CommMetrics:
     """Time inside comm calls (peers' lateness included: what a rank waited), per token and as a
     share of TTFT/TPOT/E2E, wire bytes per generated token, and — with ``splits`` — the time spent
-    waiting for late peers per token.  Per repetition the slowest rank."""
+    waiting for late peers per token (no sample for a repetition holding a call without a split).
+    Per repetition the slowest rank."""
     phase_of = [_phases(ops) for ops in rank_ops]
     per_token, ttft_share, tpot_share, e2e_share, wait_per_token = [], [], [], [], []
+    unsplit_reps = 0
     for rep, gen in enumerate(generations):
         prefill = decode = total = wait = 0.0
         for r, (ops, phases) in enumerate(zip(rank_ops, phase_of)):
             timed = (ops.rep == rep) & ~np.isnan(ops.duration_s)
-            start = ops.start_ns[timed]
-            end = start + (ops.duration_s[timed] * 1e9).astype(np.int64)
+            busy = _busy_sum if ops.device_timed else _busy_union
             is_prefill, is_decode = phases[timed] == "prefill", phases[timed] == "decode"
-            prefill = max(prefill, busy_time(start[is_prefill], end[is_prefill]))
-            decode = max(decode, busy_time(start[is_decode], end[is_decode]))
-            both = is_prefill | is_decode
-            total = max(total, busy_time(start[both], end[both]))
+            prefill = max(prefill, busy(ops, timed, is_prefill))
+            decode = max(decode, busy(ops, timed, is_decode))
+            total = max(total, busy(ops, timed, is_prefill | is_decode))
             if splits is not None:
                 waits = splits[r][0][ops.rep == rep]
-                wait = max(wait, float(np.nansum(waits)))
+                # a call without a split would count as no wait: the repetition has no sample
+                wait = math.nan if np.isnan(waits).any() else max(wait, float(waits.sum()))
         times = gen["token_times_s"]
         per_token.append(total / gen_len)
-        wait_per_token.append(wait / gen_len)
+        if wait == wait:
+            wait_per_token.append(wait / gen_len)
+        else:
+            unsplit_reps += 1
         e2e_share.append(total / times[-1] if times[-1] else 0.0)
         ttft_share.append(prefill / times[0] if times[0] else 0.0)
         if gen_len > 1 and times[-1] > times[0]:
             tpot_share.append(decode / (times[-1] - times[0]))
     wire = sum(int(ops.classes[c].wire_bytes) * int(n) for ops in rank_ops
                for c, n in enumerate(np.bincount(ops.cls[ops.rep == 0], minlength=len(ops.classes))))
+    missing = (f"{unsplit_reps} of {len(generations)} repetitions hold calls without a wait/transfer split"
+               if splits is not None and unsplit_reps else None)
     return CommMetrics(Distribution(per_token), Distribution(e2e_share), Distribution(ttft_share),
                        Distribution(tpot_share), wire / (batch * gen_len), wire,
-                       Distribution(wait_per_token if splits is not None else []))
+                       Distribution(wait_per_token if splits is not None else []), missing)
+
+
+def _busy_union(ops: RankOps, timed, chosen) -> float:
+    """Start and duration on one clock: the union of the calls' intervals."""
+    start = ops.start_ns[timed][chosen]
+    return busy_time(start, start + (ops.duration_s[timed][chosen] * 1e9).astype(np.int64))
+
+
+def _busy_sum(ops: RankOps, timed, chosen) -> float:
+    """Durations on the device, starts on the host: no interval exists to unite, so the sum (calls
+    overlapping on the device would count twice; the engine's calls are sequential per rank)."""
+    return float(ops.duration_s[timed][chosen].sum())
 
 
 def records(rank_ops: list[RankOps], where=None, splits=None) -> list[OpRecord]:

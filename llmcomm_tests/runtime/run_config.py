@@ -39,6 +39,9 @@ class RunConfig:
     cross_check: bool = False  # also count ops with torch.profiler, an independent source
     keep_records: bool = False  # every call in the run document (large: a summary per class is kept anyway)
     inject: tuple = field(default_factory=tuple)  # planted faults (llmcomm_tests.runtime.faults)
+    # where each call's wait/transfer split comes from: "host" clock, the backend's own kernels or
+    # events under the "profiler" (runtime/kernel_timing.py), or "auto" (kernels on NCCL only)
+    comm_timing: str = "auto"
 
     @classmethod
     def for_case(cls, case: "Case", *, repeats: int | None = None, keep_records: bool = False,
@@ -64,6 +67,7 @@ class RunConfig:
                 "--warmup", str(self.warmup), "--seed", str(self.seed), "--backend", backend,
                 "--timeout", f"{timeout_s:g}"]
         args += ["--keep-records"] * self.keep_records + ["--cross-check"] * self.cross_check
+        args += ["--comm-timing", self.comm_timing]
         for fault in self.inject:
             args += ["--inject", str(fault)]
         return args
@@ -76,7 +80,7 @@ class RunConfig:
                    prompt_len=args.prompt_len, gen_len=args.gen_len, dtype=args.dtype, repeats=args.repeats,
                    warmup=args.warmup, seed=args.seed, cross_check=args.cross_check,
                    keep_records=args.keep_records or bool(args.trace_path),
-                   inject=tuple(parse_faults(args.inject)))
+                   inject=tuple(parse_faults(args.inject)), comm_timing=args.comm_timing)
 
 
 def engine_shape(text: str) -> EngineShape:
@@ -108,6 +112,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cross-check", action="store_true", help="count ops with torch.profiler too")
     parser.add_argument("--keep-records", action="store_true",
                         help="every call in the run document (default: a bounded summary per op class)")
+    parser.add_argument("--comm-timing", default="auto", choices=["auto", "host", "profiler"],
+                        help="wait/transfer split from the host clock or from the backend's kernels under "
+                             "torch.profiler (auto: kernels on NCCL)")
     parser.add_argument("--inject", action="append", default=[], help="planted fault, e.g. all_reduce:delay=10%%")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the run document here (its folder must exist)")
