@@ -15,7 +15,8 @@ Clocks.  On one host every rank reads the same monotonic clock (``perf_counter_n
 the ranks' clocks differ by an offset; ``offsets_ns`` (per global rank, from a start-up ping-pong)
 moves every rank onto rank 0's clock, and ``offset_error_ns`` (half the best round trip) is carried
 into the split: waits and transfers shorter than it are not told apart from zero.  Calls timed on
-the device (CUDA events) are not split: their durations are not on the host clock.
+the device (CUDA events) are not split: their durations are not on the host clock; their kernels
+are, on one host (``runtime/kernel_timing.py`` re-times the calls and splits them here).
 """
 
 from __future__ import annotations

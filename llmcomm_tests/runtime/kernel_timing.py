@@ -1,18 +1,18 @@
 """Wait versus transfer from the communication kernels' own times (Kineto / Chrome traces).
 
 On NCCL a host clock around a call sees the launch, and CUDA events on the caller's stream are on
-no clock the ranks share (DOMAIN.md §12).  The profiler's device activity is: what
-``torch.profiler`` with ``ProfilerActivity.CUDA`` exports holds every kernel's start and end on a
-time base the processes of one host share.  So the split is taken from the kernels:
+no clock the ranks share.  The profiler's device activity is: what ``torch.profiler`` with
+``ProfilerActivity.CUDA`` exports holds every kernel's start and end on a time base the processes
+of one host share.  So the split is taken from the kernels:
 
 * communication kernels: ``ncclDevKernel_AllReduce_Sum_bf16_RING_LL`` and kin (NCCL ≥ 2.19),
   ``ncclKernel_*`` (older), vLLM's custom all-reduce ``cross_device_reduce_1stage``/``_2stage``;
-  on gloo the backend's own ``gloo:*`` events carry the op's real time (DOMAIN.md §9) and serve
-  the same way, so the CPU suite runs this very path;
+  on gloo the backend's own ``gloo:*`` events (the real op time, peers included) serve the same
+  way, so the CPU suite can run this very path (docs/measurements.md#kernel-timing);
 * the recorder stays the source of counts, bytes, groups and sites: on each rank the k-th call of
   an op family (send, recv, gather, scatter are one: NCCL runs them as SendRecv kernels) is the
-  k-th kernel of that family in launch order.  A family whose counts differ is not timed, and the difference is
-  reported (a failing row, not a skip);
+  k-th kernel of that family in launch order.  A family whose counts differ is not timed, and the
+  difference is reported (a failing row, not a skip);
 * the split itself is ``arrival.split`` on the recorder's calls re-timed by their kernels: the same
   instance matching (k-th call on a channel) and the same rule (last arrival = latest kernel start).
 
@@ -194,6 +194,9 @@ def trace_ops(kernels_by_rank: dict[int, list[CommKernel]]) -> tuple[list[RankOp
         zeros = np.zeros(len(rows), np.int32)
         out.append(RankOps(rank, classes, np.array(rows, np.int32), zeros, zeros,
                            np.array(starts, np.int64), np.array(durations, float)))
+    if len(ranks) < 2:
+        skipped[f"{len(ranks)} rank given: no peer to align with, nothing is split"] = \
+            sum(len(k) for k in kernels_by_rank.values())
     return out, [f"{n} kernels: {why}" for why, n in sorted(skipped.items())]
 
 
