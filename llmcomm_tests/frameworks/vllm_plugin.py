@@ -341,8 +341,8 @@ def _patch_communicators(table=_COMMUNICATORS, package: str = "vllm.distributed.
 
 def replay_durations(graph, ops: list) -> list | None:
     """Device time of each op of one replay of ``graph``, or None (records say no duration).
-    The hook for kernel timing (runtime/kernel_timing.py, the Kineto kernel parser): a replay
-    runs no Python, so no event of ours brackets its collectives."""
+    The hook for kernel timing (the Kineto kernel parser, the kernel_timing module of the runtime
+    floor): a replay runs no Python, so no event of ours brackets its collectives."""
     return None
 
 
