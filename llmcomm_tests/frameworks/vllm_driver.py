@@ -67,7 +67,9 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     llm = LLM(
         model=request["checkpoint"], tensor_parallel_size=request["tp"], pipeline_parallel_size=request["pp"],
-        skip_tokenizer_init=True, enforce_eager=True, dtype=request["torch_dtype"],
+        # CPU: eager (see vllm_adapter); CUDA: as production runs, graphs and compilation on,
+        # unless the case asks for eager.
+        skip_tokenizer_init=True, enforce_eager=request.get("enforce_eager", True), dtype=request["torch_dtype"],
         max_model_len=request["max_model_len"], seed=request["seed"],
         distributed_executor_backend="mp" if world > 1 else None,
         # Every repetition must recompute its prompt: a prefix-cache hit would skip the prefill.
@@ -82,7 +84,8 @@ def main(argv: list[str]) -> int:
     generations = [_generate(engine, prompts, params, f"llmcomm-rep{k}") for k in range(request["repeats"])]
     result = {"startup_s": startup_s, "generations": generations,
               "env": {"framework": "vllm", "vllm": vllm.__version__, "torch": str(torch.__version__),
-                      "python": platform.python_version(), "world_size": world}}
+                      "python": platform.python_version(), "world_size": world,
+                      "device": request.get("device", "cpu"), "enforce_eager": request.get("enforce_eager", True)}}
     with open(result_path, "w") as f:
         json.dump(result, f)
     del llm  # shut the workers down before the interpreter exits

@@ -43,6 +43,7 @@ from contextlib import contextmanager
 
 from llmcomm_tests.core.contract import site_class, wire_bytes
 from llmcomm_tests.frameworks.sites import site_of
+from llmcomm_tests.runtime.gpu_delay import GpuDelay
 from llmcomm_tests.runtime.faults import parse_faults
 
 RECORD_DIR_ENV = "LLMCOMM_VLLM_RECORD_DIR"
@@ -66,6 +67,9 @@ class _State:
     in_fault = False  # issuing a fault's own op: recorded, not faulted again
     hooked_model = None
     pending_rpc: dict | None = None
+    comm: str | None = None  # the communicator that carried the op being recorded (see _COMMUNICATORS)
+    capture: list | None = None  # ops seen while a CUDA graph is being captured
+    gpu_delay = None  # runtime.gpu_delay.GpuDelay, built on the first delay planted on a CUDA op
 
     @property
     def site(self) -> str:
@@ -84,6 +88,8 @@ def register() -> None:
 
     state.faults = parse_faults([t for t in os.environ.get(INJECT_ENV, "").split(";") if t.strip()])
     _patch_group_coordinator()
+    _patch_communicators()
+    _patch_cuda_graphs()
     _patch_worker()
     _patch_message_queue()
     _tune_spin_wait()
@@ -102,8 +108,11 @@ def _wire(op: str, nbytes: int, size: int, group_rank: int, root: int) -> int:
     return wire_bytes(op, nbytes, size, group_rank, root)
 
 
-def _record(op: str, group, tensor_numel: int, dtype, start_ns: int, end_ns: int, root: int = -1,
-            site: str | None = None, plane: str = "data", nbytes: int | None = None) -> None:
+def _record(op: str, group, tensor_numel: int, dtype, start_ns: int, end_ns: int | None, root: int = -1,
+            site: str | None = None, plane: str = "data", nbytes: int | None = None, events=None,
+            comm: str | None = None) -> None:
+    """One record; ``end_ns`` None: no duration seen (a CUDA graph replay); ``events``: the CUDA
+    events around the op, resolved into the duration at the next flush."""
     if not state.active:
         return
     import torch
@@ -122,13 +131,25 @@ def _record(op: str, group, tensor_numel: int, dtype, start_ns: int, end_ns: int
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else "bytes",
         "numel": tensor_numel, "bytes": nbytes, "wire_bytes": wire, "phase": state.phase, "step": state.step,
         "site": state.site if site is None else site, "start_ns": start_ns,
-        "duration_s": (end_ns - start_ns) / 1e9, "plane": plane, "peer": peer,
+        "duration_s": None if end_ns is None else (end_ns - start_ns) / 1e9, "plane": plane, "peer": peer,
     })
+    if plane == "data":
+        state.records[-1]["comm"] = comm or state.comm
+    if events is not None:
+        state.records[-1]["_events"] = events
 
 
 def _flush() -> None:
     if not state.records:
         return
+    timed = [r for r in state.records if "_events" in r]
+    if timed:  # device time of each op, read once per forward (one synchronise)
+        import torch
+
+        torch.cuda.synchronize()
+        for rec in timed:
+            start, end = rec.pop("_events")
+            rec["duration_s"] = start.elapsed_time(end) / 1e3
     path = os.path.join(os.environ[RECORD_DIR_ENV], f"rank{_rank()}.jsonl")
     with open(path, "a") as f:
         for rec in state.records:
@@ -155,12 +176,18 @@ def _faults_for(op: str) -> list:
     return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
 
 
-def _apply_after(op: str, faults, elapsed_s: float, redo) -> None:
+def _apply_after(op: str, faults, elapsed_s: float, redo, on_device: bool = False) -> None:
+    """Plant ``faults`` after the op; ``on_device``: the op runs on a CUDA stream, so a delay is
+    a spin on that stream (a host sleep would not delay it), inside the op's event span."""
     for fault in faults:
         if fault.kind == "delay":
-            from llmcomm_tests.runtime.faults import _wait
+            seconds = elapsed_s * fault.value if fault.relative else fault.value
+            if on_device:
+                _device_delay(seconds)
+            else:
+                from llmcomm_tests.runtime.faults import _wait
 
-            _wait(elapsed_s * fault.value if fault.relative else fault.value)
+                _wait(seconds)
         elif fault.kind == "extra":
             state.in_fault = True
             try:
@@ -170,6 +197,14 @@ def _apply_after(op: str, faults, elapsed_s: float, redo) -> None:
                 state.in_fault = False
         else:
             raise RuntimeError(f"fault {fault} is not supported inside vLLM (only extra= and delay=)")
+
+
+def _device_delay(seconds: float) -> None:
+    if state.gpu_delay is None:
+        import torch
+
+        state.gpu_delay = GpuDelay(torch)
+    state.gpu_delay(seconds)
 
 
 # -- GroupCoordinator -----------------------------------------------------------------------------
@@ -184,12 +219,19 @@ def _patch_group_coordinator() -> None:
         original = getattr(GC, name)
 
         def wrapped(self, input_, *args, **kwargs):
-            if self.world_size == 1 or not state.active or state.busy:
+            if self.world_size == 1 or state.busy or (not state.active and state.capture is None):
                 return original(self, input_, *args, **kwargs)
             root = -1
             if root_arg is not None:
                 root = args[root_arg] if len(args) > root_arg else kwargs.get(root_kw, 0)
+            state.comm = None
+            if state.capture is not None:  # inside a CUDA graph capture: replays will repeat it
+                out = original(self, input_, *args, **kwargs)
+                state.capture.append((op, self, input_.numel(), input_.dtype, root, state.site, state.comm))
+                return out
             faults = _faults_for(op)
+            if getattr(input_, "is_cuda", False):
+                return _device_timed(self, op, input_, root, faults, original, args, kwargs, wrapped)
             start = time.perf_counter_ns()
             out = original(self, input_, *args, **kwargs)
             end = time.perf_counter_ns()
@@ -227,6 +269,116 @@ def _patch_group_coordinator() -> None:
     GC.send, GC.recv = send_wrapped, recv_wrapped
     _patch_tensor_dicts(GC)
     _patch_objects(GC)
+
+
+def _device_timed(group, op, input_, root, faults, original, args, kwargs, wrapped):
+    """A GroupCoordinator op on a CUDA stream: its time is the CUDA events' around it (the host
+    clock sees only the launch), and a planted delay spins on the stream inside that span."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_ns = time.perf_counter_ns()
+    start.record()
+    out = original(group, input_, *args, **kwargs)
+    comm = state.comm
+    if faults:
+        elapsed_s = 0.0
+        if any(f.kind == "delay" and f.relative for f in faults):  # the op's own device time
+            done = torch.cuda.Event(enable_timing=True)
+            done.record()
+            done.synchronize()
+            elapsed_s = start.elapsed_time(done) / 1e3
+        _apply_after(op, [f for f in faults if f.kind == "delay"], elapsed_s, None, on_device=True)
+    end.record()
+    _record(op, group, input_.numel(), input_.dtype, start_ns, start_ns, root=root, events=(start, end), comm=comm)
+    extra = [f for f in faults if f.kind != "delay"]
+    if extra:
+        _apply_after(op, extra, 0.0, lambda: wrapped(group, input_.clone(), *args, **kwargs), on_device=True)
+    return out
+
+
+# -- the communicator under a GroupCoordinator op: what the backend label names ----------------
+
+# (module under vllm.distributed.device_communicators, class, methods, label).  vLLM's
+# CudaCommunicator picks one of these per call (custom all-reduce for small tensors within a
+# node, quick all-reduce on ROCm, symmetric memory, else pynccl); what ran is what we name.
+_COMMUNICATORS = (
+    ("custom_all_reduce", "CustomAllreduce", ("custom_all_reduce", "all_reduce"), "custom-ar"),
+    ("quick_all_reduce", "QuickAllReduce", ("quick_all_reduce",), "quick-ar"),
+    ("symm_mem", "SymmMemCommunicator", ("all_reduce",), "symm-mem"),
+    ("pynccl", "PyNcclCommunicator", ("all_reduce", "all_gather", "reduce_scatter", "send", "recv", "broadcast"),
+     "pynccl"),
+    ("cpu_communicator", "CpuCommunicator", ("all_reduce", "all_gather", "gather", "send", "recv"), "cpu-shm"),
+)
+
+
+def _patch_communicators(table=_COMMUNICATORS, package: str = "vllm.distributed.device_communicators") -> None:
+    """Wrap each communicator's data methods to name itself in ``state.comm`` (the outermost one
+    that ran; a communicator falling back to another leaves the first name)."""
+    import importlib
+
+    for module_name, class_name, methods, label in table:
+        try:
+            cls = getattr(importlib.import_module(f"{package}.{module_name}"), class_name)
+        except (ImportError, AttributeError):  # not in this vLLM release or build
+            continue
+        for method in methods:
+            original = cls.__dict__.get(method)
+            if original is None:
+                continue
+
+            def named(self, *args, _original=original, _label=label, **kwargs):
+                if state.comm is None:
+                    state.comm = _label
+                return _original(self, *args, **kwargs)
+
+            named.__name__ = method
+            setattr(cls, method, named)
+
+
+# -- CUDA graphs: ops captured once, replayed without Python ------------------------------------
+
+
+def replay_durations(graph, ops: list) -> list | None:
+    """Device time of each op of one replay of ``graph``, or None (records say no duration).
+    The hook for kernel timing (the Kineto kernel parser, the kernel_timing module of the runtime
+    floor): a replay runs no Python, so no event of ours brackets its collectives."""
+    return None
+
+
+def _patch_cuda_graphs(graph_cls=None) -> None:
+    """Ops issued while a graph is captured are kept on the graph; each replay while recording
+    emits them again (count = captured × replays), at the phase and step of that replay."""
+    if graph_cls is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        graph_cls = torch.cuda.CUDAGraph
+    begin, end, replay = graph_cls.capture_begin, graph_cls.capture_end, graph_cls.replay
+
+    def capture_begin(self, *args, **kwargs):
+        state.capture = []
+        return begin(self, *args, **kwargs)
+
+    def capture_end(self, *args, **kwargs):
+        try:
+            return end(self, *args, **kwargs)
+        finally:
+            self._llmcomm_ops, state.capture = state.capture or [], None
+
+    def replayed(self, *args, **kwargs):
+        start_ns = time.perf_counter_ns()
+        out = replay(self, *args, **kwargs)
+        ops = getattr(self, "_llmcomm_ops", ())
+        if state.active and ops:
+            durations = replay_durations(self, ops) or [None] * len(ops)
+            for (op, group, numel, dtype, root, site, comm), seconds in zip(ops, durations):
+                _record(op, group, numel, dtype, start_ns, None if seconds is None else start_ns + round(seconds * 1e9),
+                        root=root, site=site, comm=comm)
+        return out
+
+    graph_cls.capture_begin, graph_cls.capture_end, graph_cls.replay = capture_begin, capture_end, replayed
 
 
 def _split(tensor_dict) -> tuple[list, list]:

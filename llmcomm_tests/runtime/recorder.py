@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -33,24 +32,39 @@ from llmcomm_tests.core.documents import CallClass, RankOps
 from llmcomm_tests.runtime.pg_patch import PgPatch
 
 
-def _tensors(arg) -> list[torch.Tensor]:
+def _numel_dtype(arg) -> tuple[int, object]:
+    """Total elements and first dtype of a tensor or a (nested) list of tensors."""
     if isinstance(arg, torch.Tensor):
-        return [arg]
-    out = []
+        return arg.numel(), arg.dtype
+    numel, dtype = 0, None
     for item in arg:
-        out.extend(_tensors(item) if not isinstance(item, torch.Tensor) else [item])
-    return out
+        n, d = _numel_dtype(item)
+        numel += n
+        dtype = d if dtype is None else dtype
+    return numel, dtype
 
 
-def _payload(kind: str | None, args: tuple) -> list[torch.Tensor]:
-    """The tensors whose size is the op's payload on this rank (see docs/communication.md)."""
+_ARG_OF_KIND = {"tensors": 0, "output_list": 0, "input_list": 1, "input_lists": 1, "input_single": 1}
+
+
+def _payload_reader(kind: str | None):
+    """``read(args) -> (numel, dtype)`` of the tensors whose size is the op's payload on this rank
+    (see docs/communication.md); the one-tensor list of the common call is read without recursion."""
     if kind is None:
-        return []
-    if kind == "tensors":
-        return _tensors(args[0])
-    if kind in ("input_list", "input_lists", "input_single"):
-        return _tensors(args[1])
-    return _tensors(args[0])  # output_list (scatter): what this rank receives
+        return lambda args: (0, torch.uint8)
+    index = _ARG_OF_KIND.get(kind, 0)  # output_list (scatter): what this rank receives
+    tensor_type = torch.Tensor
+
+    def read(args):
+        arg = args[index]
+        if arg.__class__ is list and len(arg) == 1 and arg[0].__class__ is tensor_type:
+            return arg[0].numel(), arg[0].dtype
+        if arg.__class__ is tensor_type:
+            return arg.numel(), arg.dtype
+        numel, dtype = _numel_dtype(arg)
+        return numel, torch.uint8 if dtype is None else dtype
+
+    return read
 
 
 def _root(method: str, args: tuple) -> int:
@@ -65,37 +79,101 @@ def _root(method: str, args: tuple) -> int:
     return -1
 
 
-@dataclass
-class _Call:
-    """One call as the hook sees it; resolved into the class table and columns by ``finalize``."""
+ROOTED = ("send", "recv", "gather", "scatter", "broadcast", "reduce")
 
-    op: str
-    group: object  # ProcessGroup, or a group name for functional ops; resolved in finalize()
-    numel: int
-    dtype: torch.dtype
-    root: int
-    phase: str
-    step: int
-    site: str
-    rep: int
-    start_ns: int  # host issue time (perf_counter_ns); on CUDA the duration comes from the events
-    end_ns: int = 0  # host time the caller's wait returned; 0: no completion seen
-    start_event: object = None
-    end_event: object = None
+# One recorded call is one tuple in ``Recorder._rows`` (fields in this order) plus its end time in
+# ``Recorder._end_ns`` (0: no completion seen); groups are ProcessGroups, or a group name for
+# functional ops, resolved in finalize().
+OP, GROUP, NUMEL, DTYPE, ROOT, PHASE, STEP, SITE, REP, START_NS = range(10)
+
+
+class CallView:
+    """One recorded call, read from the recorder's rows (built on access, never on the hot path)."""
+
+    __slots__ = ("_recorder", "_index")
+
+    def __init__(self, recorder: "Recorder", index: int):
+        self._recorder, self._index = recorder, index
+
+    def _field(self, i):
+        return self._recorder._rows[self._index][i]
+
+    op = property(lambda self: self._field(OP))
+    group = property(lambda self: self._field(GROUP))
+    numel = property(lambda self: self._field(NUMEL))
+    dtype = property(lambda self: self._field(DTYPE))
+    root = property(lambda self: self._field(ROOT))
+    phase = property(lambda self: self._field(PHASE))
+    step = property(lambda self: self._field(STEP))
+    site = property(lambda self: self._field(SITE))
+    rep = property(lambda self: self._field(REP))
+    start_ns = property(lambda self: self._field(START_NS))  # host issue time (perf_counter_ns)
+    end_ns = property(lambda self: self._recorder._end_ns[self._index])  # host time the wait returned
+
+
+class _Records:
+    """The calls recorded so far as a sequence of :class:`CallView`: ``len``, iteration, indexing,
+    slicing, ``del records[i:]`` (drop a tail) and ``clear()``."""
+
+    def __init__(self, recorder: "Recorder"):
+        self._recorder = recorder
+
+    def __len__(self) -> int:
+        return len(self._recorder._rows)
+
+    def __iter__(self):
+        return (CallView(self._recorder, i) for i in range(len(self)))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [CallView(self._recorder, i) for i in range(*index.indices(len(self)))]
+        index = index + len(self) if index < 0 else index
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return CallView(self._recorder, index)
+
+    def __delitem__(self, index) -> None:
+        start, stop, step = (index if isinstance(index, slice) else slice(index, index + 1)).indices(len(self))
+        if step != 1 or stop != len(self):
+            raise ValueError("only a tail of the records can be dropped")
+        self._recorder._truncate(start)
+
+    def clear(self) -> None:
+        self._recorder._truncate(0)
 
 
 class Recorder:
-    """Install on a rank with ``Recorder().install()``; ops are kept while ``active``."""
+    """Install on a rank with ``Recorder().install()``; ops are kept while ``active``.
+
+    The hot path (one wrapped call and its wait) appends one tuple and one int and does no other
+    allocation: the wrappers are built once per method at install, with everything they read bound
+    as closure variables (docs/measurements.md#recorder-cost)."""
 
     def __init__(self, cuda_events: bool = False):
-        self.records: list[_Call] = []
         self.active = False
         self.rep = 0
         self.cuda_events = cuda_events
-        self._pending: dict[int, tuple[object, _Call]] = {}
-        self._pending_tensors: dict[int, _Call] = {}
+        self._rows: list[tuple] = []
+        self._end_ns: list[int] = []
+        self._start_events: dict[int, object] = {}  # row -> CUDA event recorded at issue
+        self._end_events: dict[int, object] = {}  # row -> CUDA event recorded after the wait
+        self._pending: dict[object, int] = {}  # Work (kept alive until waited) -> row
+        self._pending_tensors: dict[int, int] = {}  # functional op's output data_ptr -> row
         self._patch = PgPatch()
         self._library = None
+
+    @property
+    def records(self) -> _Records:
+        return _Records(self)
+
+    def _truncate(self, n: int) -> None:
+        del self._rows[n:], self._end_ns[n:]
+        for table in (self._start_events, self._end_events):
+            for row in [r for r in table if r >= n]:
+                del table[row]
+        for table in (self._pending, self._pending_tensors):
+            for key in [k for k, r in table.items() if r >= n]:
+                del table[key]
 
     # -- installation ----------------------------------------------------------------------------
 
@@ -112,50 +190,73 @@ class Recorder:
             self._library._destroy()
             self._library = None
 
-    def _issue(self, op, group, numel, dtype, root) -> _Call:
-        rec = _Call(op, group, numel, dtype, root, call_site.phase, call_site.step, call_site.site, self.rep,
-                       time.perf_counter_ns())
+    def _issue(self, op, group, numel, dtype, root) -> int:
+        """Append one call (the functional path's issue); its row."""
+        row = len(self._rows)
+        self._rows.append((op, group, numel, dtype, root, call_site.phase, call_site.step, call_site.site, self.rep,
+                           time.perf_counter_ns()))
+        self._end_ns.append(0)
         if self.cuda_events:
-            rec.start_event = torch.cuda.Event(enable_timing=True)
-            rec.start_event.record()
-        self.records.append(rec)
-        return rec
+            self._start_event(row)
+        return row
+
+    def _start_event(self, row: int) -> None:
+        event = self._start_events[row] = torch.cuda.Event(enable_timing=True)
+        event.record()
 
     def _wrap_method(self, method, op, kind, original):
-        recorder = self
+        recorder, rows, end_ns, pending = self, self._rows, self._end_ns, self._pending
+        read_payload, where, clock, cuda = _payload_reader(kind), call_site, time.perf_counter_ns, self.cuda_events
+        rooted, tensor_type = method in ROOTED, torch.Tensor
+        # The common call (a list of one tensor, e.g. all_reduce) is read inline: a function call
+        # costs as much as the rest of the hook.
+        index = _ARG_OF_KIND.get(kind, -1) if kind in ("tensors", "input_list", "input_single") else -1
 
         def recorded(pg, *args, **kwargs):
             if not recorder.active:
                 return original(pg, *args, **kwargs)
-            tensors = _payload(kind, args)
-            numel = sum(t.numel() for t in tensors)
-            dtype = tensors[0].dtype if tensors else torch.uint8
-            rec = recorder._issue(op, pg, numel, dtype, _root(method, args))
+            arg = args[index] if index >= 0 else None
+            if arg.__class__ is list and len(arg) == 1 and arg[0].__class__ is tensor_type:
+                numel, dtype = arg[0].numel(), arg[0].dtype
+            else:
+                numel, dtype = read_payload(args)
+            row = len(rows)
+            rows.append((op, pg, numel, dtype, _root(method, args) if rooted else -1, where.phase, where.step,
+                         where.site, recorder.rep, clock()))
+            end_ns.append(0)
+            if cuda:
+                recorder._start_event(row)
             work = original(pg, *args, **kwargs)
             if work is not None:  # else no completion to time: the call counts in no_completion()
-                recorder._pending[id(work)] = (work, rec)
+                pending[work] = row
             return work
 
         recorded.__name__ = method
         return recorded
 
     def _wrap_wait(self, original):
-        recorder = self
+        recorder, pending, end_ns, clock, cuda = self, self._pending, self._end_ns, time.perf_counter_ns, self.cuda_events
 
         def wait(work, *args, **kwargs):
             result = original(work, *args, **kwargs)
-            entry = recorder._pending.pop(id(work), None)
-            if entry is not None:
-                recorder._finish(entry[1])
+            if pending:
+                row = pending.pop(work, -1)
+                if row >= 0:
+                    end_ns[row] = clock()
+                    if cuda:
+                        recorder._end_event(row)
             return result
 
         return wait
 
-    def _finish(self, rec: _Call) -> None:
-        rec.end_ns = time.perf_counter_ns()
+    def _end_event(self, row: int) -> None:
+        event = self._end_events[row] = torch.cuda.Event(enable_timing=True)
+        event.record()
+
+    def _finish(self, row: int) -> None:
+        self._end_ns[row] = time.perf_counter_ns()
         if self.cuda_events:
-            rec.end_event = torch.cuda.Event(enable_timing=True)
-            rec.end_event.record()
+            self._end_event(row)
 
     def _install_functional(self) -> None:
         library = torch.library.Library("_c10d_functional", "IMPL")
@@ -168,9 +269,9 @@ class Recorder:
 
         def wait_kernel(tensor):
             out = wait.redispatch(_backend_keys(tensor), tensor)
-            rec = self._pending_tensors.pop(tensor.data_ptr(), None)
-            if rec is not None:
-                self._finish(rec)
+            row = self._pending_tensors.pop(tensor.data_ptr(), None)
+            if row is not None:
+                self._finish(row)
             return out
 
         library.impl("wait_tensor", wait_kernel, "BackendSelect")
@@ -182,8 +283,8 @@ class Recorder:
             out = overload.redispatch(_backend_keys(tensor), *args)
             if self.active:
                 root = int(args[1]) if op == "broadcast" else -1
-                rec = self._issue(op, str(args[group_arg]), tensor.numel(), tensor.dtype, root)
-                self._pending_tensors[out.data_ptr()] = rec
+                row = self._issue(op, str(args[group_arg]), tensor.numel(), tensor.dtype, root)
+                self._pending_tensors[out.data_ptr()] = row
             return out
 
         return kernel
@@ -195,9 +296,9 @@ class Recorder:
         per "op phase site class": they have no duration, and a latency row built without them
         must say so instead of vanishing."""
         out: dict[str, int] = {}
-        for rec in self.records:
-            if not rec.end_ns:
-                key = f"{rec.op} {rec.phase} {site_class(rec.site)}"
+        for row, end in zip(self._rows, self._end_ns):
+            if not end:
+                key = f"{row[OP]} {row[PHASE]} {site_class(row[SITE])}"
                 out[key] = out.get(key, 0) + 1
         return out
 
@@ -212,35 +313,37 @@ class Recorder:
         groups: dict[object, list[int]] = {}
         classes: dict[tuple, int] = {}
         table: list[CallClass] = []
-        n = len(self.records)
+        n = len(self._rows)
         cls, rep, step = (np.empty(n, np.int32) for _ in range(3))
         start_ns = np.empty(n, np.int64)
         duration_s = np.full(n, np.nan)
-        for i, rec in enumerate(self.records):
-            gkey = rec.group if isinstance(rec.group, str) else id(rec.group)
+        for i, (row, end) in enumerate(zip(self._rows, self._end_ns)):
+            group = row[GROUP]
+            gkey = group if isinstance(group, str) else id(group)
             if gkey not in groups:
-                groups[gkey] = _group_ranks(rec.group)
-            key = (rec.op, gkey, rec.dtype, rec.numel, rec.root, rec.phase, rec.site)
+                groups[gkey] = _group_ranks(group)
+            key = (row[OP], gkey, row[DTYPE], row[NUMEL], row[ROOT], row[PHASE], row[SITE])
             index = classes.get(key)
             if index is None:
                 index = classes[key] = len(table)
-                table.append(_call_class(rec, groups[gkey], rank))
-            cls[i], rep[i], step[i], start_ns[i] = index, rec.rep, rec.step, rec.start_ns
-            if rec.end_event is not None:
-                duration_s[i] = rec.start_event.elapsed_time(rec.end_event) / 1e3
-            elif rec.end_ns:
-                duration_s[i] = (rec.end_ns - rec.start_ns) / 1e9
+                table.append(_call_class(row, groups[gkey], rank))
+            cls[i], rep[i], step[i], start_ns[i] = index, row[REP], row[STEP], row[START_NS]
+            if i in self._end_events:
+                duration_s[i] = self._start_events[i].elapsed_time(self._end_events[i]) / 1e3
+            elif end:
+                duration_s[i] = (end - row[START_NS]) / 1e9
         return RankOps(rank, table, cls, rep, step, start_ns, duration_s, self.cuda_events)
 
 
-def _call_class(rec: _Call, ranks: list[int], rank: int) -> CallClass:
-    elem = torch.empty((), dtype=rec.dtype).element_size()
+def _call_class(row: tuple, ranks: list[int], rank: int) -> CallClass:
+    op, numel, dtype, root = row[OP], row[NUMEL], row[DTYPE], row[ROOT]
+    elem = torch.empty((), dtype=dtype).element_size()
     group_rank = ranks.index(rank) if rank in ranks else 0
-    nbytes = rec.numel * elem
+    nbytes = numel * elem
     # send/recv name their peer, rooted ops their root, as a group rank: keep the global rank
-    peer = ranks[rec.root] if 0 <= rec.root < len(ranks) else None
-    return CallClass(rec.op, tuple(ranks), str(rec.dtype).replace("torch.", ""), rec.numel, nbytes,
-                     wire_bytes(rec.op, nbytes, len(ranks), group_rank, rec.root), rec.phase, rec.site, peer)
+    peer = ranks[root] if 0 <= root < len(ranks) else None
+    return CallClass(op, tuple(ranks), str(dtype).replace("torch.", ""), numel, nbytes,
+                     wire_bytes(op, nbytes, len(ranks), group_rank, root), row[PHASE], row[SITE], peer)
 
 
 def _backend_keys(tensor: torch.Tensor):
