@@ -73,6 +73,10 @@ class ParallelEngine:
         self.w = self._load_shard(seed, kv)
         self.cos, self.sin = rotary_tables(shape.head_dim, max_len, shape.rope_theta, self.dtype, self.device)
         self.cache: dict[int, KVCache] = {}
+        # On a GPU every rank waits for its stream once per token, at the same point: otherwise only
+        # the driver (its .tolist()) does, the other ranks' hosts run ahead, and their CUDA-event
+        # brackets time the driver's host work instead of the op (docs/measurements.md#rank-skew).
+        self.sync_each_token = self.device.type == "cuda"
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -233,6 +237,8 @@ class ParallelEngine:
                         dist.send(next_ids, 0)
                     else:
                         dist.recv(next_ids, self.sampler)
+            if self.sync_each_token:
+                torch.cuda.current_stream(self.device).synchronize()
             if driver:
                 tokens.append(next_ids.tolist())  # .tolist() synchronises a GPU
                 times.append(time.perf_counter() - start)

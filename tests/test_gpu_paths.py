@@ -1,0 +1,114 @@
+"""The CUDA/NCCL paths, tested without a GPU: fake torch.cuda pieces, groups that refuse CPU tensors
+like NCCL's, profiler events and stack texts shaped like NCCL's."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import rank_entries
+from llmcomm_tests.runtime import launch as launch_mod
+from llmcomm_tests.runtime.crosscheck import profiler_counts
+from llmcomm_tests.runtime.launch import _in_communication, _where, init_rank, launch
+
+
+# -- rank skew: every rank waits for its stream once per token ------------------------------------
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_every_rank_synchronises_its_stream_once_per_token(tp, pp):
+    gen_len = 3
+    per_rank = launch(rank_entries.engine_stream_syncs, (tp, pp, gen_len), world_size=2, timeout_s=120)
+    assert per_rank == [[0, 1, 2], [0, 1, 2]]  # the same point of every step on every rank
+
+
+def test_a_cpu_engine_does_not_synchronise(tiny):
+    from llmcomm_tests.engine.layout import Layout
+    from llmcomm_tests.engine.parallel import ParallelEngine
+
+    assert ParallelEngine(tiny, Layout(tp=1, pp=1), 0).sync_each_token is False
+
+
+# -- the clock exchange and other host messages go over a gloo side group --------------------------
+
+
+def test_clock_offsets_go_over_the_host_group_where_the_default_group_refuses_cpu_tensors():
+    offsets = launch(rank_entries.offsets_over_nccl_like_default_group, world_size=2, timeout_s=120)[0]
+    assert offsets[0] == (0, 0) and set(offsets) == {0, 1}
+
+
+def _fake_nccl_init(monkeypatch):
+    import torch.distributed as dist
+
+    calls = SimpleNamespace(init={}, new_group=[], set_device=[])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.set_device.append(d))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.init.update(kw, backend=backend))
+    monkeypatch.setattr(dist, "new_group", lambda **kw: calls.new_group.append(kw) or "gloo-side-group")
+    return calls
+
+
+def test_nccl_rank_binds_its_gpu_and_gets_a_gloo_side_group(monkeypatch):
+    calls = _fake_nccl_init(monkeypatch)
+    ctx = init_rank(3, 8, 3, "nccl", "file:///nonexistent", 10.0)
+    assert calls.set_device == [3] and ctx.device == "cuda:3"
+    assert calls.init["backend"] == "nccl" and calls.init["device_id"] == torch.device("cuda:3")
+    assert calls.new_group == [{"backend": "gloo", "timeout": timedelta(seconds=70)}]
+    assert ctx.host_group == "gloo-side-group"
+
+
+def test_gloo_rank_is_unchanged(monkeypatch):
+    calls = _fake_nccl_init(monkeypatch)
+    ctx = init_rank(1, 2, 1, "gloo", "file:///nonexistent", 10.0)
+    assert "device_id" not in calls.init and calls.new_group == [] and calls.set_device == []
+    assert ctx.host_group is None and ctx.device == "cpu"
+
+
+# -- the profiler cross-check reads NCCL's p2p event names ----------------------------------------
+
+
+def test_nccl_p2p_profiler_events_count_as_send_and_recv():
+    event = lambda name, dims: SimpleNamespace(name=name, input_shapes=[dims])  # noqa: E731
+    events = [event("nccl:send 0->1", [4, 8]), event("nccl:recv 1<-0", [4, 8]), event("nccl:all_reduce", [2, 3]),
+              event("nccl:_all_gather_base", [16]), event("gloo:send", [5]), event("aten::mm", [2, 2])]
+    assert profiler_counts(events) == Counter({("send", 32): 1, ("recv", 32): 1, ("all_reduce", 6): 1,
+                                               ("all_gather", 16): 1, ("send", 5): 1})
+
+
+# -- hang diagnosis on NCCL: a rank waiting for a peer blocks in a CUDA synchronize ---------------
+
+TORCH = "/venv/lib/python3.11/site-packages/torch"
+NCCL_WAITING = f'''Thread 0x7f (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 320 in wait
+
+Current thread 0x7e (most recent call first):
+  File "{TORCH}/cuda/streams.py", line 102 in synchronize
+  File "/src/llmcomm_tests/engine/parallel.py", line 231 in generate
+  File "{TORCH}/utils/_contextlib.py", line 120 in decorate_context
+  File "/src/llmcomm_tests/runtime/measure.py", line 99 in repetition
+'''
+NCCL_DEVICE_WAITING = NCCL_WAITING.replace("cuda/streams.py\", line 102", "cuda/__init__.py\", line 1214")
+STUCK = '''Current thread 0x7e (most recent call first):
+  File "/src/tests/rank_entries.py", line 37 in hang
+  File "/src/llmcomm_tests/runtime/launch.py", line 395 in _rank_main
+'''
+
+
+@pytest.mark.parametrize("stacks", [NCCL_WAITING, NCCL_DEVICE_WAITING])
+def test_a_rank_in_a_cuda_synchronize_waits_in_communication(stacks):
+    assert _in_communication(stacks)
+    assert _where(stacks) == "in cuda synchronize from generate (engine/parallel.py:231)"
+    assert not _in_communication(STUCK)
+
+
+def test_timeout_on_nccl_blames_the_rank_outside_communication(tmp_path, monkeypatch):
+    (tmp_path / "stacks0.txt").write_text(NCCL_WAITING)
+    (tmp_path / "stacks1.txt").write_text(STUCK)
+    monkeypatch.setattr(launch_mod, "STACK_GRACE_S", 0.3)
+    alive = SimpleNamespace(is_alive=lambda: True, pid=2 ** 22 + 12345)  # no such process: the signal is skipped
+    error = launch_mod._timeout([alive, alive], {}, {}, tmp_path, 5.0)
+    assert error.ranks == [1]
+    assert "rank(s) [1] stuck outside communication, [0] waiting in a collective for them" in str(error)
