@@ -112,3 +112,41 @@ def test_timeout_on_nccl_blames_the_rank_outside_communication(tmp_path, monkeyp
     error = launch_mod._timeout([alive, alive], {}, {}, tmp_path, 5.0)
     assert error.ranks == [1]
     assert "rank(s) [1] stuck outside communication, [0] waiting in a collective for them" in str(error)
+
+
+# -- transformers: the prompt goes where the model is ------------------------------------------------
+
+
+def test_hf_generation_feeds_the_prompt_on_the_models_device():
+    from llmcomm_tests.frameworks.hf_adapter import _generate
+
+    seen = []
+
+    def forward(input_ids, **_):
+        seen.append(input_ids.device.type)
+        return SimpleNamespace(logits=torch.zeros(input_ids.shape[0], 1, 8))
+
+    model = type("FakeModel", (), {"device": torch.device("meta"), "__call__": lambda self, **kw: forward(**kw)})()
+    _generate(model, torch.zeros(2, 3, dtype=torch.int64), 1)
+    assert seen == ["meta"]
+
+
+def test_hf_single_rank_on_a_gpu_loads_the_model_onto_it(monkeypatch):
+    import transformers
+
+    from llmcomm_tests.frameworks import hf_adapter
+
+    loaded = {}
+
+    class Loaded(Exception):
+        pass
+
+    def from_pretrained(folder, **kwargs):
+        loaded.update(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    ctx = SimpleNamespace(world_size=1, rank=0, device="cuda:0", backend="nccl")
+    with pytest.raises(Loaded):
+        hf_adapter.rank_run(ctx, SimpleNamespace(dtype="bf16"), "/nowhere")
+    assert loaded["device_map"] == "cuda:0"
