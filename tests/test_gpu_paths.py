@@ -150,3 +150,27 @@ def test_hf_single_rank_on_a_gpu_loads_the_model_onto_it(monkeypatch):
     with pytest.raises(Loaded):
         hf_adapter.rank_run(ctx, SimpleNamespace(dtype="bf16"), "/nowhere")
     assert loaded["device_map"] == "cuda:0"
+
+
+# -- the shipped specs name hardware whose node holds the ranks they run on one node ---------------
+
+
+def _shipped_specs():
+    from pathlib import Path
+
+    from llmcomm_tests.spec import load_spec
+
+    return [load_spec(p) for p in sorted((Path(__file__).parent.parent / "slo_specs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("spec", _shipped_specs(), ids=lambda s: s.name)
+def test_a_one_node_spec_names_a_profile_whose_node_holds_its_widest_layout(spec):
+    from llmcomm_tests.analytic.hardware import load_profile
+
+    if spec.topology is not None and spec.topology.nodes > 1:
+        pytest.skip("multi-node topology: links follow the topology")
+    widest = max(layout.world_size for layout in spec.layouts)
+    profile = load_profile(spec.hardware)
+    assert widest <= profile.ranks_per_node, (
+        f"{spec.name}: {widest} ranks on one node, but {profile.name} has {profile.ranks_per_node} per node "
+        f"(its inter-node tier would price intra-node links)")
