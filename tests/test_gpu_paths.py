@@ -174,3 +174,25 @@ def test_a_one_node_spec_names_a_profile_whose_node_holds_its_widest_layout(spec
     assert widest <= profile.ranks_per_node, (
         f"{spec.name}: {widest} ranks on one node, but {profile.name} has {profile.ranks_per_node} per node "
         f"(its inter-node tier would price intra-node links)")
+
+
+# -- emulated nodes on a GPU host: skipped on NCCL with the reason ----------------------------------
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_emulated_two_node_cases_skip_on_nccl_with_the_reason(backend, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    from llmcomm_tests.spec import load_spec
+
+    items = importlib.import_module("llmcomm_tests.suite.items")
+    monkeypatch.setattr(items, "_namespaces_here", lambda: (True, ""))
+    spec = load_spec(Path(__file__).parent.parent / "slo_specs" / "emulated-2node.yaml")
+    state = SimpleNamespace(backend=backend, ranks=8, ranks_reason="8 GPUs")
+    reasons = {items.skip_reason(case, state) for case in spec.cases()}
+    if backend == "gloo":
+        assert reasons == {None}
+    else:
+        (reason,) = reasons
+        assert "Duplicate GPU detected" in reason and "--llmcomm-backend gloo" in reason
