@@ -196,3 +196,47 @@ def test_emulated_two_node_cases_skip_on_nccl_with_the_reason(backend, monkeypat
     else:
         (reason,) = reasons
         assert "Duplicate GPU detected" in reason and "--llmcomm-backend gloo" in reason
+
+
+# -- pytest-xdist: each worker its own GPUs --------------------------------------------------------
+
+
+def test_workers_get_disjoint_gpu_slices():
+    from llmcomm_tests.suite.worker_gpus import worker_slice
+
+    devices = [str(i) for i in range(8)]
+    assert [worker_slice(devices, w, 2, None) for w in range(2)] == [devices[:4], devices[4:]]
+    assert [worker_slice(devices, w, 2, 4) for w in range(2)] == [devices[:4], devices[4:]]
+    assert [worker_slice(devices, w, 4, 2) for w in range(4)] == [devices[i:i + 2] for i in (0, 2, 4, 6)]
+    assert worker_slice(devices, 0, 1, 8) == devices  # no xdist: every device
+    assert worker_slice([], 1, 2, None) == []  # a CPU host: nothing to slice
+    with pytest.raises(ValueError) as info:
+        worker_slice(devices, 0, 2, 8)
+    assert str(info.value) == ("-n 2 workers x 8 GPUs each need 16 GPUs, 8 here (each worker needs its own): "
+                               "run -n 1 or fewer, or --gpus 4")
+    with pytest.raises(ValueError, match="-n 16 workers x 1 GPUs each need 16 GPUs, 8 here"):
+        worker_slice(devices, 0, 16, None)
+
+
+def test_a_worker_sees_only_its_gpus(monkeypatch):
+    from llmcomm_tests.suite import worker_gpus
+
+    monkeypatch.setattr(worker_gpus, "cuda_device_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    worker = SimpleNamespace(workerinput={"workerid": "gw1", "workercount": 2}, option=SimpleNamespace())
+    worker_gpus.assign(worker, None)
+    assert worker_gpus.os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the user's own selection is what gets sliced
+    worker_gpus.assign(worker, None)
+    assert worker_gpus.os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_xdist_wider_than_the_gpus_is_refused_with_one_line(pytester, monkeypatch):
+    from llmcomm_tests.suite import worker_gpus
+
+    monkeypatch.setattr(worker_gpus, "cuda_device_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    pytester.makefile(".yaml", **{"slo_specs/mini": 'name: mini\nengine: tiny\nlayouts: ["1x1"]\n'})
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "2", "--gpus", "8")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llmcomm: -n 2 workers x 8 GPUs each need 16 GPUs, 8 here*--gpus 4"])
