@@ -240,3 +240,58 @@ def test_xdist_wider_than_the_gpus_is_refused_with_one_line(pytester, monkeypatc
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "2", "--gpus", "8")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*llmcomm: -n 2 workers x 8 GPUs each need 16 GPUs, 8 here*--gpus 4"])
+
+
+# -- weights: a rank draws its own shard, which is the slice of the full tensor ---------------------
+
+
+def test_a_shard_is_the_slice_of_the_full_weight_across_tile_edges():
+    from llmcomm_tests.engine.weights import TILE, full_weight, weight_block
+
+    dims = (TILE * 2 + 37, TILE + 11)  # ragged edge tiles
+    full = full_weight("model.layers.0.mlp.down_proj.weight", dims, 7)
+    for rows, cols in [(range(0, dims[0]), range(5, dims[1] - 3)), (range(TILE - 3, TILE * 2 + 1), range(0, dims[1])),
+                       (range(dims[0] - 1, dims[0]), range(TILE, dims[1]))]:
+        block = weight_block("model.layers.0.mlp.down_proj.weight", dims, 7, rows, cols)
+        assert torch.equal(block, full[rows.start:rows.stop, cols.start:cols.stop])
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (4, 1), (2, 2)])
+def test_every_rank_shard_equals_the_slices_of_the_full_state(tiny, tp, pp):
+    from llmcomm_tests.engine.layout import Layout
+    from llmcomm_tests.engine.weights import full_state_dict, rank_shard, shard_range
+
+    full, layout = full_state_dict(tiny, 3), Layout(tp=tp, pp=pp)
+    seen = set()
+    for rank in range(layout.world_size):
+        for name, part in rank_shard(tiny, layout, rank, 3).items():
+            seen.add(name)
+            if part.dim() == 1:
+                assert torch.equal(part, full[name])
+                continue
+            rows, cols = shard_range(name, tuple(full[name].shape), tiny, tp, layout.tp_rank_of(rank))
+            assert torch.equal(part, full[name][rows.start:rows.stop, cols.start:cols.stop]), name
+    assert seen == set(full)
+
+
+def test_a_tp_rank_draws_about_its_share_of_the_weights(monkeypatch):
+    from llmcomm_tests.engine import weights
+    from llmcomm_tests.engine.config import EngineShape
+    from llmcomm_tests.engine.layout import Layout
+    from llmcomm_tests.engine.parallel import ParallelEngine
+
+    shape = EngineShape("shard-test", n_layers=1, hidden=1024, n_heads=8, n_kv_heads=8, ffn=2048, vocab=4096)
+    drawn = []
+    real = torch.randn
+
+    def counting_randn(*size, **kw):
+        out = real(*size, **kw)
+        drawn.append(out.numel())
+        return out
+
+    monkeypatch.setattr(weights.torch, "randn", counting_randn)
+    monkeypatch.setattr(ParallelEngine, "_make_tp_groups", lambda self: None)  # no process group needed
+    engine = ParallelEngine(shape, Layout(tp=4, pp=1), 1)
+    held, by_engine = sum(t.numel() for t in engine.w.values()), sum(drawn)
+    full = sum(t.numel() for t in weights.full_state_dict(shape, 0).values())
+    assert held < full / 3.5 and by_engine == held  # tile-aligned shards: not one number more
