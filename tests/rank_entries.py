@@ -118,3 +118,53 @@ def deadlock(ctx):
     buf = torch.empty(4)
     dist.recv(buf, 1 - ctx.rank)
     return ctx.rank
+
+
+class _FakeStream:
+    def __init__(self, calls, step_of):
+        self.calls, self.step_of = calls, step_of
+
+    def synchronize(self):
+        self.calls.append(self.step_of())
+
+
+def engine_stream_syncs(ctx, tp: int, pp: int, gen_len: int = 3):
+    """The tiny engine on this rank as if on a GPU: a fake ``torch.cuda.current_stream`` records the
+    decode step of every stream synchronize.  Returns the rank's steps."""
+    import torch
+
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.engine.config import PRESETS
+    from llmcomm_tests.engine.layout import Layout
+    from llmcomm_tests.engine.parallel import ParallelEngine
+
+    calls: list[int] = []
+    torch.cuda.current_stream = lambda device=None: _FakeStream(calls, lambda: call_site.step)
+    engine = ParallelEngine(PRESETS["tiny"], Layout(tp=tp, pp=pp), ctx.rank)
+    engine.sync_each_token = True  # what a CUDA device sets
+    engine.generate(torch.zeros(1, 4, dtype=torch.int64), gen_len)
+    return calls
+
+
+def offsets_over_nccl_like_default_group(ctx):
+    """The default group refuses CPU tensors, as a NCCL-only group does: the clock exchange must go
+    over the gloo side group it is given."""
+    import torch.distributed as dist
+
+    from llmcomm_tests.runtime.clocks import estimate_offsets
+
+    host_group = dist.new_group(backend="gloo")
+    real_send, real_recv = dist.send, dist.recv
+
+    def refuse_cpu(real):
+        def op(tensor, peer=None, group=None, *args, **kwargs):
+            if group is None and tensor.device.type == "cpu":
+                raise RuntimeError("No backend type associated with device type cpu")
+            return real(tensor, peer, group, *args, **kwargs)
+        return op
+
+    dist.send, dist.recv = refuse_cpu(real_send), refuse_cpu(real_recv)
+    try:
+        return estimate_offsets(rounds=2, group=host_group)
+    finally:
+        dist.send, dist.recv = real_send, real_recv

@@ -29,7 +29,7 @@ from llmcomm_tests.core import contract, call_site
 from llmcomm_tests.engine.config import EngineShape
 from llmcomm_tests.engine.layers import KVCache, apply_rotary, attention, rms_norm, rotary_tables, swiglu
 from llmcomm_tests.engine.layout import Layout, kv_heads_of
-from llmcomm_tests.engine.weights import full_weight, weight_shapes
+from llmcomm_tests.engine.weights import rank_shard
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -70,9 +70,13 @@ class ParallelEngine:
         q_global = range(self.tp_rank * self.q_heads, (self.tp_rank + 1) * self.q_heads)
         self.kv_index = torch.tensor([j // group - kv.start for j in q_global], device=self.device)
         self.vocab_slice = (self.tp_rank * shape.vocab // t, (self.tp_rank + 1) * shape.vocab // t)
-        self.w = self._load_shard(seed, kv)
+        self.w = self._load_shard(seed)
         self.cos, self.sin = rotary_tables(shape.head_dim, max_len, shape.rope_theta, self.dtype, self.device)
         self.cache: dict[int, KVCache] = {}
+        # On a GPU every rank waits for its stream once per token, at the same point: otherwise only
+        # the driver (its .tolist()) does, the other ranks' hosts run ahead, and their CUDA-event
+        # brackets time the driver's host work instead of the op (docs/measurements.md#rank-skew).
+        self.sync_each_token = self.device.type == "cuda"
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -85,36 +89,9 @@ class ParallelEngine:
                 mine = group
         return mine
 
-    def _load_shard(self, seed: int, kv: range) -> dict[str, torch.Tensor]:
-        t, r, d = self.layout.tp, self.tp_rank, self.shape.head_dim
-
-        def rows(x, n):  # this rank's r-th of n equal row blocks
-            return x.chunk(n, dim=0)[r] if n > 1 else x
-
-        def cols(x, n):
-            return x.chunk(n, dim=1)[r] if n > 1 else x
-
-        names = {}
-        if self.first:
-            names.update({k: v for k, v in weight_shapes(self.shape).items() if "embed" in k})
-        if self.last:
-            names.update({k: v for k, v in weight_shapes(self.shape).items() if "embed" not in k})
-        for layer in self.layers:
-            names.update(weight_shapes(self.shape, layer))
-        shard = {}
-        for name, dims in names.items():
-            full = full_weight(name, dims, seed)
-            if name.endswith(("embed_tokens.weight", "lm_head.weight", "q_proj.weight", "gate_proj.weight",
-                              "up_proj.weight")):
-                part = rows(full, t)
-            elif name.endswith(("k_proj.weight", "v_proj.weight")):
-                part = full[kv.start * d:kv.stop * d]
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                part = cols(full, t)
-            else:
-                part = full
-            shard[name] = part.to(self.dtype).to(self.device).contiguous()
-        return shard
+    def _load_shard(self, seed: int) -> dict[str, torch.Tensor]:
+        fp32 = rank_shard(self.shape, self.layout, self.rank, seed)
+        return {name: t.to(self.dtype).to(self.device).contiguous() for name, t in fp32.items()}
 
     # -- communication (every call names its site; see docs/communication.md) -------------------
 
@@ -233,6 +210,8 @@ class ParallelEngine:
                         dist.send(next_ids, 0)
                     else:
                         dist.recv(next_ids, self.sampler)
+            if self.sync_each_token:
+                torch.cuda.current_stream(self.device).synchronize()
             if driver:
                 tokens.append(next_ids.tolist())  # .tolist() synchronises a GPU
                 times.append(time.perf_counter() - start)

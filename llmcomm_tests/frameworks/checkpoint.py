@@ -21,7 +21,7 @@ from llmcomm_tests.engine.parallel import TORCH_DTYPES
 from llmcomm_tests.engine.weights import full_state_dict
 
 TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-FORMAT = 1  # bump when the folder's content changes, so stale caches are not reused
+FORMAT = 2  # bump when the folder's content changes, so stale caches are not reused
 
 
 def cache_root() -> Path:

@@ -90,7 +90,7 @@ def _generate(model, prompt, gen_len: int) -> tuple[list[list[int]], list[float]
 
     cache = DynamicCache()
     tokens, times = [], []
-    ids = prompt
+    ids = prompt.to(model.device)  # the prompt is drawn on the CPU; the model may sit on a GPU
     start = time.perf_counter()
     for step in range(gen_len):
         call_site.set_phase("prefill" if step == 0 else "decode", step)
@@ -116,7 +116,9 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     if ctx.world_size > 1:
         from transformers.distributed import DistributedConfig
 
-        kwargs["distributed_config"] = DistributedConfig(tp_size=ctx.world_size)
+        kwargs["distributed_config"] = DistributedConfig(tp_size=ctx.world_size)  # places shards on ctx.device
+    elif ctx.device != "cpu":
+        kwargs["device_map"] = ctx.device  # one rank: nothing else moves the model to its GPU
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
     startup_s = time.perf_counter() - t0
     _hook_sites(model)

@@ -15,9 +15,11 @@ import time
 ROUNDS = 16
 
 
-def estimate_offsets(rounds: int = ROUNDS, clock=time.perf_counter_ns) -> dict[int, tuple[int, int]] | None:
+def estimate_offsets(rounds: int = ROUNDS, clock=time.perf_counter_ns, group=None) -> dict[int, tuple[int, int]] | None:
     """On rank 0: ``{rank: (offset_ns, error_ns)}`` for every rank (rank 0: (0, 0)); None elsewhere.
-    Every rank of the default group must call it (it is a sequence of send/recv with rank 0)."""
+    Every rank must call it (it is a sequence of send/recv with rank 0).  The stamps are CPU
+    tensors: ``group`` must take them, so on NCCL pass the gloo side group (``RankContext.host_group``);
+    None is the default group (gloo)."""
     import torch
     import torch.distributed as dist
 
@@ -25,17 +27,17 @@ def estimate_offsets(rounds: int = ROUNDS, clock=time.perf_counter_ns) -> dict[i
     stamp = torch.zeros(1, dtype=torch.int64)
     if rank != 0:
         for _ in range(rounds):
-            dist.recv(stamp, 0)
+            dist.recv(stamp, 0, group=group)
             stamp[0] = clock()
-            dist.send(stamp, 0)
+            dist.send(stamp, 0, group=group)
         return None
     out = {0: (0, 0)}
     for peer in range(1, world):
         best = None
         for _ in range(rounds):
             t0 = clock()
-            dist.send(stamp, peer)
-            dist.recv(stamp, peer)
+            dist.send(stamp, peer, group=group)
+            dist.recv(stamp, peer, group=group)
             t1 = clock()
             rtt = t1 - t0
             if best is None or rtt < best[1]:

@@ -13,6 +13,8 @@ from collections import Counter
 from llmcomm_tests.core.contract import PROFILER_EVENTS
 
 PROFILED_REP = -1
+
+
 def _numel(dims) -> int:
     n = 1
     for d in dims:
@@ -20,15 +22,25 @@ def _numel(dims) -> int:
     return n
 
 
+def event_op(event_name: str) -> str | None:
+    """The op of a backend profiler event, or None: ``gloo:all_reduce`` → all_reduce; NCCL's p2p
+    events carry their peers (``nccl:send 0->1``, ``nccl:recv 1<-0``), which are not part of the op."""
+    prefix, _, name = event_name.partition(":")
+    name = name.split(" ", 1)[0]
+    if prefix not in ("gloo", "nccl") or name not in PROFILER_EVENTS:
+        return None
+    return PROFILER_EVENTS[name]
+
+
 def profiler_counts(events) -> Counter:
     counts: Counter = Counter()
     for event in events:
-        prefix, _, name = event.name.partition(":")
-        if prefix not in ("gloo", "nccl") or name not in PROFILER_EVENTS:
+        op = event_op(event.name)
+        if op is None:
             continue
         shapes = [s for s in (event.input_shapes or []) if s]
         numel = sum(_numel(s) for s in shapes[:1])  # the first input is the payload
-        counts[(PROFILER_EVENTS[name], numel)] += 1
+        counts[(op, numel)] += 1
     return counts
 
 

@@ -69,6 +69,9 @@ class RankContext:
     local_rank: int
     backend: str
     device: str  # "cpu" or "cuda:N"
+    # A gloo group of every rank for host-side messages (clock ping-pong, gathered results) where the
+    # default group is NCCL, which refuses CPU tensors; None where the default group is gloo already.
+    host_group: Any = None
 
 
 def resolve_backend(backend: str, world_size: int) -> str:
@@ -291,7 +294,8 @@ def _where(stacks: str) -> str:
         except ValueError:
             continue
         parsed.append((path, lineno, func))
-    op = next((f for p, _, f in parsed if "torch/distributed" in p and f not in ("wrapper",)), None)
+    op = next((f for p, _, f in parsed if "torch/distributed" in p and f not in ("wrapper",)), None) \
+        or _device_wait(frames[0])
     mine = next(((p, n, f) for p, n, f in parsed if not any(h in p for h in _HARNESS)), None)
     if mine is None:
         return f"in {op}" if op else f"in {parsed[0][2]}" if parsed else "(no stacks)"
@@ -328,10 +332,18 @@ def _size(path: Path) -> int:
         return 0
 
 
+# Where the host blocks on a GPU: a NCCL collective is asynchronous, so a rank waiting for a late
+# peer sits in a stream/device/event synchronize or a ``Work.wait``, not inside torch.distributed.
+def _device_wait(frame: str) -> str | None:
+    """``cuda synchronize`` for a frame of torch.cuda that blocks the host on the device (device,
+    stream or event synchronize), else None."""
+    return "cuda synchronize" if "torch/cuda/" in frame and frame.endswith(" in synchronize") else None
+
+
 def _in_communication(stacks: str) -> bool:
     """Whether a rank's main thread (faulthandler's "Current thread" block, innermost frame first)
-    is blocked in torch.distributed or in the recorder's ``Work.wait``: waiting for a peer, not the
-    peer that hangs."""
+    is blocked in torch.distributed, in the recorder's ``Work.wait`` or (NCCL) in a CUDA
+    synchronize: waiting for a peer, not the peer that hangs."""
     main = stacks.split("Current thread", 1)[-1].splitlines()
     frames = [ln.strip() for ln in main if ln.strip().startswith("File ")]
     if not frames:
@@ -339,7 +351,7 @@ def _in_communication(stacks: str) -> bool:
     innermost = frames[0]
     in_recorder_wait = (("llmcomm_tests/runtime/recorder.py" in innermost or "llmcomm_tests/runtime/faults.py" in innermost)
                         and innermost.endswith(" in wait"))
-    return "torch/distributed" in innermost or in_recorder_wait
+    return "torch/distributed" in innermost or in_recorder_wait or _device_wait(innermost) is not None
 
 
 def _reap(procs) -> None:
@@ -414,15 +426,19 @@ def init_rank(rank: int, world_size: int, local_rank: int, backend: str, rendezv
     import torch
     import torch.distributed as dist
 
-    device = "cpu"
+    device, bound, host_group = "cpu", {}, None
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
+        bound = {"device_id": torch.device(device)}  # NCCL binds its communicator to this GPU at once
     if world_size > 1 or rendezvous is None:
         # The group's own timeout sits past the launcher's so the launcher reports the hang first.
+        timeout = timedelta(seconds=timeout_s + 60)
         dist.init_process_group(backend, init_method=rendezvous or "env://", rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s + 60))
-    return RankContext(rank, world_size, local_rank, backend, device)
+                                timeout=timeout, **bound)
+        if backend == "nccl":
+            host_group = dist.new_group(backend="gloo", timeout=timeout)
+    return RankContext(rank, world_size, local_rank, backend, device, host_group)
 
 
 def teardown_rank() -> None:

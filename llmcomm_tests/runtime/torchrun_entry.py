@@ -41,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_rank(rank, world, int(os.environ.get("LOCAL_RANK", rank)), backend, None, args.timeout)
     try:
         # Hosts do not share a clock: measure the offsets before the run (rank 0 gets them).
-        offsets = estimate_offsets() if int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world else None
+        # The stamps and the gathered results are host objects: on NCCL they go over the gloo side group.
+        multi_host = int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world
+        offsets = estimate_offsets(group=ctx.host_group) if multi_host else None
         result = rank_run(ctx, cfg)
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object(result, gathered, dst=0)
+        dist.gather_object(result, gathered, dst=0, group=ctx.host_group)
         if rank == 0:
             doc = assemble(cfg, backend, gathered, offsets)
             print(run_summary(doc))

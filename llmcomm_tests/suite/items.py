@@ -109,7 +109,7 @@ def skip_reason(case, state) -> str | None:
     if reason:
         return reason
     if case.topology is not None:
-        reason = _topology_skip(case)
+        reason = _topology_skip(case, state.backend)
         if reason:
             return reason
     required = case.requires.backend
@@ -123,11 +123,15 @@ def skip_reason(case, state) -> str | None:
     return None
 
 
-def _topology_skip(case) -> str | None:
+def _topology_skip(case, backend: str) -> str | None:
     t = case.topology
     if case.world_size > t.world_size:
         return (f"needs {case.world_size} ranks (tp {case.layout.tp} x pp {case.layout.pp}); the topology has "
                 f"{t.nodes} nodes x {t.ranks_per_node} ranks ({t.where})")
+    if t.emulate and backend == "nccl":
+        return ("emulated nodes are not run on NCCL: the nodes would share this host's GPUs (NCCL refuses two "
+                "ranks on one GPU, \"Duplicate GPU detected\") and NCCL's NVLink/shared-memory transports bypass "
+                "the shaped link; run them with --llmcomm-backend gloo")
     if t.emulate:
         ok, why = _namespaces_here()
         if not ok:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmcomm_tests.suite import options as llmcomm_options
+from llmcomm_tests.suite import worker_gpus
 from llmcomm_tests.suite.session import SESSION_KEY, LLMCommSession
 
 SPEC_DIRS_INI = "llmcomm_spec_dirs"
@@ -39,6 +40,7 @@ def pytest_configure(config):
         config.addinivalue_line("markers", marker)
     try:
         resolved = llmcomm_options.resolve(config)
+        worker_gpus.assign(config, resolved.gpus)  # before the session counts devices
     except ValueError as exc:
         raise pytest.UsageError(f"llmcomm: {exc}") from None
     state = LLMCommSession(resolved)
