@@ -212,7 +212,10 @@ def registered() -> list[Cluster]:
         if not ID.fullmatch(path.stem):
             continue
         try:
-            out.append(Cluster.from_dict(json.loads(read_regular(path))))
+            cluster = Cluster.from_dict(json.loads(read_regular(path)))
+            if cluster.id != path.stem:
+                raise ValueError(f"record {path.name} names cluster {cluster.id!r}")
+            out.append(cluster)
         except (ValueError, TypeError, KeyError, AttributeError, OSError, UnsafePath):
             path.unlink(missing_ok=True)
     return out
@@ -228,7 +231,10 @@ def load_cluster(cluster_id: str) -> Cluster:
     except (OSError, UnsafePath) as exc:
         raise ClusterError(f"cluster {cluster_id!r}: registry record refused: {exc}") from None
     try:
-        return Cluster.from_dict(json.loads(text))
+        cluster = Cluster.from_dict(json.loads(text))
+        if cluster.id != cluster_id:
+            raise ValueError(f"the record names cluster {cluster.id!r}")
+        return cluster
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ClusterError(f"cluster {cluster_id!r}: registry record refused: {exc}") from None
 
