@@ -67,6 +67,7 @@ FAILURE_GRACE_S = 3.0  # after one node fails, how long the others get to report
 STACK_GRACE_S = 1.5
 KILL_GRACE_S = 3.0
 POLL_S = 0.1
+SCAN_S = 1.0  # how often the launcher notes the processes its node commands made (/proc)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REMOTE_SHELLS = {"ssh"}  # launchers that hand their command to the remote user's shell as one string
 # A host or node name as it is put into a template: no option, no blank, no shell syntax.
@@ -210,6 +211,7 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
     port = launch.port or (_free_port(launch.nodes[0].addr) if local else random.randint(29600, 39999))
     rdzv_id = f"llmcomm-{os.getpid()}-{time.monotonic_ns()}"
     procs, logs = [], []
+    seen: dict[int, int] = {}  # every process the node commands made, as _wait saw them
     start = time.monotonic()
     try:
         for i in range(len(launch.nodes)):
@@ -219,22 +221,26 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
                                [a.replace("{results}", str(results)) for a in args])
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True, cwd=str(REPO_ROOT)))
-        _wait(launch, procs, results)
+        _wait(launch, procs, results, seen)
         documents = {name: json.loads((results / name).read_text()) for name in collect
                      if (results / name).is_file()}
         return NodeRun(results, _rank_nodes(results), time.monotonic() - start, _logs(launch, results), documents)
     finally:
-        _kill(procs, results)
+        _kill(procs, seen)
         for log in logs:
             log.close()
         if own and not keep_results:
             shutil.rmtree(results, ignore_errors=True)
 
 
-def _wait(launch: NodeLaunch, procs: list, results: Path) -> None:
+def _wait(launch: NodeLaunch, procs: list, results: Path, seen: dict) -> None:
     deadline = time.monotonic() + launch.timeout_s
     first_failure = None
+    next_scan = 0.0
     while True:
+        if time.monotonic() >= next_scan:  # ranks a dying agent leaves behind are still known
+            seen.update(launched_processes(procs))
+            next_scan = time.monotonic() + SCAN_S
         codes = [p.poll() for p in procs]
         if all(c == 0 for c in codes):
             return
@@ -329,34 +335,58 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def session_processes(procs: list) -> set[int]:
-    """Pids of this host in the sessions of the node commands we started (``start_new_session``),
-    read from the kernel (/proc), so a pid named in a file is signalled only when it is one of ours."""
-    sessions = {p.pid for p in procs}
-    out = set()
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, session id, start time) of a live process of this host, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
+def launched_processes(procs: list) -> dict[int, int]:
+    """Processes of this host that the node commands we started made: their descendants (torchrun
+    starts each rank in a session of its own) and members of their sessions, read from the kernel
+    (/proc), as pid -> start time.  A pid named in a file is signalled only when it is in here."""
+    stats = {}
     for entry in os.listdir("/proc"):
-        # The leaders themselves are signalled as groups; a pid equal to a session id that is not
-        # our live leader may be a reused pid, so leaders are never picked here.
-        if entry.isdigit() and int(entry) not in sessions:
-            try:
-                if os.getsid(int(entry)) in sessions:
-                    out.add(int(entry))
-            except OSError:
-                pass
-    return out
+        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+            stats[int(entry)] = st
+    roots = {p.pid for p in procs if p.poll() is None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    # A worker that left its parent (reparented) still carries our session; a leader itself is not
+    # picked by its session id (that pid may have been reused once our leader was reaped).
+    sessions = {p.pid for p in procs}
+    found |= {pid for pid, (_, sid, _) in stats.items() if sid in sessions and pid not in sessions}
+    return {pid: stats[pid][2] for pid in found}
+
+
+def _signal_same(pid: int, started: int, sig: int) -> None:
+    """``sig`` to ``pid`` if it is still the process that started at ``started`` (not a reused pid)."""
+    st = _proc_stat(pid)
+    if st is not None and st[2] == started:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _timeout(launch: NodeLaunch, procs: list, results: Path) -> NodeRankTimeout:
     starts = _starts(results)
-    ours = session_processes(procs)
+    ours = launched_processes(procs)
     # A start record names a pid; only a rank that is one of our processes gets SIGUSR1 (remote
     # ranks are not on this host: they dump no stacks and stop with their node's command).
     hung = [r for r, s in starts.items() if isinstance(s.get("pid"), int) and s["pid"] in ours]
     for rank in hung:
-        try:
-            os.kill(starts[rank]["pid"], signal.SIGUSR1)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal_same(starts[rank]["pid"], ours[starts[rank]["pid"]], signal.SIGUSR1)
     remote = [r for r in starts if r not in hung]
     time.sleep(STACK_GRACE_S)
     stacks = {}
@@ -379,9 +409,10 @@ def _timeout(launch: NodeLaunch, procs: list, results: Path) -> NodeRankTimeout:
                            sorted({where[r] for r in blamed}))
 
 
-def _kill(procs: list, results: Path) -> None:
+def _kill(procs: list, seen: dict) -> None:
     """Every node's process group (SIGTERM: torchrun stops its workers; then SIGKILL), then any
-    process still in one of their sessions (a worker that left the group)."""
+    process they made that is still alive (a worker in a session of its own, as torchrun starts them)."""
+    ours = {**seen, **launched_processes(procs)}  # before the agents go: workers are found as their children
     for sig in (signal.SIGTERM, signal.SIGKILL):
         live = [p for p in procs if p.poll() is None]
         if not live:
@@ -399,11 +430,8 @@ def _kill(procs: list, results: Path) -> None:
             p.wait(1)
         except subprocess.TimeoutExpired:
             pass
-    for pid in session_processes(procs):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    for pid, started in ours.items():
+        _signal_same(pid, started, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
