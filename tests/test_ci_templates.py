@@ -127,6 +127,24 @@ def test_gitlab_job_structure():
     assert job["cache"]["paths"] == [job["variables"]["LLMCOMM_BASELINE_DIR"] + "/"]
 
 
+def test_merge_request_code_reaches_the_gpu_runner_only_after_approval():
+    """docs/security.md: a pull request's jobs wait for a reviewer (GitHub environment with required
+    reviewers, never pull_request_target); GitLab's merge-request jobs are manual."""
+    doc = _load(GITHUB)
+    triggers = doc.get("on", doc.get(True))
+    assert "pull_request_target" not in triggers
+    text = GITHUB.read_text(encoding="utf-8")
+    assert "Required reviewers" in text and "pull_request_target" in text  # the comment says why
+    for name, job in doc["jobs"].items():
+        if "self-hosted" in job["runs-on"]:
+            assert "github.event_name == 'pull_request' && 'llmcomm-gpu-untrusted'" in job["environment"], name
+    gitlab = _load(GITLAB)
+    for name in ("llmcomm-slo", "llmcomm-ab"):
+        mr = [r for r in gitlab[name]["rules"] if "merge_request_event" in r.get("if", "")]
+        assert mr and all(r.get("when") == "manual" for r in mr), name
+    assert "when: manual" in GITLAB.read_text(encoding="utf-8").split("stages:")[0]  # the comment says why
+
+
 def test_both_templates_run_the_same_test_step():
     github = [line for line in _github_step(_github_job(), step_id="slo")["run"].splitlines() if line.strip()]
     gitlab = [line for entry in _gitlab_job()["script"] for line in entry.splitlines() if line.strip()]

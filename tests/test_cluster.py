@@ -236,7 +236,7 @@ def test_emulated_killed_rank_on_node_2_named_nothing_left(tmp_path):
     assert first_line.startswith(f"rank 3 on node {c.nodes[1].name} failed"), first_line
     assert c.nodes[1].name in exc.nodes
     assert not [ns for ns in netns.existing_namespaces() if ns.startswith(f"{netns.PREFIX}{c.id}")]
-    assert not (netns.REGISTRY / f"{c.id}.json").exists()  # veths die with their namespaces
+    assert not (netns.registry_dir() / f"{c.id}.json").exists()  # veths die with their namespaces
     assert _ours_alive(pids) == [] and _torchrun_processes(str(tmp_path)) == []
 
 
@@ -377,10 +377,11 @@ def test_topology_section_parses_and_refuses_bad_input():
     spec = Path(__file__).resolve().parents[1] / "slo_specs" / "emulated-2node.yaml"
     topo = topology.parse(yaml.safe_load(spec.read_text())["topology"], str(spec))
     assert (topo.nodes, topo.ranks_per_node, topo.emulate, topo.inter_rates) == (2, 2, True, ("200mbit", "1gbit"))
-    for bad, words in [({"nodes": 2, "ranks_per_node": 2}, "needs emulate: true or node_cmd"),
+    for bad, words in [({"nodes": 2, "ranks_per_node": 2}, "needs emulate: true"),
                        ({"nodes": 2, "ranks_per_node": 2, "emulate": True, "inter_rates": ["fast"]}, "bad link rate"),
                        ({"nodes": 2, "ranks_per_node": 2, "emulate": True, "colour": 1}, "unknown field"),
-                       ({"nodes": 2, "ranks_per_node": 2, "node_cmd": "ssh {host}", "hosts": ["a"]}, "1 hosts for 2")]:
+                       ({"nodes": 2, "ranks_per_node": 2, "node_cmd": "ssh {host}", "hosts": ["a"]},
+                        "topology.hosts: a spec is data and cannot set hosts; give --llmcomm-hosts")]:
         with pytest.raises(topology.TopologyError, match=words) as info:
             topology.parse(bad, "x.yaml")
         assert str(info.value).startswith("x.yaml: ") and "\n" not in str(info.value)
@@ -398,6 +399,7 @@ def test_slurm_template_runs_two_nodes_with_a_stand_in_srun(tmp_path):
     (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "$1" != "env" ]; do shift; done\nexec "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
+    (tmp_path / "results").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "stand-in[1-2]",
            "SLURM_GPUS_PER_NODE": "2", "SLURM_JOB_ID": "42", "ENGINE": "tiny", "TP": "2", "PP": "2",
            "PROMPT_LEN": "8", "GEN_LEN": "3", "RESULTS_DIR": str(tmp_path / "results"), "LLMCOMM_PYTHON": sys.executable,
@@ -405,7 +407,9 @@ def test_slurm_template_runs_two_nodes_with_a_stand_in_srun(tmp_path):
     proc = subprocess.run(["bash", str(root / "ci" / "slurm" / "llmcomm-multinode.sbatch")], env=env, cwd=root,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads((tmp_path / "results" / "run.json").read_text())
+    [run_json] = (tmp_path / "results").glob("llmcomm-nodes-*/run.json")  # the launch's own private folder
+    assert run_json.parent.stat().st_mode & 0o777 == 0o700
+    doc = json.loads(run_json.read_text())
     assert (doc["case"]["tp"], doc["case"]["pp"], doc["case"]["world_size"]) == (2, 2, 4)
     assert doc["tokens"] == run_engine(RunConfig(TINY, Layout(2, 2), prompt_len=8, gen_len=3, repeats=1)).tokens
 
@@ -477,8 +481,8 @@ def test_topology_spec_gives_one_case_per_rate_and_located_errors(tmp_path):
     for topo, line, words in [("{nodes: 2, ranks_per_node: 1, emulate: true}", 4, "layouts[0]: tp2-pp2 needs 4 ranks"),
                               ("{nodes: 2, ranks_per_node: 2, emulate: true, inter_rates: fast}", 7,
                                "topology.inter_rates: a link rate is"),
-                              ("{nodes: 2, ranks_per_node: 2, node_cmd: 'ssh {host}', hosts: [a]}", 7,
-                               "topology.hosts: lists 1 hosts for 2 nodes")]:
+                              ("{nodes: 2, ranks_per_node: 2, emulate: true, results_dir: /shared}", 7,
+                               "topology.results_dir: a spec is data and cannot set a folder")]:
         path.write_text(TOPO_SPEC + f"topology: {topo}\n")
         with pytest.raises(SpecError) as info:
             load_spec(path)

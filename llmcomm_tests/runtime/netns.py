@@ -17,26 +17,38 @@ Layout (``up``)::
 * The bridge lives in its own namespace, so nothing is created in the host's namespace and only
   addresses inside namespaces we create are used (10.231.K.0/24, K free per cluster).
 
-Leaving nothing behind: the registry (one JSON file per cluster under ``REGISTRY``) is written
+Leaving nothing behind: the registry (one JSON file per cluster in :func:`registry_dir`) is written
 *before* each namespace is created, so ``down`` — by the owner, or ``reap_stale`` at the next
 start once the owner is gone — removes everything even after a crash halfway through ``up``.
 ``down`` kills every process still inside a node namespace (``ip netns pids``) before deleting it.
+
+Root acts on these records, so they are private state (docs/security.md): the registry is a
+folder of this user's, mode 0700, refused when it is a symlink, another user's or open to others
+(core/private_files.py); every record is checked against the names this module gives (``ID`` and
+the ``llmc-<id>-n<i>`` / ``-sw`` namespaces) before any of it is used, and a record that does not
+match is refused, never acted on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import secrets
+import tempfile
 import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmcomm_tests.core.private_files import UnsafePath, check_private_dir, create_new, read_regular
 from llmcomm_tests.core.units import rate_bytes_per_s
 
-REGISTRY = Path(os.environ.get("LLMCOMM_CLUSTER_REGISTRY", "/tmp/llmcomm-clusters"))
+_OUR_NAMESPACE = re.compile(r"llmc-[0-9a-z]{1,16}-(?:n\d{1,3}|sw)")
+REGISTRY_ENV = "LLMCOMM_CLUSTER_REGISTRY"  # another place for the registry; checked like the default
+ID = re.compile(r"[0-9a-z]{1,16}")  # a cluster id: file names and namespace names are built from it
 PREFIX = "llmc-"  # every namespace we create starts with this; nothing else does
 IFNAME = "llm0"
 SUBNET = "10.231"  # 10.231.K.0/24, one K per live cluster
@@ -44,7 +56,7 @@ CMD_TIMEOUT_S = 10.0
 
 
 class ClusterError(RuntimeError):
-    """Namespaces could not be created or removed; the message is one line."""
+    """Namespaces could not be created or removed, or the registry is not safe; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +85,38 @@ class Cluster:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Cluster":
+        """A cluster record, refused (ValueError) unless every name in it is one ``up`` gives."""
         data = dict(data)
         data["nodes"] = [Node(**n) for n in data.get("nodes", [])]
-        return cls(**data)
+        cluster = cls(**data)
+        check_record(cluster)
+        return cluster
 
     def node_of_rank(self, rank: int) -> Node:
         return self.nodes[rank // self.ranks_per_node]
+
+
+def check_id(cluster_id: str) -> str:
+    """``cluster_id`` when it is one of ours (``ID``), else ValueError: it names files and namespaces."""
+    if not isinstance(cluster_id, str) or not ID.fullmatch(cluster_id):
+        raise ValueError(f"bad cluster id {cluster_id!r}: an id is 1-16 lower-case letters or digits")
+    return cluster_id
+
+
+def check_record(cluster: Cluster) -> None:
+    """ValueError unless the record names only what ``up`` creates for its id: namespaces
+    ``llmc-<id>-n<i>`` and ``llmc-<id>-sw``, addresses in 10.231.K.0/24, the interface ``llm0``."""
+    check_id(cluster.id)
+    if not isinstance(cluster.subnet, int) or isinstance(cluster.subnet, bool) or not 1 <= cluster.subnet <= 254:
+        raise ValueError(f"cluster {cluster.id}: bad subnet {cluster.subnet!r}")
+    if cluster.switch not in ("", f"{PREFIX}{cluster.id}-sw") or cluster.ifname != IFNAME:
+        raise ValueError(f"cluster {cluster.id}: switch {cluster.switch!r} / interface {cluster.ifname!r} are not ours")
+    for i, node in enumerate(cluster.nodes):
+        if node.name != f"{PREFIX}{cluster.id}-n{i}" or node.addr != f"{SUBNET}.{cluster.subnet}.{i + 1}":
+            raise ValueError(f"cluster {cluster.id}: node {i} {node.name!r} {node.addr!r} is not one up() makes")
+        ipaddress.IPv4Address(node.addr)
+    if cluster.owner_pid is not None and (not isinstance(cluster.owner_pid, int) or cluster.owner_pid < 1):
+        raise ValueError(f"cluster {cluster.id}: bad owner_pid {cluster.owner_pid!r}")
 
 
 # -- shell helpers ---------------------------------------------------------------------------------
@@ -130,33 +168,75 @@ def can_create_namespaces() -> tuple[bool, str]:
 # -- registry --------------------------------------------------------------------------------------
 
 
+def default_registry() -> Path:
+    """Where the registry lives unless ``LLMCOMM_CLUSTER_REGISTRY`` says: root's under /run (root's
+    own, not world-writable), another user's under XDG_RUNTIME_DIR, else a per-user folder in the
+    system temp folder (refused there if someone else made it first)."""
+    if os.geteuid() == 0 and os.path.isdir("/run"):
+        return Path("/run/llmcomm-clusters")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "llmcomm-clusters"
+    return Path(tempfile.gettempdir()) / f"llmcomm-clusters-{os.geteuid()}"
+
+
+def registry_dir(create: bool = True) -> Path:
+    """The registry folder, checked private (core/private_files.py) every time it is used."""
+    path = Path(os.environ.get(REGISTRY_ENV) or default_registry())
+    try:
+        return check_private_dir(path, create=create)
+    except UnsafePath as exc:
+        raise ClusterError(f"cluster registry: {exc}") from None
+
+
 def _registry_path(cluster_id: str) -> Path:
-    return REGISTRY / f"{cluster_id}.json"
+    return registry_dir() / f"{check_id(cluster_id)}.json"
 
 
 def _save(cluster: Cluster) -> None:
-    REGISTRY.mkdir(parents=True, exist_ok=True)
-    tmp = _registry_path(cluster.id).with_suffix(".tmp")
-    tmp.write_text(json.dumps(cluster.to_dict(), indent=1))
-    tmp.replace(_registry_path(cluster.id))
+    check_record(cluster)
+    final = _registry_path(cluster.id)
+    tmp = final.with_name(f"{cluster.id}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crash (unlink never follows a symlink)
+    with os.fdopen(create_new(tmp), "w") as f:
+        f.write(json.dumps(cluster.to_dict(), indent=1))
+    os.replace(tmp, final)
 
 
 def registered() -> list[Cluster]:
+    """Every registered cluster; a record that is torn or names what is not ours is dropped
+    (its namespaces, if any, are ours only when they carry PREFIX and go in ``down_all``)."""
     out = []
-    for path in sorted(REGISTRY.glob("*.json")) if REGISTRY.is_dir() else []:
+    registry = registry_dir()
+    for path in sorted(registry.glob("*.json")):
+        if not ID.fullmatch(path.stem):
+            continue
         try:
-            out.append(Cluster.from_dict(json.loads(path.read_text())))
-        except (ValueError, TypeError, KeyError):
-            path.unlink(missing_ok=True)  # a torn write: its namespaces are found by prefix in down_all
+            cluster = Cluster.from_dict(json.loads(read_regular(path)))
+            if cluster.id != path.stem:
+                raise ValueError(f"record {path.name} names cluster {cluster.id!r}")
+            out.append(cluster)
+        except (ValueError, TypeError, KeyError, AttributeError, OSError, UnsafePath):
+            path.unlink(missing_ok=True)
     return out
 
 
 def load_cluster(cluster_id: str) -> Cluster:
     """The emulated cluster registered under ``cluster_id`` (by ``up``)."""
     path = _registry_path(cluster_id)
-    if not path.is_file():
-        raise ClusterError(f"no emulated cluster {cluster_id!r} (registry {REGISTRY})")
-    return Cluster.from_dict(json.loads(path.read_text()))
+    try:
+        text = read_regular(path)
+    except FileNotFoundError:
+        raise ClusterError(f"no emulated cluster {cluster_id!r} (registry {path.parent})") from None
+    except (OSError, UnsafePath) as exc:
+        raise ClusterError(f"cluster {cluster_id!r}: registry record refused: {exc}") from None
+    try:
+        cluster = Cluster.from_dict(json.loads(text))
+        if cluster.id != cluster_id:
+            raise ValueError(f"the record names cluster {cluster.id!r}")
+        return cluster
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ClusterError(f"cluster {cluster_id!r}: registry record refused: {exc}") from None
 
 
 def pid_alive(pid: int) -> bool:
@@ -196,6 +276,8 @@ def up(nodes: int, ranks_per_node: int, inter_rate: str | None = "200mbit", *, o
         raise ValueError("at most 250 emulated nodes")
     if inter_rate is not None:
         rate_bytes_per_s(inter_rate)  # refuse a bad rate before creating anything
+    if cluster_id is not None:
+        check_id(cluster_id)
     reap_stale()
     cluster = Cluster(id=cluster_id or secrets.token_hex(3), ranks_per_node=ranks_per_node, inter_rate=inter_rate,
                       subnet=_free_subnet(), owner_pid=owner_pid)
@@ -271,6 +353,7 @@ def down(cluster: "Cluster | str") -> list[str]:
     Returns the namespaces removed."""
     if isinstance(cluster, str):
         cluster = load_cluster(cluster)
+    check_record(cluster)
     present = set(existing_namespaces())
     removed = []
     for ns in cluster.namespaces:
@@ -291,7 +374,7 @@ def down_all() -> list[str]:
     for cluster in registered():
         removed += down(cluster)
     for ns in existing_namespaces():
-        if ns.startswith(PREFIX):
+        if ns.startswith(PREFIX) and _OUR_NAMESPACE.fullmatch(ns):
             _kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)
             removed.append(ns)

@@ -25,12 +25,21 @@ goes to ``node<i>.log``.  On one host (namespaces, local) a temporary folder is 
 construction; on a real cluster pass a folder on the shared file system (Slurm: the job's working
 directory; Kubernetes: a ReadWriteMany volume) — see ci/slurm and ci/kubernetes.
 
+The template is split into words first and ``{node}`` / ``{host}`` are filled into those words,
+so a value is always one argument (never an option: values starting with ``-`` are refused); the
+command after it is a list of arguments, except after ``ssh``, which joins its arguments into one
+string for the remote user's shell: there it is passed as one ``shlex.join``-quoted string.  Each
+launch's results go to a fresh private folder (mode 0700, a random name) made inside the folder
+given; its files are created ``O_EXCL | O_NOFOLLOW`` (docs/security.md).
+
 Failure handling matches the single-host launcher (runtime/launch.py): the first node to fail starts a
 short grace period for the others' own errors, then everything is killed; the report names the
 root-cause rank (one that raised or was killed, not one whose peer vanished under it) with its node.
 On a timeout every rank still running dumps its stacks first, and the report singles out ranks stuck
 outside communication from those waiting for them.  Every node command runs in its own session
-and is killed as a process group; ranks on this host are killed by pid as a last resort.
+and is killed as a process group; signals go only to processes of those sessions (read from the
+kernel, never a pid from a file in the results folder), so remote ranks are stopped by stopping
+their node's command, and they dump no stacks.
 """
 
 from __future__ import annotations
@@ -51,14 +60,18 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from llmcomm_tests.core.private_files import make_private_subdir, open_new
 from llmcomm_tests.runtime.launch import PEER_LOST_MARKERS, RankFailed, RankTimeout, _in_communication
-from llmcomm_tests.runtime.netns import pid_alive
 
 FAILURE_GRACE_S = 3.0  # after one node fails, how long the others get to report their own errors
 STACK_GRACE_S = 1.5
 KILL_GRACE_S = 3.0
 POLL_S = 0.1
+SCAN_S = 1.0  # how often the launcher notes the processes its node commands made (/proc)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REMOTE_SHELLS = {"ssh"}  # launchers that hand their command to the remote user's shell as one string
+# A host or node name as it is put into a template: no option, no blank, no shell syntax.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%@\[\]-]*")
 
 
 class NodeRankFailed(RankFailed):
@@ -129,14 +142,39 @@ def _free_port(addr: str) -> int:
         return s.getsockname()[1]
 
 
+def check_name(value: str, what: str) -> str:
+    """``value`` when it is a plain host or node name (``NAME``), else ValueError: it goes into a
+    command template, where ``-oProxyCommand=…`` would be an option and a blank a second argument."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ValueError(f"bad {what} {value!r}: a {what} is letters, digits and _.:%@[]- and does not start "
+                         f"with '-'")
+    return value
+
+
+def template_words(template: str, **fields) -> list[str]:
+    """The template's words with ``{node}``, ``{host}``… filled in: split first, so that whatever a
+    value holds stays inside the one word that named it."""
+    return [word.format(**fields) for word in shlex.split(template)]
+
+
 def node_command(launch: NodeLaunch, index: int, port: int, rdzv_id: str, results: Path, target: str,
                  args: list[str]) -> list[str]:
     node = launch.nodes[index]
-    prefix = shlex.split(launch.template.format(node=node.name, host=node.host, index=index,
-                                                nodes=len(launch.nodes), ranks_per_node=launch.ranks_per_node))
+    prefix = template_words(launch.template, node=check_name(node.name, "node name"),
+                            host=check_name(node.host, "host"), index=index, nodes=len(launch.nodes),
+                            ranks_per_node=launch.ranks_per_node)
     env = {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "LLMCOMM_NODE": node.name,
            **launch.env, **node.env}
-    return prefix + ["env", *(f"{k}={v}" for k, v in env.items()), launch.python, "-m", "torch.distributed.run",
+    command = _torchrun_command(launch, index, port, rdzv_id, results, target, args, env)
+    if prefix and os.path.basename(prefix[0]) in REMOTE_SHELLS:
+        return prefix + [shlex.join(command)]
+    return prefix + command
+
+
+def _torchrun_command(launch: NodeLaunch, index: int, port: int, rdzv_id: str, results: Path, target: str,
+                      args: list[str], env: dict) -> list[str]:
+    node = launch.nodes[index]
+    return ["env", *(f"{k}={v}" for k, v in env.items()), launch.python, "-m", "torch.distributed.run",
                      "--nnodes", str(len(launch.nodes)), "--nproc-per-node", str(launch.ranks_per_node),
                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{launch.nodes[0].addr}:{port}",
                      "--rdzv-id", rdzv_id, "--rdzv-conf", f"is_host={int(index == 0)}", "--local-addr", node.addr, "--max-restarts", "0",
@@ -156,43 +194,53 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
     """Run ``target`` (``module:function(argv) -> int``) on every rank of every node; ``{results}``
     in ``args`` becomes the shared folder.
 
-    ``results``: the shared folder (a fresh temporary one by default, removed afterwards unless
-    ``keep_results``; the caller reads the documents from the returned NodeRun before that).
+    ``results``: the shared folder, made here (mode 0700) and refused if it exists; by default a
+    fresh private one inside ``launch.results_dir`` (or the temp folder), removed afterwards unless
+    ``keep_results``; the caller reads the documents from the returned NodeRun before that.
     The JSON files named in ``collect`` that the ranks wrote there are read into the NodeRun.
     Raises NodeRankFailed / NodeRankTimeout naming ranks and nodes; nothing is left running."""
+    for node in launch.nodes:  # refused before anything starts
+        check_name(node.name, "node name"), check_name(node.host, "host")
     own = results is None
-    results = Path(tempfile.mkdtemp(prefix="llmcomm-nodes-", dir=launch.results_dir)) if own else Path(results)
-    results.mkdir(parents=True, exist_ok=True)
-    os.chmod(results, 0o755)
+    if own:
+        results = make_private_subdir(launch.results_dir or tempfile.gettempdir(), "llmcomm-nodes-")
+    else:
+        results = Path(results)
+        os.mkdir(results, 0o700)  # FileExistsError: a folder someone else may have prepared is not used
     local = all(n.addr.startswith("127.") for n in launch.nodes)
     port = launch.port or (_free_port(launch.nodes[0].addr) if local else random.randint(29600, 39999))
     rdzv_id = f"llmcomm-{os.getpid()}-{time.monotonic_ns()}"
     procs, logs = [], []
+    seen: dict[int, int] = {}  # every process the node commands made, as _wait saw them
     start = time.monotonic()
     try:
         for i in range(len(launch.nodes)):
-            log = open(results / f"node{i}.log", "w")
+            log = open_new(results / f"node{i}.log")
             logs.append(log)
             cmd = node_command(launch, i, port, rdzv_id, results, target,
                                [a.replace("{results}", str(results)) for a in args])
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True, cwd=str(REPO_ROOT)))
-        _wait(launch, procs, results)
+        _wait(launch, procs, results, seen)
         documents = {name: json.loads((results / name).read_text()) for name in collect
                      if (results / name).is_file()}
         return NodeRun(results, _rank_nodes(results), time.monotonic() - start, _logs(launch, results), documents)
     finally:
-        _kill(procs, results)
+        _kill(procs, seen)
         for log in logs:
             log.close()
         if own and not keep_results:
             shutil.rmtree(results, ignore_errors=True)
 
 
-def _wait(launch: NodeLaunch, procs: list, results: Path) -> None:
+def _wait(launch: NodeLaunch, procs: list, results: Path, seen: dict) -> None:
     deadline = time.monotonic() + launch.timeout_s
     first_failure = None
+    next_scan = 0.0
     while True:
+        if time.monotonic() >= next_scan:  # ranks a dying agent leaves behind are still known
+            seen.update(launched_processes(procs))
+            next_scan = time.monotonic() + SCAN_S
         codes = [p.poll() for p in procs]
         if all(c == 0 for c in codes):
             return
@@ -203,7 +251,7 @@ def _wait(launch: NodeLaunch, procs: list, results: Path) -> None:
         if first_failure is not None and (all(c is not None for c in codes) or now - first_failure > FAILURE_GRACE_S):
             raise _failure(launch, procs, results)
         if now >= deadline:
-            raise _timeout(launch, results)
+            raise _timeout(launch, procs, results)
         time.sleep(POLL_S)
 
 
@@ -287,14 +335,59 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _timeout(launch: NodeLaunch, results: Path) -> NodeRankTimeout:
-    starts = _starts(results)
-    hung = [r for r, s in starts.items() if pid_alive(s["pid"])]
-    for rank in hung:  # pids are this host's: namespaces share it; on remote nodes nothing happens
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, session id, start time) of a live process of this host, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
+def launched_processes(procs: list) -> dict[int, int]:
+    """Processes of this host that the node commands we started made: their descendants (torchrun
+    starts each rank in a session of its own) and members of their sessions, read from the kernel
+    (/proc), as pid -> start time.  A pid named in a file is signalled only when it is in here."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+            stats[int(entry)] = st
+    roots = {p.pid for p in procs if p.poll() is None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    # A worker that left its parent (reparented) still carries our session; a leader itself is not
+    # picked by its session id (that pid may have been reused once our leader was reaped).
+    sessions = {p.pid for p in procs}
+    found |= {pid for pid, (_, sid, _) in stats.items() if sid in sessions and pid not in sessions}
+    return {pid: stats[pid][2] for pid in found}
+
+
+def _signal_same(pid: int, started: int, sig: int) -> None:
+    """``sig`` to ``pid`` if it is still the process that started at ``started`` (not a reused pid)."""
+    st = _proc_stat(pid)
+    if st is not None and st[2] == started:
         try:
-            os.kill(starts[rank]["pid"], signal.SIGUSR1)
+            os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _timeout(launch: NodeLaunch, procs: list, results: Path) -> NodeRankTimeout:
+    starts = _starts(results)
+    ours = launched_processes(procs)
+    # A start record names a pid; only a rank that is one of our processes gets SIGUSR1 (remote
+    # ranks are not on this host: they dump no stacks and stop with their node's command).
+    hung = [r for r, s in starts.items() if isinstance(s.get("pid"), int) and s["pid"] in ours]
+    for rank in hung:
+        _signal_same(starts[rank]["pid"], ours[starts[rank]["pid"]], signal.SIGUSR1)
+    remote = [r for r in starts if r not in hung]
     time.sleep(STACK_GRACE_S)
     stacks = {}
     for r in hung:
@@ -308,15 +401,18 @@ def _timeout(launch: NodeLaunch, results: Path) -> NodeRankTimeout:
                    f"{waiting} waiting in a collective for them")
     else:
         verdict = f"ranks still running: {', '.join(f'{r} on {where[r]}' for r in hung) or 'none started'}"
+    if remote:
+        verdict += f"; rank(s) {remote} not on this host or not running (no stacks)"
     text = "\n".join(f"--- rank {r} on {where[r]} stacks ---\n{stacks[r]}" for r in hung)
     blamed = stuck or hung
     return NodeRankTimeout(f"timed out after {launch.timeout_s:g} s; {verdict}\n{text}", blamed,
                            sorted({where[r] for r in blamed}))
 
 
-def _kill(procs: list, results: Path) -> None:
-    """Every node's process group (SIGTERM: torchrun stops its workers; then SIGKILL), then any rank
-    of this host still alive by pid (a worker that left the group)."""
+def _kill(procs: list, seen: dict) -> None:
+    """Every node's process group (SIGTERM: torchrun stops its workers; then SIGKILL), then any
+    process they made that is still alive (a worker in a session of its own, as torchrun starts them)."""
+    ours = {**seen, **launched_processes(procs)}  # before the agents go: workers are found as their children
     for sig in (signal.SIGTERM, signal.SIGKILL):
         live = [p for p in procs if p.poll() is None]
         if not live:
@@ -334,12 +430,8 @@ def _kill(procs: list, results: Path) -> None:
             p.wait(1)
         except subprocess.TimeoutExpired:
             pass
-    for s in _starts(results).values():
-        if pid_alive(s["pid"]) and s.get("host") == socket.gethostname():
-            try:
-                os.kill(s["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    for pid, started in ours.items():
+        _signal_same(pid, started, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", required=True, help="comma-separated, node 0 (rendezvous host) first")
     parser.add_argument("--addrs", default=None, help="addresses the agents advertise (default: the hosts)")
     parser.add_argument("--ranks-per-node", type=int, required=True)
-    parser.add_argument("--results-dir", required=True, help="a folder every node sees")
+    parser.add_argument("--results-dir", required=True,
+                        help="a folder every node sees; the launch's own private folder is made inside it")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--env", action="append", default=[], help="K=V for every node (repeatable)")
     parser.add_argument("--target", default="llmcomm_tests.runtime.torchrun_entry:main")
@@ -363,10 +456,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = dict(kv.split("=", 1) for kv in args.env)
     launch = NodeLaunch(args.template, tuple(NodeTarget(h, a, h) for h, a in zip(hosts, addrs)), args.ranks_per_node,
-                        args.timeout, env)
+                        args.timeout, env, results_dir=args.results_dir)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     try:
-        run = run_on_nodes(launch, args.target, rest, results=Path(args.results_dir))
+        run = run_on_nodes(launch, args.target, rest, keep_results=True)
+    except ValueError as exc:
+        print(f"node_launch: {exc}", file=sys.stderr)
+        return 2
     except (NodeRankFailed, NodeRankTimeout) as exc:
         print(f"node_launch: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,12 @@
       emulate: true              # build the nodes as network namespaces on this host (runtime/netns.py)
       inter_rates: [200mbit, 1gbit]   # emulate only: one pass of the cases per shaped link rate
       nics_per_node: 1           # inter-node links per node (the advisor's / predictor's view)
-      node_cmd: "ssh {host}"     # real cluster: the node launcher's template (instead of emulate)
-      hosts: [node-a, node-b]    # real cluster: {host} per node, node 0 first
-      results_dir: /shared/llmcomm    # real cluster: a folder every node sees (node_launch.py)
+
+A spec is data: it never names a command, a host or a folder to write in (docs/security.md).  Real
+nodes — the launcher's template, the hosts, the shared results folder — come from the session
+(``--llmcomm-node-cmd``, ``--llmcomm-hosts``, ``--llmcomm-results-dir``, their ini keys or
+environment variables); a spec that sets ``node_cmd``, ``hosts`` or ``results_dir`` gets a
+one-line error saying where to put it.
 
 Parsed into a typed ``Topology``; errors are one line naming the file and the field.  The session's
 options can give a topology to specs without one (:func:`for_session`).  A case with a topology
@@ -21,7 +24,11 @@ from dataclasses import dataclass, field, replace
 
 from llmcomm_tests.core.units import describe, rate_bytes_per_s
 
-FIELDS = {"nodes", "ranks_per_node", "emulate", "inter_rates", "nics_per_node", "node_cmd", "hosts", "results_dir"}
+FIELDS = {"nodes", "ranks_per_node", "emulate", "inter_rates", "nics_per_node"}
+# What only the session may set: a spec that sets one is told where it goes instead.
+SESSION_ONLY = {"node_cmd": ("the command that starts a node", "--llmcomm-node-cmd", "llmcomm_node_cmd"),
+                "hosts": ("hosts", "--llmcomm-hosts", "llmcomm_hosts"),
+                "results_dir": ("a folder to write in", "--llmcomm-results-dir", "llmcomm_results_dir")}
 
 
 class TopologyError(ValueError):
@@ -48,6 +55,10 @@ class Topology:
 def parse(data: dict, where: str = "spec") -> Topology:
     if not isinstance(data, dict):
         raise TopologyError(f"{where}: topology must be a mapping")
+    for key in sorted(set(data) & set(SESSION_ONLY)):
+        what, flag, ini = SESSION_ONLY[key]
+        raise TopologyError(f"{where}: topology.{key}: a spec is data and cannot set {what}; give {flag} on the "
+                            f"command line or {ini} in the ini file")
     unknown = set(data) - FIELDS
     if unknown:
         raise TopologyError(f"{where}: topology: unknown field(s) {', '.join(sorted(unknown))}; known: "
@@ -63,20 +74,15 @@ def parse(data: dict, where: str = "spec") -> Topology:
         except ValueError as exc:
             raise TopologyError(f"{where}: topology.inter_rates: {exc}") from None
     emulate = bool(data.get("emulate", False))
-    if emulate and data.get("node_cmd"):
-        raise TopologyError(f"{where}: topology: give either emulate: true or node_cmd, not both")
-    if not emulate and not data.get("node_cmd") and data["nodes"] > 1:
-        raise TopologyError(f"{where}: topology with {data['nodes']} nodes needs emulate: true or node_cmd")
-    hosts = tuple(data.get("hosts") or ())
-    if hosts and len(hosts) != data["nodes"]:
-        raise TopologyError(f"{where}: topology.hosts lists {len(hosts)} hosts for {data['nodes']} nodes")
+    if not emulate and data["nodes"] > 1:
+        raise TopologyError(f"{where}: topology with {data['nodes']} nodes needs emulate: true (real nodes come "
+                            f"from --llmcomm-node-cmd and --llmcomm-hosts, not from a spec)")
     if rates and not emulate:
         raise TopologyError(f"{where}: topology.inter_rates shapes an emulated link only (emulate: true)")
     nics = data.get("nics_per_node")
     if nics is not None:
         _require_count(nics, where, "nics_per_node")
-    return Topology(data["nodes"], data["ranks_per_node"], emulate, tuple(str(r) for r in rates), nics,
-                    data.get("node_cmd"), hosts, data.get("results_dir"), where)
+    return Topology(data["nodes"], data["ranks_per_node"], emulate, tuple(str(r) for r in rates), nics, where=where)
 
 
 def _require_count(value, where: str, key: str) -> None:

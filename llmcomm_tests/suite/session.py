@@ -113,6 +113,8 @@ class LLMCommSession:
         if t is None:
             return None
         if not t.emulate:
+            if not t.node_cmd:  # one node without a command: this host, ranks forked here
+                return None
             nodes = tuple(node_launch.NodeTarget(h, h, h) for h in t.hosts)
             return node_launch.NodeLaunch(t.node_cmd, nodes, t.ranks_per_node, results_dir=t.results_dir)
         key = (t.nodes, t.ranks_per_node, case.inter_rate)
