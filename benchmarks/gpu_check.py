@@ -276,7 +276,7 @@ def time_limit(seconds: float):
     """SIGALRM after ``seconds``: a part hung in Python (a launch waiting for its ranks, a
     subprocess) raises PartTimeout, and the launcher or subprocess kills what it started."""
     def expire(signum, frame):
-        raise PartTimeout(f"over its limit of {seconds:.0f} s")
+        raise PartTimeout(f"over its limit of {seconds:.3g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

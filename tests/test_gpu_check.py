@@ -100,3 +100,20 @@ def test_drawn_elements_counts_every_random_number_a_shard_draws(monkeypatch):
             drawn.clear()
             weights.rank_shard(shape, layout, rank, 0)
             assert weights.drawn_elements(shape, layout, rank) == sum(drawn), (layout, rank)
+
+
+def test_a_part_over_its_limit_fails_and_one_the_budget_cannot_fit_is_na(shared, monkeypatch, tmp_path):
+    import time
+
+    import gpu_check
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setattr(gpu_check, "ROWS", [])
+    t0 = time.perf_counter()
+    gpu_check.run_part("hangs", lambda: time.sleep(30), 0, 0.5, t0, "title")
+    assert time.perf_counter() - t0 < 5
+    gpu_check.run_part("too long", lambda: None, gpu_check.BUDGET_S, gpu_check.BUDGET_S, t0, "title")
+    assert gpu_check.ROWS[0][0] == "hangs" and gpu_check.ROWS[0][3] == "FAIL"
+    assert gpu_check.ROWS[0][1].startswith("PartTimeout: over its limit")
+    assert gpu_check.ROWS[1][0] == "too long" and gpu_check.ROWS[1][3] == "n/a" and "s left, it needs" in gpu_check.ROWS[1][1]
+    assert (tmp_path / "gpu-check.txt").read_text().splitlines()[1] == "0 PASS, 1 FAIL, 1 n/a, 0 info"
