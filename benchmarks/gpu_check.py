@@ -9,26 +9,43 @@
    host cost per op (recorded vs plain, interleaved rounds), and its durations vs direct events.
 4. Planted GPU delays: ``torch.cuda._sleep`` on the fitted clock, asked vs measured by events;
    ``all_reduce:delay=2ms`` and ``delay=100%`` through inject + recorder, extra time over clean.
+5. Several ranks on the one GPU, for function only (benchmarks/gpu_check_shared.py): TP2, PP2,
+   TP2×PP2 against gloo/CPU and the analytic volume, kernel timing of every call, the profiler
+   cross-check, a rank made late; and the 8-GPU suite's weight generation, predicted.
 
 Every figure is measured here; the "expect" column says what a healthy result looks like and the
-verdict is computed from the numbers, so the table can fail.
+verdict (PASS, FAIL, n/a with its reason, info) is computed from the numbers, so the table can fail.
+Cheap parts run first, each under its own time limit, all within ``BUDGET_S``: a part the budget
+cannot fit is n/a.  ``--dry-run`` runs the parts a CPU can (gloo in place of NCCL) and marks the
+others n/a: the probe's own test runs it (tests/test_gpu_check.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import gpu_check_shared as shared
+from gpu_check_shared import check_row
+
+BUDGET_S = 540.0  # the shell script kills the probe at 570 s: its table must be written before
 ROWS: list[tuple[str, str, str, str]] = []  # check, measured, expect, verdict
 
 
 def row(check: str, measured: str, expect: str, ok: bool | None) -> None:
-    ROWS.append((check, measured, expect, "-" if ok is None else ("ok" if ok else "FAIL")))
+    ROWS.append(check_row(check, measured, expect, ok))
+
+
+def not_applicable(check: str, why: str) -> None:
+    ROWS.append((check, why, "-", "n/a"))
 
 
 def us(seconds: float) -> str:
@@ -190,7 +207,7 @@ def planted_delays(torch, dist) -> None:
     row("all_reduce:delay=100% (1 MiB, recorded)", f"faulty/clean {ratio:.2f}x", "2x ±15 %", abs(ratio - 2) <= 0.3)
 
 
-def versions_and_fork_server(torch) -> None:
+def versions_and_fork_server(torch, dry: bool = False) -> None:
     """Versions, and whether a rank from the fork server starts with CUDA uninitialised (a parent
     that initialised CUDA before forking leaves its children a broken context)."""
     import platform
@@ -198,8 +215,9 @@ def versions_and_fork_server(torch) -> None:
     import gpu_check  # the rank entry must be importable by module name, not __main__
     from llmcomm_tests.runtime.launch import launch
 
+    nccl = "-" if dry else ".".join(map(str, torch.cuda.nccl.version()))
     row("versions", f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}", "-", None)
+        f"NCCL {nccl}", "-", None)
     started_initialised = launch(gpu_check.cuda_state_at_entry, world_size=1, timeout_s=120)[0]
     row("fork server: CUDA at rank entry", "initialised" if started_initialised else "uninitialised",
         "uninitialised", not started_initialised)
@@ -239,7 +257,60 @@ def write_table(lines: list[str]) -> str:
     return path
 
 
-def main() -> int:
+def table(title: str) -> list[str]:
+    header = ("check", "measured", "expect", "verdict")
+    widths = [max(len(r[i]) for r in ROWS + [header]) for i in range(4)]
+    counts = {v: sum(r[3] == v for r in ROWS) for v in ("PASS", "FAIL", "n/a", "info")}
+    lines = [title, ", ".join(f"{n} {v}" for v, n in counts.items())]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths))
+              for r in [header, tuple("-" * w for w in widths)] + ROWS]
+    return lines
+
+
+class PartTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """SIGALRM after ``seconds``: a part hung in Python (a launch waiting for its ranks, a
+    subprocess) raises PartTimeout, and the launcher or subprocess kills what it started."""
+    def expire(signum, frame):
+        raise PartTimeout(f"over its limit of {seconds:.3g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_part(name: str, part, least_s: float, most_s: float, t_start: float, title: str) -> None:
+    """``part()`` under a limit of ``most_s`` (less where the budget has less left), n/a where the
+    budget has under ``least_s`` left; an error is the part's FAIL row.  The table is rewritten
+    after every part, so a probe killed from outside still leaves the rows it measured."""
+    left = BUDGET_S - (time.perf_counter() - t_start)
+    if left < least_s:
+        not_applicable(name, f"not run: {left:.0f} s of the probe's {BUDGET_S:.0f} s left, it needs {least_s:.0f} s")
+    else:
+        t0 = time.perf_counter()
+        try:
+            with time_limit(min(most_s, left)):
+                part()
+        except Exception as exc:  # one broken part must not hide the others' rows
+            row(name, f"{type(exc).__name__}: {exc}"[:160], "no error", False)
+        print(f"gpu_check: {name}: {time.perf_counter() - t_start:.0f} s in, this part "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    write_table(table(title))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the one GPU probe: one table (see the module's docstring)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: run the parts a CPU can on gloo, the others n/a (the probe's own test)")
+    dry = parser.parse_args(argv).dry_run
     try:
         import torch
     except ImportError:
@@ -247,39 +318,59 @@ def main() -> int:
               file=sys.stderr)
         return 2
 
-    if not torch.cuda.is_available():
+    if not dry and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False): "
-              "this check needs one NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
+              "this check needs one NVIDIA GPU and a CUDA build of torch (--dry-run: the CPU parts on gloo)",
+              file=sys.stderr)
         return 2
     import torch.distributed as dist
 
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="llmcomm-gpu-check-") as tmp:
-        for part in (lambda: versions_and_fork_server(torch), lambda: one_rank_case(tmp)):
-            try:
-                part()
-            except Exception as exc:  # one broken part must not hide the others' rows
-                row("setup", f"{type(exc).__name__}: {exc}"[:100], "no error", False)
+    backend = "gloo" if dry else "nccl"
+    if dry:
+        title = f"gpu_check --dry-run on CPU (gloo in place of NCCL), torch {torch.__version__}"
+    else:
+        title = (f"gpu_check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+                 f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+    gpu_only = "dry run: needs a GPU"
+
+    def one_rank_nccl_parts() -> None:
         torch.cuda.set_device(0)
         dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=0, world_size=1)
         try:
             for part in (event_vs_host, recorder_cost, planted_delays):
                 try:
                     part(torch, dist)
+                except PartTimeout:
+                    raise
                 except Exception as exc:  # one broken part must not hide the others' rows
-                    row(part.__name__, f"{type(exc).__name__}: {exc}"[:100], "no error", False)
+                    row(part.__name__, f"{type(exc).__name__}: {exc}"[:160], "no error", False)
         finally:
             dist.destroy_process_group()
-        try:  # last: the longest, and it needs the GPU to itself
-            llama_8b_case(tmp)
-        except Exception as exc:
-            row("llmcomm run llama-3.1-8b bf16 1x1", f"{type(exc).__name__}: {exc}"[:100], "exit 0", False)
-    name = torch.cuda.get_device_name(0)
-    widths = [max(len(r[i]) for r in ROWS + [("check", "measured", "expect", "verdict")]) for i in range(4)]
-    lines = [f"gpu_check on {name}, torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
-             f"{time.perf_counter() - t_start:.0f} s"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths))
-              for r in [("check", "measured", "expect", "verdict"), tuple("-" * w for w in widths)] + ROWS]
+
+    def extend(rows_of):
+        return lambda: ROWS.extend(rows_of())
+
+    with tempfile.TemporaryDirectory(prefix="llmcomm-gpu-check-") as tmp:
+        # (name, part or None where a dry run cannot, least seconds, most seconds): cheap first
+        parts = [
+            ("versions, fork server", (lambda: versions_and_fork_server(torch, dry)), 30, 90),
+            ("weight generation", extend(shared.weight_rows), 30, 90),
+            ("one rank, NCCL vs gloo", None if dry else (lambda: one_rank_case(tmp)), 60, 150),
+            ("one-rank NCCL group: events, recorder, GPU delays", None if dry else one_rank_nccl_parts, 60, 150),
+            ("late rank", extend(lambda: shared.late_rank_rows(backend, 90)), 40, 100),
+        ]
+        parts += [(f"tiny tp{tp}×pp{pp} on one GPU", extend(lambda tp=tp, pp=pp: shared.layout_rows(tp, pp, backend, 120)),
+                   60, 150) for tp, pp in shared.SHARED_LAYOUTS]
+        # last: the longest, and it needs the GPU to itself
+        parts.append(("llmcomm run llama-3.1-8b bf16 1x1", None if dry else (lambda: llama_8b_case(tmp)), 150, 400))
+        for name, part, least_s, most_s in parts:
+            if part is None:
+                not_applicable(name, gpu_only)
+                write_table(table(title))
+            else:
+                run_part(name, part, least_s, most_s, t_start, title)
+    lines = table(f"{title}, {time.perf_counter() - t_start:.0f} s")
     print("\n".join(lines))
     print(f"table written to {write_table(lines)}")
     return 0 if all(r[3] != "FAIL" for r in ROWS) else 1

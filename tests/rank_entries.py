@@ -168,3 +168,20 @@ def offsets_over_nccl_like_default_group(ctx):
         return estimate_offsets(rounds=2, group=host_group)
     finally:
         dist.send, dist.recv = real_send, real_recv
+
+
+def gpu_placement(ctx):
+    """What this rank was given for a GPU: its NCCL variables, and the device ``init_rank`` binds
+    with the local rank the launcher passed, joining a fake NCCL group (no GPU needed)."""
+    import torch
+    import torch.distributed as dist
+
+    from llmcomm_tests.runtime.launch import init_rank
+
+    bound, joined = [], {}
+    torch.cuda.set_device = bound.append
+    dist.init_process_group = lambda backend, **kw: joined.update(kw, backend=backend)
+    dist.new_group = lambda **kw: "gloo-side-group"
+    nccl_ctx = init_rank(ctx.rank, ctx.world_size, ctx.local_rank, "nccl", "file:///nonexistent", 10.0)
+    return {"env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_") or k == "EXTRA"},
+            "bound": bound, "device": nccl_ctx.device, "device_id": str(joined.get("device_id"))}

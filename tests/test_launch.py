@@ -154,3 +154,52 @@ def test_stopping_the_fork_server_kills_a_rank_no_launch_has_registered():
     from llmcomm_tests.runtime.launch import STOP_GRACE_S
 
     assert float(waited) < STOP_GRACE_S / 2, out.decode()  # the server ended by itself, not at the deadline
+
+
+# -- ranks sharing one GPU (function only): each its own NCCL host id, all on device 0 -------------
+
+SHARED_NCCL = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1", "NCCL_P2P_DISABLE": "1",
+               "NCCL_SHM_DISABLE": "1"}
+
+
+def _placements(monkeypatch, share_env: str | None = None, **kwargs):
+    monkeypatch.delenv("LLMCOMM_SHARE_GPU", raising=False)
+    if share_env is not None:
+        monkeypatch.setenv("LLMCOMM_SHARE_GPU", share_env)
+    return launch(rank_entries.gpu_placement, backend="gloo", timeout_s=60, **kwargs)
+
+
+def test_ranks_sharing_one_gpu_get_their_own_nccl_host_and_device_0(monkeypatch):
+    seen = _placements(monkeypatch, world_size=4, share_gpu=True, env={"EXTRA": "1"})
+    for rank, placed in enumerate(seen):
+        assert placed["env"] == {**SHARED_NCCL, "NCCL_HOSTID": f"llmcomm-rank{rank}", "EXTRA": "1"}
+        assert placed["bound"] == [0] and placed["device"] == "cuda:0" and placed["device_id"] == "cuda:0"
+
+
+def test_llmcomm_share_gpu_1_shares_as_the_parameter_does(monkeypatch):
+    seen = _placements(monkeypatch, "1", world_size=2)
+    assert [p["env"]["NCCL_HOSTID"] for p in seen] == ["llmcomm-rank0", "llmcomm-rank1"]
+    assert [p["bound"] for p in seen] == [[0], [0]]
+
+
+def test_ranks_not_sharing_bind_their_own_gpu_and_get_no_nccl_settings(monkeypatch):
+    for seen in (_placements(monkeypatch, world_size=2), _placements(monkeypatch, "1", world_size=2, share_gpu=False)):
+        assert [p["bound"] for p in seen] == [[0], [1]]
+        assert [p["device"] for p in seen] == ["cuda:0", "cuda:1"]
+        assert all(not set(p["env"]) & {"NCCL_HOSTID", *SHARED_NCCL} for p in seen)
+
+
+def test_nccl_ranks_sharing_one_gpu_need_one_device_not_one_each(monkeypatch):
+    from llmcomm_tests.runtime import launch as launch_mod
+
+    monkeypatch.delenv("LLMCOMM_SHARE_GPU", raising=False)
+    monkeypatch.setattr(launch_mod, "cuda_device_count", lambda: 1)
+    assert launch_mod.resolve_backend("nccl", 4, share_gpu=True) == "nccl"
+    assert launch_mod.resolve_backend("auto", 4, share_gpu=True) == "nccl"
+    assert launch_mod.resolve_backend("auto", 4) == "gloo"
+    with pytest.raises(ValueError, match="one CUDA device per rank: 4 ranks, 1 devices"):
+        launch_mod.resolve_backend("nccl", 4)
+    monkeypatch.setattr(launch_mod, "cuda_device_count", lambda: 0)
+    with pytest.raises(ValueError, match="needs a CUDA device: none here"):
+        launch_mod.resolve_backend("nccl", 2, share_gpu=True)
+    assert launch_mod.resolve_backend("auto", 2, share_gpu=True) == "gloo"

@@ -97,9 +97,9 @@ def shard_range(name: str, dims: tuple[int, ...], shape: EngineShape, tp: int, t
     return every_row, every_col
 
 
-def rank_shard(shape: EngineShape, layout: Layout, rank: int, seed: int) -> dict[str, torch.Tensor]:
-    """The fp32 tensors one rank holds (its stage's layers, its TP slice of each), drawn without
-    drawing the rest."""
+def shard_blocks(shape: EngineShape, layout: Layout, rank: int) -> dict[str, tuple[tuple[int, ...], range, range]]:
+    """name -> (full dims, rows, cols) of every tensor one rank holds: its stage's layers, its TP
+    slice of each; a 1-D tensor (drawn whole) has one column."""
     stage, tp_rank = layout.stage_of(rank), layout.tp_rank_of(rank)
     names = {}
     if stage == 0:
@@ -108,10 +108,29 @@ def rank_shard(shape: EngineShape, layout: Layout, rank: int, seed: int) -> dict
         names.update({k: v for k, v in weight_shapes(shape).items() if "embed" not in k})
     for layer in layout.stage_layers(shape.n_layers)[stage]:
         names.update(weight_shapes(shape, layer))
-    shard = {}
-    for name, dims in names.items():
+    return {name: (dims, range(dims[0]), range(1)) if len(dims) == 1
+            else (dims, *shard_range(name, dims, shape, layout.tp, tp_rank)) for name, dims in names.items()}
+
+
+def drawn_elements(shape: EngineShape, layout: Layout, rank: int) -> int:
+    """Random numbers ``rank_shard`` draws for one rank: every tile its blocks touch, whole."""
+    total = 0
+    for dims, rows, cols in shard_blocks(shape, layout, rank).values():
         if len(dims) == 1:
-            shard[name] = full_weight(name, dims, seed)
+            total += dims[0]
         else:
-            shard[name] = weight_block(name, dims, seed, *shard_range(name, dims, shape, layout.tp, tp_rank))
+            total += _tiled(rows, dims[0]) * _tiled(cols, dims[1])
+    return total
+
+
+def _tiled(span: range, size: int) -> int:
+    """Rows (columns) of the whole tiles ``span`` touches along a dim of ``size``."""
+    return min(-(-span.stop // TILE) * TILE, size) - span.start // TILE * TILE
+
+
+def rank_shard(shape: EngineShape, layout: Layout, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """The fp32 tensors one rank holds (``shard_blocks``), drawn without drawing the rest."""
+    shard = {}
+    for name, (dims, rows, cols) in shard_blocks(shape, layout, rank).items():
+        shard[name] = full_weight(name, dims, seed) if len(dims) == 1 else weight_block(name, dims, seed, rows, cols)
     return shard

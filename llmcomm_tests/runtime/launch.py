@@ -74,14 +74,35 @@ class RankContext:
     host_group: Any = None
 
 
-def resolve_backend(backend: str, world_size: int) -> str:
-    """``auto``: NCCL with one GPU per rank where there are enough CUDA devices, else gloo."""
+def resolve_backend(backend: str, world_size: int, share_gpu: bool | None = None) -> str:
+    """``auto``: NCCL with one GPU per rank where there are enough CUDA devices, else gloo.  Ranks
+    sharing one GPU (``sharing_gpu``) need one device in all."""
     devices = cuda_device_count()  # torch.cuda.is_available() would call cudaGetDeviceCount here
-    if backend == "nccl" and devices < world_size:
-        raise ValueError(f"backend nccl needs one CUDA device per rank: {world_size} ranks, {devices} devices")
+    needed = 1 if sharing_gpu(share_gpu) else world_size
+    if backend == "nccl" and devices < needed:
+        raise ValueError(f"backend nccl needs one CUDA device per rank: {world_size} ranks, {devices} devices"
+                         if needed > 1 else "backend nccl needs a CUDA device: none here")
     if backend != "auto":
         return backend
-    return "nccl" if devices >= world_size else "gloo"
+    return "nccl" if devices >= needed else "gloo"
+
+
+# Several ranks on one GPU, for function only (time-sliced: never for timing).  NCCL refuses two
+# ranks on one device ("Duplicate GPU detected") unless each rank claims its own host, and ranks on
+# "other hosts" then talk over the socket transport on loopback (docs/measurements.md#ranks-sharing-one-gpu).
+SHARE_GPU_ENV = "LLMCOMM_SHARE_GPU"
+SHARED_GPU_NCCL = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1",
+                   "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1"}
+
+
+def sharing_gpu(share_gpu: bool | None = None) -> bool:
+    """Whether ranks share one GPU: ``share_gpu`` where given, else ``LLMCOMM_SHARE_GPU=1``."""
+    return os.environ.get(SHARE_GPU_ENV) == "1" if share_gpu is None else share_gpu
+
+
+def shared_gpu_env(rank: int) -> dict[str, str]:
+    """The NCCL settings of rank ``rank`` on a shared GPU (inert on gloo)."""
+    return {**SHARED_GPU_NCCL, "NCCL_HOSTID": f"llmcomm-rank{rank}"}
 
 
 _context = None
@@ -165,14 +186,18 @@ def _main_module_hidden():
 
 
 def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, backend: str = "auto",
-           timeout_s: float = 300.0, threads_per_rank: int = 1, env: dict[str, str] | None = None) -> list[Any]:
+           timeout_s: float = 300.0, threads_per_rank: int = 1, env: dict[str, str] | None = None,
+           share_gpu: bool | None = None) -> list[Any]:
     """Run ``entry(RankContext, *args)`` on ``world_size`` ranks; return their results in rank order.
 
     ``entry`` must be importable (module-level).  Raises RankFailed or RankTimeout naming the ranks.
+    ``share_gpu`` (None: ``LLMCOMM_SHARE_GPU=1``): every rank on device 0 with its own NCCL host
+    id (``shared_gpu_env``; ``env`` given here still wins), for function only.
     """
     if getattr(entry, "__module__", "__main__") == "__main__" or "<locals>" in getattr(entry, "__qualname__", ""):
         raise ValueError(f"launch entry {entry!r} must be a module-level function of an importable module")
-    backend = resolve_backend(backend, world_size)
+    shared = sharing_gpu(share_gpu)
+    backend = resolve_backend(backend, world_size, shared)
     ctx = _mp_context()
     workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-"))
     rendezvous = f"file://{workdir / 'store'}"
@@ -183,7 +208,8 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
             proc = ctx.Process(
                 target=_rank_main, name=f"llmcomm-rank{rank}", daemon=True,
                 args=(entry, args, rank, world_size, backend, rendezvous, threads_per_rank, timeout_s,
-                      writer, os.getpid(), str(workdir), dict(env or {})),
+                      writer, os.getpid(), str(workdir),
+                      {**(shared_gpu_env(rank) if shared else {}), **(env or {})}, 0 if shared else rank),
             )
             with _main_module_hidden():
                 proc.start()
@@ -378,7 +404,7 @@ def _log_tail(workdir: Path, rank: int, lines: int = 20) -> str:
 
 
 def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, timeout_s, conn, launcher_pid,
-               workdir, env):
+               workdir, env, local_rank):
     # First of all: a SIGUSR1 that arrives before the handler would kill the rank without a word.
     stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
@@ -393,7 +419,7 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     threading.Thread(target=_watch_launcher, args=(launcher_pid,), daemon=True).start()
     try:
-        ctx = init_rank(rank, world_size, rank, backend, rendezvous, timeout_s)
+        ctx = init_rank(rank, world_size, local_rank, backend, rendezvous, timeout_s)
         result = entry(ctx, *args)
         conn.send(("ok", result))
     except BaseException:  # noqa: BLE001 - every failure must reach the launcher
