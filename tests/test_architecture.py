@@ -150,7 +150,8 @@ def test_the_checker_below_catches_a_planted_cycle_and_a_planted_import(tmp_path
 @pytest.mark.parametrize("module", ["llmcomm_tests.suite.plugin", "llmcomm_tests.spec", "llmcomm_tests.analytic.e2e",
                                     "llmcomm_tests.core.documents", "llmcomm_tests.core.contract", "llmcomm_tests.judging.baseline",
                                     "llmcomm_tests.report.html", "llmcomm_tests.commands", "llmcomm_tests.core.units",
-                                    "llmcomm_tests.runtime.run_config"])
+                                    "llmcomm_tests.runtime.run_config", "llmcomm_tests.suite.items",
+                                    "llmcomm_tests.suite.case_run", "llmcomm_tests.frameworks.registry"])
 def test_modules_load_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from llmcomm_tests.frameworks.hf_adapter import run_in_transformers
-from llmcomm_tests.frameworks.vllm_adapter import run_in_vllm
-from llmcomm_tests.runtime.measure import run_engine
-
 if TYPE_CHECKING:
     from llmcomm_tests.core.documents import RunDocument
     from llmcomm_tests.runtime.node_launch import NodeLaunch
@@ -44,6 +40,9 @@ class OursAdapter:
         return None
 
     def run(self, cfg, *, backend="auto", timeout_s=300.0, available_ranks=None, nodes=None):
+        # Lazy, as every adapter's runner: the plugin imports this registry, and the runners reach torch.
+        from llmcomm_tests.runtime.measure import run_engine
+
         return run_engine(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks, nodes=nodes)
 
 
@@ -68,6 +67,8 @@ class VllmAdapter(_OneHostAdapter):
         return missing()
 
     def run(self, cfg, *, backend="auto", timeout_s=300.0, available_ranks=None, nodes=None):
+        from llmcomm_tests.frameworks.vllm_adapter import run_in_vllm
+
         self.refuse_nodes(nodes)
         # vLLM picks its communicators; the backend says which device it runs on
         return run_in_vllm(cfg, timeout_s=timeout_s, available_ranks=available_ranks, backend=backend)
@@ -82,6 +83,8 @@ class TransformersAdapter(_OneHostAdapter):
         return missing()
 
     def run(self, cfg, *, backend="auto", timeout_s=300.0, available_ranks=None, nodes=None):
+        from llmcomm_tests.frameworks.hf_adapter import run_in_transformers
+
         self.refuse_nodes(nodes)
         return run_in_transformers(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
 
