@@ -118,3 +118,26 @@ def deadlock(ctx):
     buf = torch.empty(4)
     dist.recv(buf, 1 - ctx.rank)
     return ctx.rank
+
+
+def with_child(ctx, pid_dir, bad_rank: int = 1):
+    """Start a child process that would outlive the rank, note its pid, then fail on ``bad_rank``."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(os.path.join(pid_dir, f"child{ctx.rank}.pid"), "w") as f:
+        f.write(str(child.pid))
+    if ctx.rank == bad_rank:
+        raise RuntimeError("planted failure with a child running")
+    return hang(ctx, bad_rank=ctx.rank, seconds=3600)
+
+
+def sleep_target(argv) -> int:
+    """A node_rank target that runs until it is killed."""
+    time.sleep(600)
+    return 0
+
+
+def quick_target(argv) -> int:
+    """A node_rank target that is done at once."""
+    return 0
