@@ -165,7 +165,7 @@ def test_a_truncated_baseline_makes_its_rows_n_a_and_the_case_keeps_its_results(
     result.assert_outcomes(passed=2)
     text = result.stdout.str()
     assert "Traceback (most recent call last)" not in text
-    result.stdout.fnmatch_lines([f"baseline*baseline before*n/a (cannot read baseline *{stored.parent.name}/{stored.name}: JSONDecodeError*"])
+    result.stdout.fnmatch_lines([f"baseline*baseline before*N/A (cannot read baseline *{stored.parent.name}/{stored.name}: JSONDecodeError*"])
     report = json.loads((gate.path / "reports" / "llmcomm-report.json").read_text())
     assert len(report["items"]) == 2 and report["complete"] is True
 
