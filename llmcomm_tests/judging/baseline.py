@@ -99,7 +99,7 @@ def path_for(root: str, name: str, env: dict, spec: str, case_id: str, spec_file
     return base / check_name(name) / spec / f"{case_id}.json"
 
 
-class BaselineFileError(ValueError):
+class BaselineFileError(OSError):
     """A baseline file that cannot be read or written: ``str`` is one line (file and cause)."""
 
 
