@@ -92,6 +92,11 @@ _running: list = []  # rank processes of the launches in progress in this proces
 def _mp_context():
     global _context
     if _context is None:
+        # The fork server learns the launcher's temporary folder, to remove it if the launcher is
+        # killed (runtime/preload.py)
+        from multiprocessing import util
+
+        os.environ["LLMCOMM_LAUNCHER_TEMPDIR"] = util.get_temp_dir()
         multiprocessing.set_forkserver_preload(PRELOAD)
         _context = multiprocessing.get_context("forkserver")
     return _context
@@ -122,13 +127,25 @@ def stop_fork_server() -> None:
     # server then ends with this process.
     if not lock.acquire(timeout=5):
         return
+    _say_stopping()
     deadline = threading.Timer(STOP_GRACE_S, _kill, (pid,))
     deadline.start()
     try:
         stop()
     finally:
         deadline.cancel()
+        _say_stopping(False)  # a later server, of a later launch, is not being stopped
         lock.release()
+
+
+def _say_stopping(stopping: bool = True) -> None:
+    """Tell the fork server that this launcher stops it and removes its temporary folder itself
+    (runtime/preload.py removes it only for a launcher that died)."""
+    folder = os.environ.get("LLMCOMM_LAUNCHER_TEMPDIR")
+    if folder:
+        flag = Path(folder, ".llmcomm-stopping")
+        with contextlib.suppress(OSError):
+            flag.touch() if stopping else flag.unlink()
 
 
 def fork_server_pid() -> int | None:
