@@ -61,7 +61,9 @@ def test_a_dead_fork_server_is_said_and_its_ranks_are_killed(tmp_path):
     leave no rank running."""
     def kill_server():
         _pids(tmp_path, "rank*.pid", 2)
-        os.kill(launcher.fork_server_pid(), signal.SIGKILL)
+        from multiprocessing import forkserver
+
+        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_server, daemon=True)
     killer.start()
