@@ -6,8 +6,9 @@ start method, with torch preloaded, forks each rank from a clean process that im
 never ran an op: the first launch of a session pays the import once, later launches cost a fork.
 Each rank calls ``torch.set_num_threads`` before any op (the fork-safety rule).
 
-Rendezvous is a FileStore in a fresh temporary directory per launch: no ports to pick, so
-concurrent launches cannot collide.  Results come back over one pipe per rank.  On a timeout every
+Rendezvous is a FileStore in a fresh temporary directory per launch (inside multiprocessing's
+``pymp-*`` folder, so that no stop leaves it behind): no ports to pick, so concurrent launches
+cannot collide.  Results come back over one pipe per rank.  On a timeout every
 unfinished rank dumps its Python stacks (faulthandler on SIGUSR1) before all ranks are killed; a
 rank that raises sends its traceback.  Ranks also exit by themselves if the launcher disappears.
 Each rank leads its own process group, killed as a whole (a rank's own children go with it), and
@@ -24,6 +25,7 @@ import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -217,7 +219,11 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
         raise ValueError(f"launch entry {entry!r} must be a module-level function of an importable module")
     backend = resolve_backend(backend, world_size)
     ctx = _mp_context()
-    workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-"))
+    # Inside multiprocessing's own temporary folder: removed at exit even when a second Ctrl-C cut
+    # this launch's cleanup short, and by the fork server when the launcher was killed (preload.py).
+    from multiprocessing import util
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-", dir=util.get_temp_dir()))
     rendezvous = f"file://{workdir / 'store'}"
     procs, readers = [], {}
     try:
@@ -240,9 +246,7 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
         _reap(procs)
         for proc in procs:
             _running.remove(proc)
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
