@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -317,10 +318,13 @@ def main() -> int:
         if args.only and not any(o in name for o in args.only):
             continue
         start = time.monotonic()
+        root = _folder()
         try:
-            why = fault(_folder())
+            why = fault(root)
         except Exception as exc:  # noqa: BLE001 - a campaign row, not a crash of the campaign
             why = [f"campaign error: {type(exc).__name__}: {exc}"]
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
         rows.append((name, "clean" if not why else "NOT CLEAN: " + "; ".join(why), time.monotonic() - start))
         print(f"{name:34s} {rows[-1][1]}  ({rows[-1][2]:.0f} s)", flush=True)
     print(f"\n{sum(r[1] == 'clean' for r in rows)}/{len(rows)} clean")
