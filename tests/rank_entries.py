@@ -185,3 +185,26 @@ def gpu_placement(ctx):
     nccl_ctx = init_rank(ctx.rank, ctx.world_size, ctx.local_rank, "nccl", "file:///nonexistent", 10.0)
     return {"env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_") or k == "EXTRA"},
             "bound": bound, "device": nccl_ctx.device, "device_id": str(joined.get("device_id"))}
+
+
+def with_child(ctx, pid_dir, bad_rank: int = 1):
+    """Start a child process that would outlive the rank, note its pid, then fail on ``bad_rank``."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(os.path.join(pid_dir, f"child{ctx.rank}.pid"), "w") as f:
+        f.write(str(child.pid))
+    if ctx.rank == bad_rank:
+        raise RuntimeError("planted failure with a child running")
+    return hang(ctx, bad_rank=ctx.rank, seconds=3600)
+
+
+def sleep_target(argv) -> int:
+    """A node_rank target that runs until it is killed."""
+    time.sleep(600)
+    return 0
+
+
+def quick_target(argv) -> int:
+    """A node_rank target that is done at once."""
+    return 0

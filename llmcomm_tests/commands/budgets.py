@@ -85,7 +85,10 @@ def main(args) -> int:
         print(f"llmcomm budgets: {source} not found (run pytest with --llmcomm-report-dir {args.dir} first)",
               file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:  # each names the file (json_report.load_session_report)
         print(f"llmcomm budgets: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError) as exc:
+        print(f"llmcomm budgets: {source} is damaged: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0

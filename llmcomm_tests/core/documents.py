@@ -512,9 +512,11 @@ class SessionReport:
     ranks: int
     options: dict[str, Any]
     items: list[CaseResult]
-    complete: bool = True
-    exitstatus: Optional[int] = None
+    complete: bool = True  # every selected case has a result (false while running, and after a stop)
+    exitstatus: Optional[int] = None  # None: the session has not ended (still running, or killed)
     schema: str = "llmcomm.session/2"
+    session_id: str = ""  # the items of this session in llmcomm-items.jsonl carry it
+    selected: Optional[int] = None  # cases selected to run (None: not known)
 
     @property
     def passed(self) -> int:

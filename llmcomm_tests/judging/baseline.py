@@ -99,9 +99,24 @@ def path_for(root: str, name: str, env: dict, spec: str, case_id: str, spec_file
     return base / check_name(name) / spec / f"{case_id}.json"
 
 
+class BaselineFileError(OSError):
+    """A baseline file that cannot be read or written: ``str`` is one line (file and cause)."""
+
+
 def load_baseline(path: Path) -> dict:
-    """A stored baseline file: its case, volume and runs."""
-    return json.loads(path.read_text())
+    """A stored baseline file: its case, volume and runs.  Raises BaselineFileError naming the file
+    (unreadable, truncated, not a baseline)."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise BaselineFileError(f"cannot read baseline {path}: {why}") from None
+    if not isinstance(stored, dict):
+        raise BaselineFileError(f"baseline {path} is damaged: a JSON {type(stored).__name__}, not a baseline")
+    if stored.get("schema") == SCHEMA and (not isinstance(stored.get("runs"), list) or "volume" not in stored
+            or not all(isinstance(r, dict) and isinstance(r.get("times"), dict) for r in stored["runs"])):
+        raise BaselineFileError(f"baseline {path} is damaged: its runs or volume are missing")
+    return stored
 
 
 def add_run(path: Path, run: dict) -> dict:
@@ -112,16 +127,24 @@ def add_run(path: Path, run: dict) -> dict:
         stored = {"schema": SCHEMA, "case": run["case"], "volume": run["volume"], "runs": []}
     entry = {"env": run["env"], "session": run["session"], "times": run["times"]}
     stored["runs"] = (stored["runs"] + [entry])[-MAX_RUNS:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".baseline-", suffix=".json")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".baseline-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(stored, f, indent=1, default=str)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise BaselineFileError(f"cannot write baseline {path}: {exc.strerror or exc}; the previous file is kept") \
+            from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return stored
 
 
@@ -251,10 +274,24 @@ def handle(case, doc: RunDocument, request: BaselineRequest) -> list[VerdictRow]
         else:
             threshold = settings.threshold if settings else DEFAULT_THRESHOLD
             min_detectable = settings.min_detectable if settings else None
-            rows += compare(load_baseline(path), current, threshold, min_detectable)
+            try:
+                stored = load_baseline(path)
+                if stored.get("schema") != SCHEMA:
+                    raise BaselineFileError(f"baseline {path} has schema {stored.get('schema')!r}, expected "
+                                            f"{SCHEMA!r}: save it again")
+                rows += compare(stored, current, threshold, min_detectable)
+            except BaselineFileError as exc:  # the case keeps its other rows; this one says why
+                rows.append(VerdictRow("baseline", f"baseline {request.compare}", NA, detail=str(exc)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                rows.append(VerdictRow("baseline", f"baseline {request.compare}", NA,
+                                       detail=f"baseline {path} is damaged: {type(exc).__name__}: {exc}"))
     if request.save:
         path = where(request.save)
-        stored = add_run(path, current)
-        rows.append(VerdictRow("baseline", f"saved to {request.save}", PASS,
-                               detail=f"{len(stored['runs'])} run(s) in {path}"))
+        try:
+            stored = add_run(path, current)
+        except BaselineFileError as exc:  # a damaged file is not overwritten: someone should look at it
+            rows.append(VerdictRow("baseline", f"saved to {request.save}", FAIL, detail=f"not saved: {exc}"))
+        else:
+            rows.append(VerdictRow("baseline", f"saved to {request.save}", PASS,
+                                   detail=f"{len(stored['runs'])} run(s) in {path}"))
     return rows

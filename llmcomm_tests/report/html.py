@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport
 from llmcomm_tests.core.text import fmt, nbytes, seconds
+from llmcomm_tests.report import json_report
+from llmcomm_tests.report.json_report import replace_file
 from llmcomm_tests.report.plots import all_plots
 from llmcomm_tests.report.table import HEADER, cells
 
@@ -246,13 +246,17 @@ def write_for_session(report: SessionReport, report_dir: "str | Path") -> Path |
 
 
 def write_html(session_doc: SessionReport, path) -> Path:
-    """Render ``session_doc`` to ``path`` (atomically: a reader never sees half a file)."""
+    """Render ``session_doc`` to ``path`` (atomically: a reader never sees half a file; a failed
+    write keeps the old file and raises ``json_report.ReportFileError``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render(session_doc)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".llmcomm-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a CI artifact from other readers
-    os.replace(tmp, path)
-    return path
+    return replace_file(path, render(session_doc))
+
+
+def write_in_progress(session_id: str, report_dir: "str | Path") -> Path:
+    """The page a session puts in place of the previous session's report when it starts: a reader
+    never takes an old verdict for this session's."""
+    text = (f"<!doctype html><meta charset=utf-8><title>llmcomm report: in progress</title>"
+            f"<p>llmcomm session {esc(session_id)} is in progress, or stopped before it could write its report: "
+            f"see {esc(json_report.FILENAME)}, or rebuild with <code>llmcomm report DIR</code>.</p>\n")
+    return replace_file(Path(report_dir) / FILENAME, text)

@@ -1,12 +1,18 @@
 """Enrich pytest's JUnit XML (xunit2) with junitparser: suite properties carry the environment
 fingerprint; each llmcomm testcase's system-out carries its verdict table (pytest writes captured
-output only when ``junit_logging`` asks for it, and dashboards show system-out)."""
+output only when ``junit_logging`` asks for it, and dashboards show system-out).
+
+The file is replaced atomically (a temporary file renamed over it): a full disk or a signal while
+writing keeps the previous file whole, and a failure is one ``ReportFileError`` line."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from llmcomm_tests.core.documents import SessionReport
+from llmcomm_tests.report.json_report import ReportFileError, cause
 from llmcomm_tests.report.table import format_table
 
 
@@ -27,7 +33,10 @@ def enrich(path: "str | Path", report: SessionReport) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    xml = JUnitXml.fromfile(str(path))
+    try:
+        xml = JUnitXml.fromfile(str(path))
+    except Exception as exc:  # noqa: BLE001 - lxml/ElementTree parse errors have no common base
+        raise ReportFileError(f"cannot read {path}: {cause(exc)}") from None
     suites = [xml] if isinstance(xml, TestSuite) else list(xml)
     props: list = []
     _flatten("llmcomm.env", report.env, props)
@@ -41,4 +50,25 @@ def enrich(path: "str | Path", report: SessionReport) -> None:
             hit = tables.get(case.name)
             if hit and case.classname and hit[0].startswith(case.classname.replace(".", "/").rsplit("/yaml", 1)[0]):
                 case.system_out = ((case.system_out or "") + "\n" + hit[1]).strip()
-    xml.write(str(path))
+    write_atomically(path, lambda tmp: xml.write(tmp))
+
+
+def write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it; on failure the old
+    file stays and the temporary file goes."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".llmcomm-", suffix=".xml")
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise ReportFileError(f"cannot write {path}: {cause(exc)}; the previous file is kept") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

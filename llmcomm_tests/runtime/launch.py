@@ -6,10 +6,13 @@ start method, with torch preloaded, forks each rank from a clean process that im
 never ran an op: the first launch of a session pays the import once, later launches cost a fork.
 Each rank calls ``torch.set_num_threads`` before any op (the fork-safety rule).
 
-Rendezvous is a FileStore in a fresh temporary directory per launch: no ports to pick, so
-concurrent launches cannot collide.  Results come back over one pipe per rank.  On a timeout every
+Rendezvous is a FileStore in a fresh temporary directory per launch (inside multiprocessing's
+``pymp-*`` folder, so that no stop leaves it behind): no ports to pick, so concurrent launches
+cannot collide.  Results come back over one pipe per rank.  On a timeout every
 unfinished rank dumps its Python stacks (faulthandler on SIGUSR1) before all ranks are killed; a
 rank that raises sends its traceback.  Ranks also exit by themselves if the launcher disappears.
+Each rank leads its own process group, killed as a whole (a rank's own children go with it), and
+is killed even when the fork server died under it (multiprocessing then no longer knows it).
 
 Multi-node runs use torchrun instead (``python -m torch.distributed.run ... -m llmcomm_tests.runtime.torchrun_entry``),
 with the same rank-side code.
@@ -22,6 +25,7 @@ import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -40,6 +44,8 @@ PRELOAD = ["llmcomm_tests.runtime.preload"]
 STACK_GRACE_S = 5.0  # at most this long for hung ranks to write their stacks (read as soon as they have)
 FAILURE_GRACE_S = 1.0  # after one rank fails, how long to wait for the others' own errors
 STOP_GRACE_S = 30.0  # the fork server tears torch down as it exits: seconds on a loaded host
+LOG_TAIL_BYTES = 64 * 1024  # of a rank's log, what a failure report reads (a rank may log gigabytes)
+FORK_SERVER_LOST = 255  # multiprocessing's exit code for a rank whose fork server can no longer tell it
 
 
 # Errors a rank sees when another rank died under it (gloo's wording): symptoms, not causes.
@@ -112,6 +118,11 @@ _running: list = []  # rank processes of the launches in progress in this proces
 def _mp_context():
     global _context
     if _context is None:
+        # The fork server learns the launcher's temporary folder, to remove it if the launcher is
+        # killed (runtime/preload.py)
+        from multiprocessing import util
+
+        os.environ["LLMCOMM_LAUNCHER_TEMPDIR"] = util.get_temp_dir()
         multiprocessing.set_forkserver_preload(PRELOAD)
         _context = multiprocessing.get_context("forkserver")
     return _context
@@ -142,13 +153,50 @@ def stop_fork_server() -> None:
     # server then ends with this process.
     if not lock.acquire(timeout=5):
         return
+    _say_stopping()
     deadline = threading.Timer(STOP_GRACE_S, _kill, (pid,))
     deadline.start()
     try:
         stop()
     finally:
         deadline.cancel()
+        _say_stopping(False)  # a later server, of a later launch, is not being stopped
         lock.release()
+
+
+def _say_stopping(stopping: bool = True) -> None:
+    """Tell the fork server that this launcher stops it and removes its temporary folder itself
+    (runtime/preload.py removes it only for a launcher that died)."""
+    folder = os.environ.get("LLMCOMM_LAUNCHER_TEMPDIR")
+    if folder:
+        flag = Path(folder, ".llmcomm-stopping")
+        with contextlib.suppress(OSError):
+            flag.touch() if stopping else flag.unlink()
+
+
+def fork_server_pid() -> int | None:
+    server = getattr(forkserver, "_forkserver", None)
+    return getattr(server, "_forkserver_pid", None)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat): tells a rank from a later
+    process that reuses its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _children_of(pid: int) -> list[int]:
@@ -199,7 +247,11 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
     shared = sharing_gpu(share_gpu)
     backend = resolve_backend(backend, world_size, shared)
     ctx = _mp_context()
-    workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-"))
+    # Inside multiprocessing's own temporary folder: removed at exit even when a second Ctrl-C cut
+    # this launch's cleanup short, and by the fork server when the launcher was killed (preload.py).
+    from multiprocessing import util
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmcomm-launch-", dir=util.get_temp_dir()))
     rendezvous = f"file://{workdir / 'store'}"
     procs, readers = [], {}
     try:
@@ -213,6 +265,7 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
             )
             with _main_module_hidden():
                 proc.start()
+            proc.llmcomm_started = _start_time(proc.pid)  # the rank's own process group is its pid
             writer.close()
             procs.append(proc)
             _running.append(proc)
@@ -222,9 +275,7 @@ def launch(entry: Callable[..., Any], args: tuple = (), *, world_size: int, back
         _reap(procs)
         for proc in procs:
             _running.remove(proc)
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
@@ -252,6 +303,8 @@ def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
                 rank = sentinels[ready]
                 if rank not in results and rank not in errors and not _drain(readers, rank, results, errors):
                     procs[rank].join(0.1)  # the sentinel fired: reap it so exitcode is set
+                    if procs[rank].exitcode == FORK_SERVER_LOST and not _alive(fork_server_pid()):
+                        raise _fork_server_lost(procs, results, errors)
                     errors[rank] = f"rank {rank} exited with code {procs[rank].exitcode} before sending a result" \
                                    + _log_tail(workdir, rank)
             if errors and first_error_at is None:
@@ -262,6 +315,19 @@ def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
         others = f" (also failed: ranks {sorted(set(errors) - {first})})" if len(errors) > 1 else ""
         raise RankFailed(f"rank {first} failed{others}:\n{errors[first]}", sorted(errors))
     return [results[r] for r in range(len(procs))]
+
+
+def _fork_server_lost(procs, results, errors) -> LaunchError:
+    """The fork server died: its ranks' exit codes are unknown (multiprocessing says 255 for all),
+    and they may still run.  Say so; ``_reap`` kills them by their process groups."""
+    running = [r for r, p in enumerate(procs) if r not in results and r not in errors and _group_alive(p)]
+    state = f"ranks {running} were still running and are killed" if running else "no rank was still running"
+    return LaunchError(f"the fork server (pid {fork_server_pid()}) that started the ranks died during the launch; "
+                       f"{state}", sorted(set(range(len(procs))) - set(results)))
+
+
+def _group_alive(proc) -> bool:
+    return _alive(proc.pid) and _start_time(proc.pid) == getattr(proc, "llmcomm_started", None)
 
 
 def _drain(readers, rank, results, errors) -> bool:
@@ -381,18 +447,39 @@ def _in_communication(stacks: str) -> bool:
 
 
 def _reap(procs) -> None:
+    """Kill each rank's process group (the rank and whatever it started), whether or not
+    multiprocessing still knows the rank's state (it does not once the fork server is gone)."""
     for proc in procs:
+        if proc.pid is None:
+            continue
+        # The group outlives its leader while a child of the rank lives, and its number is not
+        # reused meanwhile; a pid now running another process (another start time) is not ours.
+        now = _start_time(proc.pid)
+        if getattr(proc, "llmcomm_started", None) is not None and now in (None, proc.llmcomm_started):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if proc.is_alive():
             proc.kill()
     for proc in procs:
         proc.join(5)
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of a file (a rank may have written gigabytes to it)."""
     try:
-        return path.read_text(errors="replace").strip()
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
     except OSError:
         return "(no stacks written)"
+    text = data.decode(errors="replace")
+    if size > limit:  # the first line is cut: say how much went before it
+        text = f"[... {size - limit} bytes before ...]" + text.split("\n", 1)[-1]
+    return text.strip()
 
 
 def _log_tail(workdir: Path, rank: int, lines: int = 20) -> str:
@@ -408,6 +495,7 @@ def _rank_main(entry, args, rank, world_size, backend, rendezvous, threads, time
     # First of all: a SIGUSR1 that arrives before the handler would kill the rank without a word.
     stacks = open(os.path.join(workdir, f"stacks{rank}.txt"), "w")
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    os.setpgid(0, 0)  # its own process group: the launcher kills the rank and whatever it started as one
     import torch
 
     torch.set_num_threads(threads)  # before any torch op: a forked rank can hang otherwise

@@ -68,6 +68,7 @@ STACK_GRACE_S = 1.5
 KILL_GRACE_S = 3.0
 POLL_S = 0.1
 SCAN_S = 1.0  # how often the launcher notes the processes its node commands made (/proc)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REMOTE_SHELLS = {"ssh"}  # launchers that hand their command to the remote user's shell as one string
 # A host or node name as it is put into a template: no option, no blank, no shell syntax.
@@ -178,7 +179,7 @@ def _torchrun_command(launch: NodeLaunch, index: int, port: int, rdzv_id: str, r
                      "--nnodes", str(len(launch.nodes)), "--nproc-per-node", str(launch.ranks_per_node),
                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{launch.nodes[0].addr}:{port}",
                      "--rdzv-id", rdzv_id, "--rdzv-conf", f"is_host={int(index == 0)}", "--local-addr", node.addr, "--max-restarts", "0",
-                     "--monitor-interval", "0.1",
+                     "--monitor-interval", "0.1", "--log-dir", str(results / f"torchelastic-node{index}"),
                      "-m", "llmcomm_tests.runtime.node_rank", "--results", str(results), "--node-name", node.name,
                      "--target", target, "--", *args]
 
@@ -220,7 +221,7 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
             cmd = node_command(launch, i, port, rdzv_id, results, target,
                                [a.replace("{results}", str(results)) for a in args])
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, cwd=str(REPO_ROOT)))
+                                          start_new_session=True, cwd=str(REPO_ROOT), preexec_fn=_end_with_launcher))
         _wait(launch, procs, results, seen)
         documents = {name: json.loads((results / name).read_text()) for name in collect
                      if (results / name).is_file()}
@@ -231,6 +232,19 @@ def run_on_nodes(launch: NodeLaunch, target: str, args: list[str], results: "Pat
             log.close()
         if own and not keep_results:
             shutil.rmtree(results, ignore_errors=True)
+
+
+def _end_with_launcher() -> None:
+    """In the node command's process, before it runs: SIGTERM when the launcher dies, however it
+    dies (PR_SET_PDEATHSIG survives the exec of ``ip netns exec``/``env``/python, which keep the
+    pid).  torchrun stops its ranks on SIGTERM, so a SIGKILLed pytest leaves no agent or rank
+    waiting for gloo's timeout."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wait(launch: NodeLaunch, procs: list, results: Path, seen: dict) -> None:
@@ -303,10 +317,17 @@ def _failure(launch: NodeLaunch, procs: list, results: Path) -> NodeRankFailed:
                                 f"node log tail:\n{_tail(_before_summary(logs[node.name]), 20)}")
                 if code < 0:
                     killed[rank] = -code
-    if not errors:  # a node's torchrun failed before any rank ran (bad template, rendezvous)
+    if not errors:  # no rank said anything: the node's torchrun agent itself failed, or was killed
         bad = [(launch.nodes[i].name, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
         tail = "\n".join(f"--- node {n} (exit {c}) ---\n" + _tail(logs[n]) for n, c in bad)
-        return NodeRankFailed(f"node(s) {[n for n, _ in bad]} failed before any rank reported:\n{tail}", [],
+        started = {n: sorted(r for r, s in starts.items() if s.get("node") == n) for n, _ in bad}
+        if any(started.values()):
+            what = "; ".join(f"the torchrun agent of node {n} {_how(c)} after its ranks {started[n]} had started"
+                             for n, c in bad)
+            return NodeRankFailed(f"{what}:\n{tail}", sorted(r for rs in started.values() for r in rs),
+                                  [n for n, _ in bad])
+        return NodeRankFailed(f"node(s) {[n for n, _ in bad]} failed before any rank reported "
+                              f"({'; '.join(f'{n}: torchrun agent {_how(c)}' for n, c in bad)}):\n{tail}", [],
                               [n for n, _ in bad])
 
     def symptom(rank: int) -> int:
@@ -323,6 +344,10 @@ def _failure(launch: NodeLaunch, procs: list, results: Path) -> NodeRankFailed:
     node = node_of.get(first, "?")
     return NodeRankFailed(f"rank {first} on node {node} failed{also}:\n{errors[first]}", sorted(errors),
                           sorted({node_of.get(r, "?") for r in errors}))
+
+
+def _how(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
 
 def _before_summary(log: str) -> str:

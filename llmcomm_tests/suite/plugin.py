@@ -6,7 +6,9 @@ must not import torch: torch is imported when a case runs.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,10 +53,20 @@ def pytest_configure(config):
             raise pytest.UsageError(f"llmcomm: --llmcomm-hardware: {exc}") from None
     config.stash[SESSION_KEY] = state
     if not _is_worker(config):
-        state.resources.handle_sigterm()  # pytest's controller only, not an xdist worker
-        if not config.option.xmlpath and _runs_specs(config):
+        # pytest's controller only, not an xdist worker: SIGTERM ends the session as Ctrl-C does
+        # (reports written, complete: false), then the process by the signal
+        state.resources.handle_sigterm(interrupt=True)
+        atexit.register(state.resources.end_if_terminated)
+        runs_specs = _runs_specs(config)
+        if not config.option.xmlpath and runs_specs:
             config.option.xmlpath = os.path.join(resolved.report_dir, "junit.xml")
-        config.pluginmanager.register(ReportWriter(config), "llmcomm-report-writer")
+        writer = ReportWriter(config)
+        if runs_specs:  # before the first case: a busy, read-only or full folder is one line now
+            try:
+                writer.reports.claim()
+            except OSError as exc:
+                raise pytest.UsageError(f"llmcomm: {exc}") from None
+        config.pluginmanager.register(writer, "llmcomm-report-writer")
 
 
 def _runs_specs(config) -> bool:
@@ -117,43 +129,70 @@ def pytest_runtest_makereport(item, call):
 
 class ReportWriter:
     """Hooks of the process that writes reports (not an xdist worker), bound to its session state
-    — registered in pytest_configure so each hook has the state without module globals."""
+    — registered in pytest_configure so each hook has the state without module globals.  The work
+    is ``SessionReports``'."""
 
     def __init__(self, config):
+        from llmcomm_tests.suite.session_reports import SessionReports
+
         self.config = config
         self.state = config.stash[SESSION_KEY]
+        self.reports = SessionReports(self.state, config.option.xmlpath)
+        self._said = 0  # problems already in the terminal summary
+
+    @pytest.hookimpl(trylast=True)  # after -k / -m deselection
+    def pytest_collection_modifyitems(self, items):
+        self.reports.select(item.nodeid for item in items if hasattr(item, "case"))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """Under xdist the controller collects nothing itself: a worker's ids are the selection."""
+        self.reports.select(i for i in ids if ".yaml::" in i or ".yml::" in i)
 
     def pytest_runtest_logreport(self, report):
         data = getattr(report, "llmcomm", None)
         if data is not None:
             from llmcomm_tests.core.documents import CaseResult, from_json
-            from llmcomm_tests.report import json_report
 
-            result = from_json(CaseResult, data)
-            report_dir = self.state.options.report_dir
-            if not self.state.results:
-                json_report.start(report_dir)
-            self.state.results.append(result)
-            json_report.append_item(report_dir, result)  # survives even a hard kill of pytest
+            self.reports.add(from_json(CaseResult, data))
 
+    def pytest_runtest_logfinish(self, nodeid):
+        self.reports.done(nodeid)
+
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_sessionfinish(self, session, exitstatus):
-        if self.state.results:
-            from llmcomm_tests.report import html, json_report
+        from _pytest.junitxml import xml_key
 
-            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-            report = self.state.session_report(complete=not interrupted, exitstatus=exitstatus)
-            json_report.write(self.state.options.report_dir, report)
-            html.write_for_session(report, self.state.options.report_dir)  # never raises (warns)
+        from llmcomm_tests.suite.session_reports import signals_held
+
+        xml = self.config.stash.get(xml_key, None)
+        with signals_held(self._terminated):
+            self.reports.junit_to_temporary(xml)
+            outcome = yield
+            if self.reports.junit_in_place(xml, outcome.excinfo[1] if outcome.excinfo else None):
+                outcome.force_result(None)  # said in the summary in one line: no INTERNALERROR
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or self.state.resources.terminated
+            self.reports.finish(int(exitstatus), interrupted)
+
+    def _terminated(self) -> None:
+        self.state.resources.terminated = True
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.state.results:
+        if self.reports.active:
             out = self.state.options.report_dir
             terminalreporter.write_line(f"llmcomm reports: {out}/junit.xml, {out}/llmcomm-report.json, "
                                         f"{out}/llmcomm-report.html")
+        for line in self.reports.problems:
+            terminalreporter.write_line(f"llmcomm: {line}", red=True)
+        self._said = len(self.reports.problems)
 
     @pytest.hookimpl(trylast=True)  # pytest's junitxml has written the file by then
     def pytest_unconfigure(self, config):
-        if self.state.results and config.option.xmlpath:
-            from llmcomm_tests.report import junit
+        from llmcomm_tests.suite.session_reports import signals_held
 
-            junit.enrich(config.option.xmlpath, self.state.session_report())
+        with signals_held(self._terminated):
+            if config.option.xmlpath:
+                self.reports.enrich_junit(config.option.xmlpath)
+            self.reports.release()
+        for line in self.reports.problems[self._said:]:  # after the summary: the JUnit enrichment's
+            sys.stderr.write(f"llmcomm: {line}\n")

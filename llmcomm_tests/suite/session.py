@@ -149,11 +149,12 @@ class LLMCommSession:
         """The machine's hardware profile (the per-case one is ``profile_for(case).profile``)."""
         return self.machine_profile().profile
 
-    def session_report(self, complete: bool = True, exitstatus=None) -> SessionReport:
+    def session_report(self, complete: bool = True, exitstatus=None, selected: int | None = None) -> SessionReport:
         """The session's cases and what they ran with, as the JSON, HTML and JUnit reports take it."""
         return SessionReport(self.env, self.backend, self.hardware, self.ranks,
                              {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()},
-                             list(self.results), complete, None if exitstatus is None else int(exitstatus))
+                             list(self.results), complete, None if exitstatus is None else int(exitstatus),
+                             session_id=self.session_id, selected=selected)
 
     def header(self) -> list[str]:
         e = self.environment
