@@ -185,10 +185,10 @@ def test_baseline_files_are_written_atomically(tmp_path, monkeypatch):
     baseline.add_run(path, run)
     before = path.read_text()
 
-    def broken_dump(*args, **kwargs):
-        raise OSError("disk full")
+    def full_disk(fd):  # the temporary file exists and is half written when the disk fills
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(baseline.json, "dump", broken_dump)
+    monkeypatch.setattr("llmcomm_tests.core.private_files.os.fsync", full_disk)
     with pytest.raises(OSError):
         baseline.add_run(path, run)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["b.json"]

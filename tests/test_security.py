@@ -383,3 +383,33 @@ def test_the_rendezvous_store_listens_everywhere_and_the_docs_say_so():
     assert addrs and all(set(a) == {"0"} for a in addrs), addrs  # 0.0.0.0 or [::]
     cluster_doc = (ROOT / "docs" / "cluster.md").read_text()
     assert "unauthenticated" in cluster_doc and "private network" in cluster_doc
+
+
+# -- report files are written through no planted symlink ---------------------------------------------
+
+
+def test_report_files_are_never_written_through_a_planted_symlink(tmp_path):
+    """A trace's temporary file and the item log are opened with O_EXCL / O_NOFOLLOW: a symlink
+    planted where they go (``traces/.<name>.tmp``, ``llmcomm-items.jsonl``) leaves its target alone."""
+    from llmcomm_tests.core.documents import CaseResult, Prediction, Verdict
+    from llmcomm_tests.report import json_report
+    from llmcomm_tests.report.trace import write_trace
+
+    victim = tmp_path / "root-only.txt"
+    victim.write_text("precious")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / ".case.json.tmp").symlink_to(victim)
+    doc = run_engine(RunConfig(PRESETS["tiny"], Layout(1, 1), prompt_len=4, gen_len=2, repeats=1, warmup=0,
+                               keep_records=True))
+    write_trace(doc, traces / "case.json")
+    assert victim.read_text() == "precious"
+    assert json.loads((traces / "case.json").read_text())["traceEvents"]
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / json_report.ITEMS_FILENAME).symlink_to(victim)
+    result = CaseResult("spec", "spec.yaml", "case", "cpu-loopback", "gloo", {}, Prediction([]), Verdict("case"))
+    with pytest.raises(json_report.ReportFileError, match="cannot append"):
+        json_report.append_item(reports, result, "s1")
+    assert victim.read_text() == "precious"

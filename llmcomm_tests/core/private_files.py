@@ -81,3 +81,35 @@ def read_regular(path: "str | Path") -> str:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise UnsafePath(f"{path}: not a regular file")
         return f.read()
+
+
+def replace_atomically(path: "str | Path", write, *, prefix: str = ".llmcomm-", mode: int = 0o644) -> Path:
+    """``write(tmp)`` a temporary file beside ``path`` (made by ``mkstemp``: ``O_EXCL``, never a planted
+    file or symlink), then rename it over ``path``: a reader sees the old file or the new one, never
+    half of one.  On failure the old file stays, the temporary file goes and the OSError propagates.
+    ``mode``: reports are 0644, so CI artifact uploaders running as another user can read them."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_text_atomically(path: "str | Path", text: str, *, prefix: str = ".llmcomm-", mode: int = 0o644) -> Path:
+    """``text`` as the whole of ``path``, flushed to disk before it replaces the old file."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return replace_atomically(path, write, prefix=prefix, mode=mode)

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmcomm_tests.core import stats
+from llmcomm_tests.core.private_files import write_text_atomically
 from llmcomm_tests.judging.checks import volume_rows
 from llmcomm_tests.core.documents import FAIL, NA, PASS, RunDocument, VerdictRow, VolumeRow, from_json, to_json
 
@@ -127,24 +126,12 @@ def add_run(path: Path, run: dict) -> dict:
         stored = {"schema": SCHEMA, "case": run["case"], "volume": run["volume"], "runs": []}
     entry = {"env": run["env"], "session": run["session"], "times": run["times"]}
     stored["runs"] = (stored["runs"] + [entry])[-MAX_RUNS:]
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".baseline-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(stored, f, indent=1, default=str)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
+        write_text_atomically(path, json.dumps(stored, indent=1, default=str), prefix=".baseline-")
     except OSError as exc:
         raise BaselineFileError(f"cannot write baseline {path}: {exc.strerror or exc}; the previous file is kept") \
             from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return stored
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport, from_json, to_json
+from llmcomm_tests.core.private_files import write_text_atomically
 
 FILENAME = "llmcomm-report.json"
 ITEMS_FILENAME = "llmcomm-items.jsonl"
@@ -93,25 +93,10 @@ def _out_dir(report_dir: "str | Path") -> Path:
 def replace_file(path: Path, text: str) -> Path:
     """``text`` as ``path``'s new content, atomically: a temporary file in the same folder renamed
     over it.  On failure the old file stays, the temporary file goes, and ReportFileError says why."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".llmcomm-", suffix=path.suffix)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from CI artifact uploaders
-        os.replace(tmp, path)
-        tmp = None
-        return path
+        return write_text_atomically(path, text)
     except OSError as exc:
         raise ReportFileError(f"cannot write {path}: {cause(exc)}; the previous file is kept") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def start(report_dir: "str | Path", head: SessionReport | None = None) -> None:
@@ -128,7 +113,8 @@ def append_item(report_dir: "str | Path", result: CaseResult, session_id: str = 
     path = _out_dir(report_dir) / ITEMS_FILENAME
     line = (json.dumps({"session": session_id, **to_json(result)}) + "\n").encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a symlink planted as the item log is refused, never appended through
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise ReportFileError(f"cannot append to {path}: {cause(exc)}") from None
     try:

@@ -7,11 +7,10 @@ writing keeps the previous file whole, and a failure is one ``ReportFileError`` 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from llmcomm_tests.core.documents import SessionReport
+from llmcomm_tests.core.private_files import replace_atomically
 from llmcomm_tests.report.json_report import ReportFileError, cause
 from llmcomm_tests.report.table import format_table
 
@@ -56,19 +55,7 @@ def enrich(path: "str | Path", report: SessionReport) -> None:
 def write_atomically(path: Path, write) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then renamed over it; on failure the old
     file stays and the temporary file goes."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".llmcomm-", suffix=".xml")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
+        replace_atomically(path, write)
     except OSError as exc:
         raise ReportFileError(f"cannot write {path}: {cause(exc)}; the previous file is kept") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

@@ -9,10 +9,10 @@ case's first call, on the clock the ranks share (one host: the monotonic clock).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from llmcomm_tests.core.documents import RunDocument
+from llmcomm_tests.core.private_files import write_text_atomically
 
 
 def chrome_trace(doc: RunDocument, title: str = "") -> dict:
@@ -43,7 +43,4 @@ def write_trace(doc: RunDocument, path: "str | Path", title: str = "") -> Path:
     """Write the trace atomically (a viewer never opens half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(chrome_trace(doc, title)))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(path, json.dumps(chrome_trace(doc, title)))
