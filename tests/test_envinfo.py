@@ -124,3 +124,19 @@ def test_device_count_honours_cuda_visible_devices(monkeypatch):
     assert envinfo.cuda_device_count() == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert envinfo.cuda_device_count() == 1
+
+
+def test_secret_looking_values_stay_out_of_the_environment_record(monkeypatch, tmp_path):
+    """Reports are CI artifacts: a variable or NCCL config line whose name looks secret is recorded
+    as redacted (its name stays, so a reader sees that it was set)."""
+    conf = tmp_path / "nccl.conf"
+    conf.write_text("NCCL_SOCKET_IFNAME=eth0\nNCCL_IB_PASSWORD = hunter2\n# NCCL_API_KEY=not-a-setting\n")
+    monkeypatch.setenv("NCCL_SECRET_TOKEN", "s3cr3t")
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    monkeypatch.setenv("NCCL_CONF_FILE", str(conf))
+    variables = envinfo.comm_variables()
+    assert variables["NCCL_SECRET_TOKEN"] == envinfo.REDACTED and variables["NCCL_DEBUG"] == "INFO"
+    text = envinfo.nccl_config_files()[str(conf)]
+    assert "hunter2" not in text and "NCCL_IB_PASSWORD = <redacted>" in text and "NCCL_SOCKET_IFNAME=eth0" in text
+    recorded = repr(envinfo.Environment.capture().fingerprint())
+    assert "s3cr3t" not in recorded and "hunter2" not in recorded

@@ -480,3 +480,23 @@ def test_docs_fragments_load(index):
     if "layouts" in fragment or "engine" in fragment:
         base["engine"] = "llama-3.1-8b"
     parse_spec(yaml.safe_dump({**base, **fragment}), f"docs/spec-format.md#{index}")
+
+
+@pytest.mark.parametrize("folder", ["/etc/llmcomm", "../../elsewhere", "baselines/../../x"])
+def test_a_spec_baseline_folder_stays_beside_the_spec(tmp_path, folder):
+    """A spec may come from a merge request: ``baseline.file`` is a folder inside the spec's own."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + f"layouts: ['1x1']\nbaseline:\n  threshold: 0.1\n  file: {folder}\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:\d+: baseline\.file: .*leaves the spec's folder"):
+        load_spec(path)
+
+
+def test_a_baseline_folder_that_leads_out_through_a_symlink_is_refused(tmp_path):
+    from llmcomm_tests.judging.baseline import BaselineFileError, path_for
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "baselines").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(BaselineFileError, match="leaves the spec's folder"):
+        path_for("unused", "before", {}, "s", "case", "baselines", tmp_path / "specs")
+    inside = path_for("unused", "before", {}, "s", "case", "mine", tmp_path / "specs")
+    assert inside == (tmp_path / "specs" / "mine" / "before" / "s" / "case.json").resolve()

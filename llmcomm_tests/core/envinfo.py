@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import re
 import platform
 import socket
 import subprocess
@@ -108,9 +109,29 @@ def package_version(name: str) -> str | None:
         return None
 
 
+# Reports are CI artifacts that other people read: a value whose name looks secret is never copied.
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+REDACTED = "<redacted>"
+_CONFIG_LINE = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)(.*)$")
+
+
+def redacted(name: str, value: str) -> str:
+    return REDACTED if SECRET_NAME.search(name) else value
+
+
+def redact_config(text: str) -> str:
+    """An NCCL configuration file (``NAME=value`` lines) with secret-looking values redacted."""
+    def line(text_line: str) -> str:
+        m = _CONFIG_LINE.match(text_line)
+        return f"{m[1]}{m[2]}{m[3]}{REDACTED}" if m and SECRET_NAME.search(m[2]) else text_line
+
+    return "\n".join(line(x) for x in text.split("\n"))
+
+
 def comm_variables() -> dict[str, str]:
-    """The environment variables above that are set, sorted by name."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(COMM_VARIABLE_PREFIXES) or k in COMM_VARIABLES}
+    """The environment variables above that are set, sorted by name (secret-looking values redacted)."""
+    return {k: redacted(k, v) for k, v in sorted(os.environ.items())
+            if k.startswith(COMM_VARIABLE_PREFIXES) or k in COMM_VARIABLES}
 
 
 def nccl_config_files() -> dict[str, str]:
@@ -122,7 +143,7 @@ def nccl_config_files() -> dict[str, str]:
     for path in (user, NCCL_SYSTEM_CONFIG):
         try:
             with open(path) as f:
-                files[path] = f.read()
+                files[path] = redact_config(f.read())
         except OSError:
             pass
     return files

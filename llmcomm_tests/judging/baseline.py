@@ -94,7 +94,12 @@ def path_for(root: str, name: str, env: dict, spec: str, case_id: str, spec_file
              spec_dir: Path | None = None) -> Path:
     """``<root>/<hardware key>/<name>/<spec>/<case id>.json``, or under the spec's ``baseline.file``
     (a folder relative to the spec file) when it names one."""
-    base = (spec_dir / spec_file) if spec_file and spec_dir is not None else Path(root) / hardware_key(env)
+    if spec_file and spec_dir is not None:
+        base = (spec_dir / spec_file).resolve()
+        if not base.is_relative_to(spec_dir.resolve()):  # the spec check refuses this; a symlink could still lead out
+            raise BaselineFileError(f"baseline folder {spec_file!r} leaves the spec's folder {spec_dir}")
+    else:
+        base = Path(root) / hardware_key(env)
     return base / check_name(name) / spec / f"{case_id}.json"
 
 
@@ -248,13 +253,17 @@ def handle(case, doc: RunDocument, request: BaselineRequest) -> list[VerdictRow]
     current = summarize(doc, request.env, request.session_id, settings.metrics if settings else ())
     spec_file = settings.file if settings else None
 
-    def where(name: str) -> Path:
-        return path_for(request.directory, name, current["env"], case.spec_name, case.id, spec_file,
-                        Path(case.path).parent)
-
     rows = []
-    if request.compare:
-        path = where(request.compare)
+
+    def where(name: str, label: str) -> Path | None:
+        try:
+            return path_for(request.directory, name, current["env"], case.spec_name, case.id, spec_file,
+                            Path(case.path).parent)
+        except BaselineFileError as exc:  # a folder outside the spec's: neither read nor written
+            rows.append(VerdictRow("baseline", label, FAIL, detail=str(exc)))
+            return None
+
+    if request.compare and (path := where(request.compare, f"baseline {request.compare}")) is not None:
         if not path.is_file():
             rows.append(VerdictRow("baseline", f"baseline {request.compare}", FAIL,
                                    detail=f"no baseline at {path} (save one with --llmcomm-baseline-save)"))
@@ -272,8 +281,7 @@ def handle(case, doc: RunDocument, request: BaselineRequest) -> list[VerdictRow]
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 rows.append(VerdictRow("baseline", f"baseline {request.compare}", NA,
                                        detail=f"baseline {path} is damaged: {type(exc).__name__}: {exc}"))
-    if request.save:
-        path = where(request.save)
+    if request.save and (path := where(request.save, f"saved to {request.save}")) is not None:
         try:
             stored = add_run(path, current)
         except BaselineFileError as exc:  # a damaged file is not overwritten: someone should look at it

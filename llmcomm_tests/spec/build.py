@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from llmcomm_tests.spec.topology import Topology, TopologyError
@@ -225,8 +225,13 @@ class _Builder:
         if mde is not None and threshold < mde:
             self.fail(("baseline", "threshold"),
                       f"threshold {threshold:g} is below min_detectable {mde:g}: the gate would flag noise")
+        folder = raw.get("file")
+        if folder is not None and (PurePosixPath(folder).is_absolute() or ".." in PurePosixPath(folder).parts):
+            # a spec may come from a merge request: its baselines stay beside it (docs/security.md)
+            self.fail(("baseline", "file"), f"{folder!r} leaves the spec's folder: name a folder inside it, "
+                                            "such as baselines/")
         return Baseline(threshold=threshold, min_detectable=mde, metrics=tuple(raw.get("metrics", ())),
-                        file=raw.get("file"))
+                        file=folder)
 
     def _requires(self, d: dict, layouts: list[Layout]) -> Requires:
         raw = d.get("requires", {})
