@@ -69,12 +69,16 @@ def parse_count(text: "str | int", minimum: int = 0) -> int:
     return value
 
 
-def parse_number(text: str) -> float:
-    """A finite number: ``"0.6"`` → 0.6."""
+def _float(text) -> float:
     try:
-        value = float(text)
+        return float(text)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def parse_number(text: str) -> float:
+    """A finite number: ``"0.6"`` → 0.6."""
+    value = _float(text)
     if not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {text!r}")
     return value
@@ -82,10 +86,7 @@ def parse_number(text: str) -> float:
 
 def parse_positive_number(text: str) -> float:
     """A finite number > 0 (a timeout in seconds, a scale)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {text!r}") from None
+    value = _float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"must be a finite number > 0, got {text}")
     return value
