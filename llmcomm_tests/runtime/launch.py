@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmcomm_tests.core.envinfo import cuda_device_count
+from llmcomm_tests.runtime.procfs import all_processes, proc_stat, running
 
 PRELOAD = ["llmcomm_tests.runtime.preload"]
 STACK_GRACE_S = 5.0  # at most this long for hung ranks to write their stacks (read as soon as they have)
@@ -179,37 +180,14 @@ def fork_server_pid() -> int | None:
     return getattr(server, "_forkserver_pid", None)
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat): tells a rank from a later
-    process that reuses its pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid``: tells a rank from a later process that reuses its pid."""
+    st = proc_stat(pid)
+    return st.start_time if st is not None else None
 
 
 def _children_of(pid: int) -> list[int]:
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: the parent
-                children.append(int(entry))
-    return children
+    return [child for child, st in all_processes().items() if st.ppid == pid]
 
 
 def _kill(pid: int) -> None:
@@ -303,7 +281,7 @@ def _collect(procs, readers, workdir: Path, timeout_s: float) -> list[Any]:
                 rank = sentinels[ready]
                 if rank not in results and rank not in errors and not _drain(readers, rank, results, errors):
                     procs[rank].join(0.1)  # the sentinel fired: reap it so exitcode is set
-                    if procs[rank].exitcode == FORK_SERVER_LOST and not _alive(fork_server_pid()):
+                    if procs[rank].exitcode == FORK_SERVER_LOST and not running(fork_server_pid()):
                         raise _fork_server_lost(procs, results, errors)
                     errors[rank] = f"rank {rank} exited with code {procs[rank].exitcode} before sending a result" \
                                    + _log_tail(workdir, rank)
@@ -327,7 +305,7 @@ def _fork_server_lost(procs, results, errors) -> LaunchError:
 
 
 def _group_alive(proc) -> bool:
-    return _alive(proc.pid) and _start_time(proc.pid) == getattr(proc, "llmcomm_started", None)
+    return running(proc.pid) and _start_time(proc.pid) == getattr(proc, "llmcomm_started", None)
 
 
 def _drain(readers, rank, results, errors) -> bool:

@@ -36,15 +36,16 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmcomm_tests.core.private_files import UnsafePath, check_private_dir, create_new, read_regular
 from llmcomm_tests.core.units import rate_bytes_per_s
+from llmcomm_tests.runtime.procfs import running
 
 _OUR_NAMESPACE = re.compile(r"llmc-[0-9a-z]{1,16}-(?:n\d{1,3}|sw)")
 REGISTRY_ENV = "LLMCOMM_CLUSTER_REGISTRY"  # another place for the registry; checked like the default
@@ -247,10 +248,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+    return running(pid)
 
 
 # -- up / down -------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from pathlib import Path
 
 from llmcomm_tests.core.private_files import make_private_subdir, open_new
 from llmcomm_tests.runtime.launch import PEER_LOST_MARKERS, RankFailed, RankTimeout, _in_communication
+from llmcomm_tests.runtime.procfs import all_processes, proc_stat
 
 FAILURE_GRACE_S = 3.0  # after one node fails, how long the others get to report their own errors
 STACK_GRACE_S = 1.5
@@ -360,27 +361,15 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _proc_stat(pid: int) -> tuple[int, int, int] | None:
-    """(parent pid, session id, start time) of a live process of this host, or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[3]), int(fields[19])
-
-
 def launched_processes(procs: list) -> dict[int, int]:
     """Processes of this host that the node commands we started made: their descendants (torchrun
     starts each rank in a session of its own) and members of their sessions, read from the kernel
     (/proc), as pid -> start time.  A pid named in a file is signalled only when it is in here."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
-            stats[int(entry)] = st
+    stats = all_processes()
     roots = {p.pid for p in procs if p.poll() is None}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, st in stats.items():
+        children.setdefault(st.ppid, []).append(pid)
     found, todo = set(), list(roots)
     while todo:
         for child in children.get(todo.pop(), ()):
@@ -390,14 +379,14 @@ def launched_processes(procs: list) -> dict[int, int]:
     # A worker that left its parent (reparented) still carries our session; a leader itself is not
     # picked by its session id (that pid may have been reused once our leader was reaped).
     sessions = {p.pid for p in procs}
-    found |= {pid for pid, (_, sid, _) in stats.items() if sid in sessions and pid not in sessions}
-    return {pid: stats[pid][2] for pid in found}
+    found |= {pid for pid, st in stats.items() if st.session in sessions and pid not in sessions}
+    return {pid: stats[pid].start_time for pid in found}
 
 
 def _signal_same(pid: int, started: int, sig: int) -> None:
     """``sig`` to ``pid`` if it is still the process that started at ``started`` (not a reused pid)."""
-    st = _proc_stat(pid)
-    if st is not None and st[2] == started:
+    st = proc_stat(pid)
+    if st is not None and st.start_time == started:
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
