@@ -18,6 +18,11 @@ an op uses follows from ``ranks_per_node``) — and per tier:
   and so do the same 2-rank groups on a host with 2 or 4 ranks.  ``fit(..., role=, world_size=)``
   picks the most specific variant there is, else the fit itself.
 
+``anchor`` (optional, on profiles calibrated on one host) – the short probe that re-measures a
+slice of the calibration where the suite runs (``calibration/anchor.py``): an op this host runs
+outside its fit's band is not described by the profile here, and its latency rows say n/a with the
+probe's numbers instead of failing on a difference of hosts the band was never meant to cover.
+
 ``compute`` holds the device peaks for the what-if compute terms of e2e.py.  Shipped presets live
 in ``analytic/profiles/*.yaml`` (datasheet / public numbers, never tuned to a published result);
 ``llmcomm calibrate`` writes the same format from a measured sweep.
@@ -107,6 +112,32 @@ class Compute:
 
 
 @dataclass(frozen=True)
+class AnchorProbe:
+    """One launch of the anchor probe: ``ops`` swept under engine conditions with ``compute_ms``
+    of compute (reading ``compute_mb`` MiB) before each call, as the profile's calibration did."""
+
+    ops: tuple[str, ...]
+    compute_ms: float
+    compute_mb: float = 0.0
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """How to tell this host from the calibration host: ``probes`` over ``world_size`` ranks at
+    ``sizes``, ``repeats`` calls each."""
+
+    world_size: int
+    sizes: tuple[int, ...]
+    repeats: int
+    probes: tuple[AnchorProbe, ...]
+
+    def to_dict(self) -> dict:
+        return {"world_size": self.world_size, "sizes": list(self.sizes), "repeats": self.repeats,
+                "probes": [{"ops": list(p.ops), "compute_ms": p.compute_ms,
+                            **({"compute_mb": p.compute_mb} if p.compute_mb else {})} for p in self.probes]}
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     name: str
     description: str
@@ -120,6 +151,7 @@ class HardwareProfile:
     # "NVIDIA " prefix: how a CUDA run without --llmcomm-hardware finds its preset (match_preset).
     # Whole names, not substrings: "H200 NVL" (PCIe cards) must not pass for "H200" (SXM).
     devices: tuple = ()
+    anchor: Anchor | None = None
 
     def describes(self, device: str) -> bool:
         return _model(device) in {_model(d) for d in self.devices}
@@ -185,6 +217,7 @@ class HardwareProfile:
             "tiers": {name: tier.to_dict() for name, tier in self.tiers.items()},
             "notes": list(self.notes),
             **({"devices": list(self.devices)} if self.devices else {}),
+            **({"anchor": self.anchor.to_dict()} if self.anchor else {}),
         }
 
     def dump(self, path: "str | Path") -> None:
@@ -199,6 +232,19 @@ class HardwareProfile:
 def _model(device: str) -> str:
     name = " ".join(device.split()).lower()
     return name[len("nvidia "):] if name.startswith("nvidia ") else name
+
+
+def _anchor_from(data: dict | None) -> Anchor | None:
+    if not data:
+        return None
+    probes = tuple(AnchorProbe(tuple(p["ops"]), float(p["compute_ms"]), float(p.get("compute_mb", 0.0)))
+                   for p in data["probes"])
+    for probe in probes:
+        unknown = set(probe.ops) - set(latency.OPS)
+        if unknown:
+            raise ValueError(f"anchor: unknown op(s) {', '.join(sorted(unknown))}; known: {', '.join(latency.OPS)}")
+    return Anchor(int(data.get("world_size", 2)), tuple(int(b) for b in data["sizes"]), int(data.get("repeats", 20)),
+                  probes)
 
 
 def _with_variants(by_group: dict):
@@ -261,6 +307,7 @@ def profile_from_dict(data: dict) -> HardwareProfile:
         algorithm=str(data.get("algorithm", "ring")), source=str(data.get("source", "")).strip(),
         notes=list(data.get("notes") or []),
         devices=tuple(str(d) for d in data.get("devices") or ()),
+        anchor=_anchor_from(data.get("anchor")),
     )
     profile.validate()
     return profile

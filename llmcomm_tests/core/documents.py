@@ -481,6 +481,43 @@ class Verdict:
 
 
 @dataclass
+class HostAnchor:
+    """This host against the profile's calibration host (``calibration/anchor.py``): per (op, role)
+    key (``send_recv/recv``, ``all_reduce``, ``gather/root``) the probe's median transfer / model,
+    the fit's band, and the keys whose ratio fell outside it (their rows are n/a on this host)."""
+
+    profile: str
+    ratios: dict[str, float]
+    bands: dict[str, list[float]]
+    outside: dict[str, float]  # key -> ratio, for the keys outside their band
+    seconds: float
+    probe: str  # what ran, in words
+    error: str = ""  # the probe could not run: the profile stands as calibrated
+
+    def reason_for(self, op: str, role: str = "") -> str | None:
+        """Why the rows of ``op`` (the model's op: ``send_recv`` for a send or a recv) with ``role``
+        are n/a on this host, or None when the probe found that op where the profile puts it."""
+        key = f"{op}/{role}" if role else op
+        if key not in self.outside:
+            return None
+        lo, hi = self.bands[key]
+        return (f"not this host's model: the host anchor probe ran {key} at {self.outside[key]:.2f}x "
+                f"{self.profile}'s model, outside its calibrated band {lo:.2f}-{hi:.2f}x (this host or its "
+                f"transport is not the one calibrated; recalibrate here: docs/calibration.md)")
+
+    def describe(self) -> str:
+        if self.error:
+            return f"host anchor failed ({self.error}): judged against {self.profile} as calibrated"
+        inside = {k: v for k, v in self.ratios.items() if k not in self.outside}
+        text = f"host anchor ({self.seconds:.1f} s probe): "
+        if self.outside:
+            text += ("OUTSIDE the calibration of " + self.profile + ", their rows n/a: "
+                     + ", ".join(f"{k} {v:.2f}x (band {self.bands[k][0]:.2f}-{self.bands[k][1]:.2f})"
+                                 for k, v in sorted(self.outside.items())) + "; ")
+        return text + "within band: " + (", ".join(f"{k} {v:.2f}x" for k, v in sorted(inside.items())) or "none")
+
+
+@dataclass
 class CaseResult:
     spec: str
     path: str
@@ -496,6 +533,7 @@ class CaseResult:
     nodeid: str = ""
     ab: Optional[dict[str, Any]] = None  # the A/B gate's comparison (judging/ab/): no single run then
     hardware_how: str = ""  # how the profile was chosen: --llmcomm-hardware, the spec's hardware:, detected
+    anchor: Optional[HostAnchor] = None  # this host against the profile's calibration host, when probed
 
     @property
     def passed(self) -> bool:

@@ -83,11 +83,13 @@ MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row say
 
 
 def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None,
-                 timed_cases: int = 1, unsplit: str | None = None) -> list[VerdictRow]:
+                 timed_cases: int = 1, unsplit: str | None = None, off_host=None) -> list[VerdictRow]:
     """Per op class: the transfer's centre against the model's band, and its tail against the
     tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link.
     ``timed_cases``: how many cases of the session are judged so (the test family's size).
-    A class whose calls have no split gets an n/a row saying why (``unsplit``: the run's reason)."""
+    A class whose calls have no split gets an n/a row saying why (``unsplit``: the run's reason), and
+    so does one whose op the host anchor found outside its calibration here (``off_host``: a
+    ``HostAnchor``, calibration/anchor.py)."""
     classes: dict[tuple, list[OpSummary]] = {}
     unsplit_classes: dict[str, int] = {}
     for s in summaries:
@@ -109,6 +111,11 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
             rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", transfer.p50, transfer.p99,
                                    transfer.count, detail="not timed by the α-β model"))
             continue
+        elsewhere = off_host.reason_for(*_model_op(parts[0].op, role)) if off_host is not None else None
+        if elsewhere:
+            rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", transfer.p50, transfer.p99,
+                                   transfer.count, model=band[0], detail=elsewhere))
+            continue
         tol = tolerance.for_op(parts[0].op)
         model, low, high, tail_q, tail_s = band
         low, high, tail_s = low * max(0.0, 1 - tol.slack), high * (1 + tol.slack), tail_s * (1 + tol.tail_margin)
@@ -120,6 +127,11 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
         rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", n=count,
                                detail=f"no wait/transfer split: {unsplit or 'calls not matched with all their peers'}"))
     return rows
+
+
+def _model_op(op: str, role: str) -> tuple[str, str]:
+    """The model's (op, role) of a recorded class: a send or a recv is one side of ``send_recv``."""
+    return ("send_recv", op) if op in ("send", "recv") else (op, role)
 
 
 def _centre_row(label: str, transfer, model: float, low: float, high: float, alpha: float) -> VerdictRow:
@@ -234,10 +246,11 @@ def budget_rows(budgets, doc: RunDocument, hardware: str) -> list[VerdictRow]:
 
 
 def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile, hardware: str,
-             no_latency: str | None = None, timed_cases: int = 1) -> Verdict:
+             no_latency: str | None = None, timed_cases: int = 1, off_host=None) -> Verdict:
     """Volume, latency and budget rows of one case; ``no_latency`` says why the latency rows do not
     apply (the profile describes another transport than the one that ran); ``timed_cases``: the
-    session's cases with latency rows, over which their significance is shared."""
+    session's cases with latency rows, over which their significance is shared; ``off_host``: the
+    host anchor, whose ops outside their calibration get n/a rows."""
     verdict = Verdict(case.id)
     verdict.rows += volume_rows(doc.volume, predicted_volume)
     if not doc.volume_stable:
@@ -252,7 +265,7 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:
         verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size, timed_cases,
-                                     timing.unsplit if timing is not None else None)
+                                     timing.unsplit if timing is not None else None, off_host)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
                                        detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

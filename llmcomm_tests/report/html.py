@@ -199,6 +199,8 @@ def details_section(items: list[CaseResult]) -> str:
                    f'{" — " + esc(it.nodeid) if it.nodeid else ""}</span></summary>')
         if it.hardware_how:
             out.append(f'<p class="muted">hardware profile {esc(it.hardware)}: {esc(it.hardware_how)}</p>')
+        if it.anchor is not None:
+            out.append(f'<p class="muted">{esc(it.anchor.describe())}</p>')
         if it.error:
             out.append(f"<pre>{esc(it.error)}</pre>")
         if rows:

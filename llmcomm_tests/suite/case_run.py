@@ -98,7 +98,8 @@ def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: P
         other = (f"profile {hw.name} puts {profile.ranks_per_node} ranks on a node, the topology "
                  f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "
                  f"name the profile with hardware: or --llmcomm-hardware)")
-    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other, timed_cases=timed_cases)
+    verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other, timed_cases=timed_cases,
+                       off_host=hw.anchor)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin
         verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
@@ -118,8 +119,10 @@ def package(case, hw: ProfileChoice, backend: str, env: dict, predicted: Predict
             verdict: Verdict) -> CaseResult:
     """The case result of a run and its verdict, with the JUnit properties dashboards read."""
     result = CaseResult(case.spec_name, str(case.path), case.id, hw.name, backend, env, predicted, verdict,
-                        hardware_how=hw.how, run=doc)
+                        hardware_how=hw.how, run=doc, anchor=hw.anchor)
     result.properties = [("llmcomm.hardware", f"{hw.name} ({hw.how})")] + properties(doc, predicted, verdict)
+    if hw.anchor is not None:
+        result.properties.append(("llmcomm.host_anchor", hw.anchor.describe()))
     return result
 
 
@@ -158,6 +161,8 @@ def run_and_check(case, state) -> CaseResult:
     except ValueError as exc:  # the spec names no known profile: a failed case, never n/a rows
         return failed_result(case, case.hardware, state.backend, state.env, prediction(case, None),
                              VerdictRow("run", "hardware", FAIL, detail=str(exc)), str(exc))
+    if case.topology is None and adapter_for(case.framework).bounded_by_profile:
+        hw = state.anchored(hw)  # is this the calibration host? ops it runs outside their band: n/a
     plan = prepare(case, options, hw)
 
     def failed(check: str, detail: str, error: str) -> CaseResult:

@@ -29,6 +29,7 @@ class ProfileChoice:
     profile: object  # analytic.hardware.HardwareProfile
     name: str  # what budgets' ``hardware`` is matched against
     how: str  # shown in the header and the report: "--llmcomm-hardware", "detected ...", ...
+    anchor: object = None  # core.documents.HostAnchor: this host probed against the profile's (session.anchored)
 
 
 def no_profile_message(device: str, count: int) -> str:

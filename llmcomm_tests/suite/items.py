@@ -77,14 +77,16 @@ class CaseItem(pytest.Item):
     def runtest(self):
         result = run_and_check(self.case, self.session_state)
         self.llmcomm_result = result
-        table = format_table(result.verdict.rows)
+        # The model the rows were judged against, when this host's probe rescaled it: next to the numbers
+        note = f"{result.anchor.describe()}\n" if result.anchor is not None else ""
+        table = note + format_table(result.verdict.rows)
         self.add_report_section("call", "llmcomm", table)
         self.user_properties.extend(result.properties)
         if result.error:
             raise CaseFailure(result.error, table)
         if not result.verdict.passed:
             failed = result.verdict.failed
-            raise CaseFailure(f"{len(failed)} check(s) failed", format_table(failed))
+            raise CaseFailure(f"{len(failed)} check(s) failed", note + format_table(failed))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CaseFailure):

@@ -37,6 +37,12 @@ def _backend(text: str) -> str:
     return text
 
 
+def _anchor(text: str) -> str:
+    if text not in ("auto", "off"):
+        raise ValueError(f"must be auto or off, got {text!r}")
+    return text
+
+
 def _baseline_name(text: str) -> str | None:
     return check_name(text) if text else None
 
@@ -109,6 +115,10 @@ OPTIONS = (
            "real nodes: comma-separated hosts, node 0 (the rendezvous host) first"),
     Option("results_dir", "--llmcomm-results-dir", "LLMCOMM_RESULTS_DIR", "llmcomm_results_dir", None, _optional_str,
            "real nodes: a folder every node sees, where the ranks leave their results"),
+    Option("anchor", "--llmcomm-anchor", "LLMCOMM_ANCHOR", "llmcomm_anchor", "auto", _anchor,
+           "auto: before the first case judged against a profile with an anchor probe (cpu-loopback), "
+           "re-measure a slice of its calibration here and scale the fits this host runs outside their band "
+           "(said in every report); off: judge against the profile as calibrated"),
     Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, parse_count,
            "seed of the A/B pair order"),
 )
@@ -136,6 +146,7 @@ class LLMCommOptions:
     node_cmd: str | None = None
     hosts: tuple[str, ...] = ()
     results_dir: str | None = None
+    anchor: str = "auto"
     inject: tuple[str, ...] = ()
 
 

@@ -95,6 +95,24 @@ class LLMCommSession:
             cache[case.hardware] = ProfileChoice(profile, profile.name, f"hardware: of {case.path.name}")
         return cache[case.hardware]
 
+    def anchored(self, choice: "ProfileChoice") -> "ProfileChoice":
+        """``choice`` with this host's anchor probe (``calibration/anchor.py``), run once per profile
+        per session; unchanged with ``--llmcomm-anchor off``, on NCCL, or for a profile without an
+        anchor."""
+        profile = choice.profile
+        if self.options.anchor == "off" or self.backend != "gloo" or getattr(profile, "anchor", None) is None:
+            return choice
+        cache = self.__dict__.setdefault("_anchors", {})
+        if profile.name not in cache:
+            from llmcomm_tests.calibration import anchor
+            from llmcomm_tests.core.documents import HostAnchor
+
+            try:
+                cache[profile.name] = anchor.measure(profile, self.backend, timeout_s=self.options.timeout)
+            except Exception as exc:  # a probe that cannot run: the profile as calibrated, and say why
+                cache[profile.name] = HostAnchor(profile.name, {}, {}, {}, 0.0, "", error=str(exc).splitlines()[0])
+        return replace(choice, anchor=cache[profile.name])
+
     # -- nodes: a spec's topology, or the session's; emulated clusters live as long as the session ---
 
     def topology_for(self, spec):

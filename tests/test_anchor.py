@@ -1,0 +1,104 @@
+"""The host anchor (calibration/anchor.py): the probe's decision on known numbers, and a profile
+that does not describe this host — planted: its point-to-point fits 8x too fast — failing every
+p2p row without the anchor and saying n/a, with the probe's numbers, with it."""
+
+import json
+
+import pytest
+import yaml
+
+from llmcomm_tests.analytic import latency
+from llmcomm_tests.analytic.hardware import PROFILE_DIR, load_profile, profile_from_dict
+from llmcomm_tests.calibration import anchor
+from llmcomm_tests.core.documents import HostAnchor, from_json, to_json
+
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
+def rows_at(profile, ratio_of: dict) -> list[dict]:
+    """Engine-sweep rows whose every call takes ``ratio_of[(op, role)]`` x the model."""
+    rows = []
+    for (op, role), ratio in ratio_of.items():
+        for size in (8, 1024, 65536):
+            model = latency.op_time(profile, op, 2, size, "intra", role=role, world_size=2)
+            rows.append({"op": op, "group_size": 2, "bytes": size, "transfer_s": [model * ratio] * 5,
+                         "transfer_role": [role] * 5})
+    return rows
+
+
+def test_only_the_ops_outside_their_band_are_off_this_host():
+    profile = load_profile("cpu-loopback")
+    found = anchor.judge(profile, rows_at(profile, {("all_reduce", ""): 1.0, ("send_recv", "send"): 1.1,
+                                                    ("send_recv", "recv"): 3.0, ("gather", "root"): 0.2}))
+    assert found.ratios == pytest.approx({"all_reduce": 1.0, "send_recv/send": 1.1, "send_recv/recv": 3.0,
+                                          "gather/root": 0.2})
+    assert found.outside == pytest.approx({"send_recv/recv": 3.0, "gather/root": 0.2})  # above and below
+    # the bands are the fits' own: send_recv/recv's w2 variant of cpu-loopback
+    fit = profile.fit("send_recv", 2, "intra", "recv", 2)
+    assert found.bands["send_recv/recv"] == pytest.approx([fit.band_lo, fit.band_hi])
+    assert found.reason_for("send_recv", "recv").startswith(
+        "not this host's model: the host anchor probe ran send_recv/recv at 3.00x cpu-loopback's model")
+    assert found.reason_for("send_recv", "send") is None and found.reason_for("all_reduce") is None
+    assert "OUTSIDE the calibration of cpu-loopback" in found.describe()
+    assert from_json(HostAnchor, json.loads(json.dumps(to_json(found)))) == found  # one serialiser
+
+
+def test_the_shipped_cpu_profile_carries_its_probe_and_a_bad_probe_is_refused():
+    profile = load_profile("cpu-loopback")
+    assert profile.anchor.world_size == 2 and profile.anchor.sizes == (8, 1024, 4096, 65536)
+    assert {op for p in profile.anchor.probes for op in p.ops} >= {"all_reduce", "send_recv"}
+    data = yaml.safe_load((PROFILE_DIR / "cpu-loopback.yaml").read_text())
+    assert profile_from_dict(profile.to_dict()).anchor == profile.anchor  # survives a round trip
+    data["anchor"]["probes"][0]["ops"] = ["all_to_all"]
+    with pytest.raises(ValueError, match="anchor: unknown op"):
+        profile_from_dict(data)
+
+
+SPEC = """\
+name: pp
+engine: tiny
+workload: {batch: 2, prompt_len: 16, gen_len: 6}
+layouts: ["1x2"]
+repeats: 3
+warmup: 1
+hardware: %s
+"""
+
+
+def faster_host_profile(path) -> str:
+    """cpu-loopback with every send_recv fit 8x faster: a profile calibrated on another host."""
+    data = yaml.safe_load((PROFILE_DIR / "cpu-loopback.yaml").read_text())
+    data["name"] = "faster-host"
+
+    def faster(fit):
+        fit["alpha_s"] /= 8
+        for variant in (fit.get("variants") or {}).values():
+            faster(variant)
+
+    for fit in data["tiers"]["intra"]["ops"]["send_recv"].values():
+        faster(fit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return data["name"]
+
+
+@pytest.mark.parametrize("anchor_option", ["off", "auto"])
+def test_a_profile_of_another_host_fails_without_the_anchor_and_is_na_with_it(pytester, anchor_option):
+    profile = faster_host_profile(pytester.path / ".llmcomm" / "profiles" / "faster-host.yaml")
+    pytester.makefile(".yaml", **{"slo_specs/pp": SPEC % profile})
+    result = pytester.runpytest_subprocess("slo_specs", *QUIET, f"--llmcomm-anchor={anchor_option}",
+                                           "--llmcomm-report-dir=reports")
+    report = json.loads((pytester.path / "reports" / "llmcomm-report.json").read_text())
+    (item,) = report["items"]
+    p2p = [r for r in item["verdict"]["rows"] if r["check"] == "latency" and r["name"].startswith(("send", "recv"))]
+    assert p2p
+    if anchor_option == "off":  # today's behaviour: the 8x-too-fast model fails the run
+        result.assert_outcomes(failed=1)
+        assert item["anchor"] is None
+        assert any(r["verdict"] == "fail" and "above the band" in r["detail"] for r in p2p)
+    else:
+        result.assert_outcomes(passed=1)
+        assert item["anchor"]["outside"].keys() >= {"send_recv/send", "send_recv/recv"}
+        assert all(r["verdict"] == "n/a" and r["detail"].startswith("not this host's model") for r in p2p)
+        props = dict(item["properties"])
+        assert props["llmcomm.host_anchor"].startswith("host anchor (")
