@@ -33,6 +33,16 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     return float(binom.cdf(k, n, p))
 
 
+def smallest_binomial_rejection(n: int, q: float, alpha: float) -> int | None:
+    """The largest k with P(X <= k) < alpha, X ~ Binomial(n, q): a one-sided test at level
+    ``alpha`` rejects "at least q of them" once k or fewer of n succeed.  None: it never rejects."""
+    import numpy as np
+    from scipy.stats import binom
+
+    below = np.flatnonzero(binom.cdf(np.arange(n + 1), n, q) < alpha)
+    return int(below[-1]) if len(below) else None
+
+
 @_lru_cache(maxsize=4096)
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile (exact, any df > 0)."""
