@@ -108,3 +108,90 @@ def test_schedule_replaces_a_dropped_pair_with_the_same_order():
     s.keep(s.next())
     assert s.balanced and len(s.kept) == 2 and len(s.dropped) == 1
     assert "dropped" in s.describe() and s.to_dict()["pairs"][0]["error"] == "rank 1 failed"
+
+
+# -- group-sequential looks --------------------------------------------------------------------------
+
+
+def test_obrien_fleming_spending_known_values():
+    # alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt t): alpha = 0.025, t = 0.5 -> 2 - 2 Phi(2.2414 / 0.7071)
+    assert stats.obrien_fleming_spending(0.5, 0.025) == pytest.approx(2 * (1 - 0.999238), rel=1e-3)
+    assert stats.obrien_fleming_spending(1.0, 0.025) == pytest.approx(0.025)
+    assert stats.obrien_fleming_spending(0.0, 0.025) == 0.0
+
+
+def test_group_sequential_bounds_match_published_tables():
+    # gsDesign sfLDOF, symmetric two-sided 0.05 (0.025 a side), equally spaced looks:
+    # K = 5: 4.877 3.357 2.680 2.290 2.031; K = 4: 4.333 2.963 2.359 2.014.  One look: 1.960.
+    five = stats.group_sequential_bounds([0.2, 0.4, 0.6, 0.8, 1.0], 0.05)
+    assert five == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=2e-3)
+    assert stats.group_sequential_bounds([0.25, 0.5, 0.75, 1.0], 0.05) == pytest.approx([4.333, 2.963, 2.359, 2.014],
+                                                                                          abs=2e-3)
+    assert stats.group_sequential_bounds([1.0], 0.05) == pytest.approx([1.960], abs=1e-3)
+
+
+def test_group_sequential_bounds_hold_their_level_on_brownian_motion():
+    rng = np.random.default_rng(5)
+    fractions = [n / 40 for n in range(10, 41, 2)]
+    bounds = np.array(stats.group_sequential_bounds(fractions, 0.01))
+    steps = np.diff([0.0] + fractions)
+    paths = np.cumsum(rng.normal(0, np.sqrt(steps), (200_000, len(steps))), axis=1) / np.sqrt(fractions)
+    crossed = (np.abs(paths) >= bounds).any(axis=1).mean()
+    assert 0.008 <= crossed <= 0.0112  # 0.01 within Monte Carlo error; unadjusted looks at 2.576 give ~3 %
+    assert (np.abs(paths) >= 2.576).any(axis=1).mean() > 0.025
+
+
+# -- the A/B gate's family-wise false-alarm rate, simulated through compare_arms ------------------
+
+TRIALS, CASES = 2000, 6
+
+
+class _AAArm:
+    """An arm whose run centres are N(0, 0.2) log-noise around one time: A and B identical."""
+
+    def __init__(self, rng, env):
+        from llmcomm_tests.core.documents import VolumeRow
+        from llmcomm_tests.judging.ab.observe import ArmRun
+
+        self.rng, self.env, self.make = rng, env, ArmRun
+        self.volume = [VolumeRow("all_reduce", "decode", "attn", 56, 57344, 57344)]
+
+    def run(self, cfg, backend, timeout_s, ranks):
+        return self.make(self.volume, True, {"op all_reduce decode /2 transfer": float(self.rng.normal(0.0, 0.2))})
+
+
+def _session_false_alarms(level_per_case: float, sequential: bool, seed: int) -> int:
+    """Sessions of CASES unchanged cases, each looking after every balanced pair from 6 to 20: how
+    many sessions failed a case."""
+    from dataclasses import replace
+
+    from llmcomm_tests.core.envinfo import Environment
+    from llmcomm_tests.judging.ab.arms import ArmEnv
+    from llmcomm_tests.judging.ab.gate import compare_arms
+
+    env = ArmEnv("/envs/python", replace(Environment.capture(), executable="/envs/python"),
+                 rank_executable="/envs/python", rank_torch="2.13.0")
+    rng = np.random.default_rng(seed)
+    arm_a, arm_b = _AAArm(rng, env), _AAArm(rng, env)
+    return sum(any(compare_arms(None, None, arm_a, arm_b, threshold=0.05, max_pairs=20, min_pairs=6,
+                                level=level_per_case, sequential=sequential).failed for _ in range(CASES))
+               for _ in range(TRIALS))
+
+
+def _binomial_upper(p: float = 0.05) -> int:
+    """The most false alarms in TRIALS sessions that a true rate of ``p`` explains (99.9 %)."""
+    from scipy.stats import binom
+
+    return int(binom.ppf(0.999, TRIALS, p))
+
+
+def test_session_family_rate_holds_under_repeated_looks():
+    # The gate as the session runs it: 5 % shared over the cases, spent over the looks.
+    alarms = _session_false_alarms(0.05 / CASES, sequential=True, seed=11)
+    assert alarms <= _binomial_upper(), f"{alarms}/{TRIALS} sessions raised a false alarm"
+
+
+def test_unadjusted_looks_per_case_exceed_the_bound():
+    # How the gate judged before: each case at 95 % on its own, every look as if it were the only one.
+    alarms = _session_false_alarms(0.05, sequential=False, seed=11)
+    assert alarms > _binomial_upper(), f"{alarms}/{TRIALS}"

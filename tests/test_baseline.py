@@ -51,7 +51,29 @@ def test_unchanged_run_passes(gate):
     result.stdout.fnmatch_lines(["baseline*volume (all op classes)*PASS (identical to the baseline)*"])
 
 
+def add_sessions(pytester, drifts):
+    """Copies of each stored run as if saved in other sessions whose times drifted by ``drifts``
+    (simulated records: the drift between those sessions is then measured, and known)."""
+    for path in (pytester.path / ".llmcomm").rglob("*.json"):
+        doc = json.loads(path.read_text())
+        first = doc["runs"][0]
+        doc["runs"] += [dict(first, session=f"earlier-{i}", times={k: [x * d for x in v] for k, v in first["times"].items()})
+                        for i, d in enumerate(drifts)]
+        path.write_text(json.dumps(doc))
+
+
+def test_unchanged_rerun_against_one_other_session_is_not_judged_on_time(gate):
+    """Saved once, compared once (another session): the drift between sessions was never measured,
+    so the time rows say n/a and why; bytes and counts are still judged."""
+    result = compare(gate, "-rA")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["baseline*tpot*N/A (1 baseline session, this run from another: the drift between "
+                                 "sessions is not measured*",
+                                 "baseline*volume (all op classes)*PASS (identical to the baseline)*"])
+
+
 def test_planted_delay_fails_the_right_item(gate):
+    add_sessions(gate, [0.9, 1.1, 1.0, 0.95])  # five sessions whose centres scatter by about 7 %
     result = compare(gate, "--llmcomm-inject", "all_reduce:delay=30ms")
     result.assert_outcomes(failed=2)  # only the TP case has all-reduces: the PP case planted nothing
     result.stdout.fnmatch_lines(["mini[[]tp2-pp1-b1-s8-g3]: * check(s) failed",
@@ -137,6 +159,35 @@ def test_sensitivity_shrinks_with_samples_and_is_enforced():
     assert large["mde"] < small["mde"] / 5
     row = judge("x", small, 0.1, min_detectable=0.07)
     assert row.verdict == "fail" and "too noisy to detect 7%" in row.detail
+
+
+def test_one_session_baseline_judges_times_only_within_that_session():
+    """An unchanged rerun whose session runs 30 % slower than the one baseline session (drift, not
+    a regression): n/a with the reason, not a failure; the same data within one session is judged."""
+    from llmcomm_tests.judging.baseline import compare as compare_stored
+
+    volume = [{"op": "all_reduce", "phase": "decode", "site": "attn", "count": 4, "bytes": 64, "wire_bytes": 64}]
+    stored = {"volume": volume, "runs": [{"env": {}, "session": "s1", "times": {"tpot": lognormal(300, 1e-3, 0.1, 1)}}]}
+    current = {"env": {}, "session": "s2", "volume": volume, "times": {"tpot": lognormal(300, 1.3e-3, 0.1, 2)}}
+    rows = {r.name: r for r in compare_stored(stored, current, 0.1, None)}
+    assert rows["tpot"].verdict == "n/a" and "drift between sessions is not measured" in rows["tpot"].detail
+    assert rows["volume (all op classes)"].verdict == "pass"
+    same_session = {r.name: r for r in compare_stored(stored, dict(current, session="s1"), 0.1, None)}
+    assert same_session["tpot"].verdict == "fail" and same_session["tpot"].detectable is not None
+
+
+def test_measured_drift_judges_times_at_the_cases_share():
+    from llmcomm_tests.judging.baseline import compare as compare_stored
+
+    volume = [{"op": "all_reduce", "phase": "decode", "site": "attn", "count": 4, "bytes": 64, "wire_bytes": 64}]
+    runs = [{"env": {}, "session": f"s{i}", "times": {"tpot": lognormal(300, 1e-3 * d, 0.1, i), "ttft": lognormal(300, 1e-3, 0.1, i)}}
+            for i, d in enumerate([0.95, 1.05, 1.0, 0.9, 1.1])]
+    current = {"env": {}, "session": "now", "volume": volume, "times": {"tpot": [x * 2 for x in lognormal(300, 1e-3, 0.1, 9)],
+                                                                         "ttft": lognormal(300, 1e-3, 0.1, 9)}}
+    rows = {r.name: r for r in compare_stored({"volume": volume, "runs": runs}, current, 0.1, None, level=0.01)}
+    assert rows["tpot"].verdict == "fail" and rows["ttft"].verdict == "pass"
+    assert rows["tpot"].level == pytest.approx(0.01 / 2) and "5 baseline sessions" in rows["tpot"].detail
+    assert 0 < rows["ttft"].detectable < 1 and f"detects >= {rows['ttft'].detectable:.1%}" in rows["ttft"].detail
 
 
 def test_env_changes_and_hardware_key():

@@ -141,3 +141,40 @@ def test_budgets_pass_fail_and_not_applicable():
     assert rows["op_latency.gather p99"].verdict == "n/a"  # no gather ran
     assert rows["ttft p99"].detail.startswith("p99 298.000ms > 250.000ms")
     assert "p99 <= 250.000ms" in format_table([rows["ttft p99"]])
+
+
+def test_latency_rows_state_their_level_and_the_slowdown_they_catch(monkeypatch):
+    """Each row says the level it was judged at and the smallest slowdown of every transfer it
+    would have caught: slowing the same transfers by a bit more than that fails the row, by a bit
+    less does not."""
+    import random
+
+    import llmcomm_tests.judging.checks as checks
+
+    monkeypatch.setattr(checks, "class_transfer", lambda profile, op, ranks, nbytes, role, world_size: (1e-3, 0.5e-3, 2e-3, 0.9, 4e-3))
+    rng = random.Random(2)
+    typical = [rng.uniform(0.8e-3, 1.2e-3) for _ in range(200)]
+    tol = LatencyTolerance(0.9)
+    centre, tail = latency_rows([_summary(typical)], None, tol, timed_cases=4)
+    assert centre.level == tail.level == pytest.approx(0.05 / 4 / 2)
+    assert f"level {centre.level:.2g}: detects >= {centre.detectable:.1%} slower" in centre.detail
+    assert f"level {tail.level:.2g}: detects >= {tail.detectable:.1%} slower" in tail.detail
+    for row, index in ((centre, 0), (tail, 1)):
+        assert 0 < row.detectable < 10
+        for factor, verdict in ((1.01, "fail"), (0.99, "pass")):
+            scaled = [x * (1 + row.detectable) * factor for x in typical]
+            assert latency_rows([_summary(scaled)], None, tol, timed_cases=4)[index].verdict == verdict, (row.name, factor)
+    # the session's share: half of 5 % when stored baselines are judged too
+    halved = latency_rows([_summary(typical)], None, tol, timed_cases=4, session_level=0.025)
+    assert halved[0].level == pytest.approx(centre.level / 2) and halved[0].detectable > centre.detectable
+
+
+def test_session_levels_divide_one_rate():
+    from llmcomm_tests.judging.levels import divide
+
+    alone = divide(ab=False, baseline_compare=False, timed_cases=3, judged_cases=4)
+    assert (alone.latency, alone.baseline, alone.ab) == (0.05, 0.0, 0.0)
+    both = divide(ab=False, baseline_compare=True, timed_cases=3, judged_cases=4)
+    assert both.latency + both.baseline == pytest.approx(0.05) and both.baseline_case == pytest.approx(0.025 / 4)
+    ab = divide(ab=True, baseline_compare=True, judged_cases=12)
+    assert (ab.latency, ab.baseline) == (0.0, 0.0) and ab.ab_case == pytest.approx(0.05 / 12)

@@ -461,6 +461,8 @@ class VerdictRow:
     budget: float | None = None
     budget_label: str = ""  # which statistic the budget bounds: "p99", "max", "change"
     detail: str = ""
+    level: float | None = None  # the significance level (two-sided, or one-sided for a tail) it was judged at
+    detectable: float | None = None  # the smallest relative slowdown it could have caught at that level
 
 
 @dataclass

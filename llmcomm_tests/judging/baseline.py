@@ -21,9 +21,12 @@ Comparison, per case:
 * each time row — TTFT, TPOT, E2E, and each op class's durations (op, phase, group) — is reduced
   per run to a centre (the 10 %-trimmed mean of log times).  With k ≥ 2 baseline runs, the
   current run's centre is tested against the baseline runs' spread (a t prediction interval,
-  k − 1 degrees of freedom); with one baseline run, against the within-run bootstrap spread only,
-  and the row says that drift was not measured.  Intervals are Bonferroni-corrected over the
-  case's time rows (95 % family-wise).  A row fails when its interval excludes zero and the
+  k − 1 degrees of freedom: the drift between sessions, measured).  With one baseline session the
+  drift is not measured: a run of *another* session gets n/a time rows saying so (an unchanged
+  rerun must not fail on drift nobody measured; bytes and counts are still judged exactly); a run
+  of the *same* session is compared against the within-run bootstrap spread.  Each case gets its
+  share of the session's family-wise rate (``BaselineRequest.level``, suite/session.py), split
+  over its time rows (Bonferroni); every row states its level.  A row fails when its interval excludes zero and the
   estimate passes the spec's ``threshold`` (slower: a regression; faster than twice the threshold:
   a stale baseline).  Every row states the smallest change it could have detected (95 % power); a
   spec's ``min_detectable`` turns an insensitive comparison into a failure instead of a quiet pass.
@@ -153,16 +156,17 @@ def sessions(runs: list[dict], name: str) -> list[list[float]]:
 
 
 def compare_samples(baseline_runs: list[list[float]], current: list[float], rows_in_family: int = 1,
-                    seed: int = 0) -> dict | None:
+                    seed: int = 0, family_level: float = 1 - FAMILY_CONFIDENCE) -> dict | None:
     """Relative change of the current run's centre against the baseline runs (one per session), its
-    interval at the Bonferroni-corrected level, and the minimum detectable change at 95 % power."""
+    interval at ``family_level`` over ``rows_in_family`` (Bonferroni), and the minimum detectable
+    change at 95 % power."""
     import numpy as np
 
     runs = [r for r in (stats.positive_logs(s) for s in baseline_runs) if len(r) >= 3]
     now = stats.positive_logs(current)
     if not runs or len(now) < 3:
         return None
-    alpha = (1 - FAMILY_CONFIDENCE) / max(1, rows_in_family)
+    alpha = family_level / max(1, rows_in_family)
     centers = [float(stats.trimmed_mean(r)) for r in runs]
     diff = float(stats.trimmed_mean(now)) - statistics.fmean(centers)
     k = len(centers)
@@ -176,7 +180,7 @@ def compare_samples(baseline_runs: list[list[float]], current: list[float], rows
         q, power, drift = stats.normal_quantile(1 - alpha / 2), stats.normal_quantile(POWER), False
     return {"change": math.exp(diff) - 1, "ci": [math.exp(diff - q * spread) - 1, math.exp(diff + q * spread) - 1],
             "mde": math.exp((q + power) * spread) - 1, "n": (sum(map(len, runs)), len(now)), "runs": k,
-            "drift_measured": drift, "confidence": 1 - alpha}
+            "drift_measured": drift, "confidence": 1 - alpha, "level": alpha}
 
 
 def judge(name: str, result: dict | None, threshold: float, min_detectable: float | None) -> VerdictRow:
@@ -185,8 +189,9 @@ def judge(name: str, result: dict | None, threshold: float, min_detectable: floa
     change, (lo, hi), mde = result["change"], result["ci"], result["mde"]
     basis = (f"{result['runs']} baseline sessions" if result["drift_measured"]
              else "1 baseline session: run-to-run drift not measured")
+    level = result.get("level", 1 - result["confidence"])
     text = (f"{change:+.1%} [{result['confidence']:.2%} CI {lo:+.1%}, {hi:+.1%}; {basis}]; "
-            f"detects >= {mde:.1%} at 95% power")
+            f"detects >= {mde:.1%} at 95% power at level {level:.2g}")
     verdict = PASS
     if lo > 0 and change > threshold:
         verdict, text = FAIL, f"slower {text}"
@@ -195,7 +200,8 @@ def judge(name: str, result: dict | None, threshold: float, min_detectable: floa
     elif min_detectable is not None and mde > min_detectable:
         verdict, text = FAIL, f"too noisy to detect {min_detectable:.0%} (spec min_detectable): {text}"
     return VerdictRow("baseline", name, verdict, "change", change, n=sum(result["n"]), low=lo, high=hi,
-                      budget=threshold, budget_label="change", detail=text)
+                      budget=threshold, budget_label="change", detail=text, level=level,
+                      detectable=mde)
 
 
 def env_changes(old: dict, new: dict) -> list[str]:
@@ -207,7 +213,19 @@ def env_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
-def compare(stored: dict, current: dict, threshold: float, min_detectable: float | None) -> list[VerdictRow]:
+def drift_unmeasured(stored: dict, current: dict) -> str | None:
+    """Why the time rows cannot be judged: the baseline holds one session and this run is from
+    another, so the drift between sessions, which moves every time, was never measured."""
+    stored_sessions = {run.get("session") or f"run{i}" for i, run in enumerate(stored["runs"])}
+    if len(stored_sessions) != 1 or current.get("session") in stored_sessions:
+        return None
+    return ("1 baseline session, this run from another: the drift between sessions is not measured "
+            "(save the baseline in 2 or more sessions to judge times; bytes and counts are judged)")
+
+
+def compare(stored: dict, current: dict, threshold: float, min_detectable: float | None,
+            level: float = 1 - FAMILY_CONFIDENCE) -> list[VerdictRow]:
+    """Volume exactly, then each time row at ``level`` (this case's share, split over its rows)."""
     rows = []
     old_volume = from_json(list[VolumeRow], stored["volume"])
     for diff in volume_rows(from_json(list[VolumeRow], current["volume"]), old_volume):  # the baseline as model
@@ -219,8 +237,13 @@ def compare(stored: dict, current: dict, threshold: float, min_detectable: float
     if not any(r.verdict == FAIL for r in rows):
         rows.append(VerdictRow("baseline", "volume (all op classes)", PASS, detail="identical to the baseline"))
     names = [n for n in current["times"] if all(n in run["times"] for run in stored["runs"])]
+    unmeasured = drift_unmeasured(stored, current)
     for name in names:
-        result = compare_samples(sessions(stored["runs"], name), current["times"][name], len(names))
+        if unmeasured:
+            rows.append(VerdictRow("baseline", name, NA, "change", detail=unmeasured))
+            continue
+        result = compare_samples(sessions(stored["runs"], name), current["times"][name], len(names),
+                                 family_level=level)
         rows.append(judge(name, result, threshold, min_detectable))
     changed = env_changes(stored["runs"][-1]["env"], current["env"])
     if changed and any(r.verdict == FAIL for r in rows):
@@ -241,6 +264,7 @@ class BaselineRequest:
     save: str | None
     env: dict
     session_id: str
+    level: float = 1 - FAMILY_CONFIDENCE  # each case's share of the session's family-wise rate
 
     @property
     def wanted(self) -> bool:
@@ -275,7 +299,7 @@ def handle(case, doc: RunDocument, request: BaselineRequest) -> list[VerdictRow]
                 if stored.get("schema") != SCHEMA:
                     raise BaselineFileError(f"baseline {path} has schema {stored.get('schema')!r}, expected "
                                             f"{SCHEMA!r}: save it again")
-                rows += compare(stored, current, threshold, min_detectable)
+                rows += compare(stored, current, threshold, min_detectable, request.level)
             except BaselineFileError as exc:  # the case keeps its other rows; this one says why
                 rows.append(VerdictRow("baseline", f"baseline {request.compare}", NA, detail=str(exc)))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:

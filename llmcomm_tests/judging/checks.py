@@ -9,10 +9,12 @@ Three kinds of check per case:
             distribution-free interval, must sit in the model's band, and its tail quantile (the
             profile's ``tail_q``, at least the spec's ``inside_fraction``) under the tail allowance —
             a one-sided binomial test, so one slow sample on a busy host fails nothing.  Every row is
-            a test at level ``SIGNIFICANCE / (timed cases in the session × rows in the case)``
-            (Bonferroni): an unchanged suite fails at most 5 % of its runs, however many cases it
-            holds.  Band and allowance come from a calibration under the engine's conditions, not
-            from these records;
+            a test at level ``session share / (timed cases in the session × rows in the case)``
+            (Bonferroni; the share: 5 %, or half of it when stored baselines are judged too,
+            judging/levels.py): an unchanged suite fails at most 5 % of its runs, however many cases
+            it holds.  Each row states its level and the smallest slowdown of every transfer it
+            would have caught there.  Band and allowance come from a calibration under the
+            engine's conditions, not from these records;
 * budget  – the SLO budgets that apply to this hardware hold at their percentiles; budgets
             written for other hardware are reported as not applicable, never passed or failed.
 
@@ -27,7 +29,7 @@ import math
 from llmcomm_tests.analytic import tiers
 from llmcomm_tests.analytic.accuracy import class_transfer
 from llmcomm_tests.core.documents import FAIL, NA, PASS, OpSummary, RunDocument, Verdict, VerdictRow, VolumeRow
-from llmcomm_tests.core.stats import binomial_cdf, median_ci, percentile
+from llmcomm_tests.core.stats import binomial_cdf, median_ci, percentile, smallest_binomial_rejection
 from llmcomm_tests.core.text import fmt
 
 SIGNIFICANCE = 0.05
@@ -83,7 +85,8 @@ MIN_TAIL_SAMPLES = 10  # below this a tail quantile is a guess: the tail row say
 
 
 def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int | None = None,
-                 timed_cases: int = 1, unsplit: str | None = None, off_host=None) -> list[VerdictRow]:
+                 timed_cases: int = 1, unsplit: str | None = None, session_level: float = SIGNIFICANCE,
+                 off_host=None) -> list[VerdictRow]:
     """Per op class: the transfer's centre against the model's band, and its tail against the
     tail allowance (two rows).  Wait is not judged here: it is the schedule, not the link.
     ``timed_cases``: how many cases of the session are judged so (the test family's size).
@@ -101,7 +104,7 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
     # Every row is a test: at 5 % each, a case of 20 classes would fail most unchanged runs, and a
     # suite of 20 cases at 5 % each most CI runs.  Bonferroni over the session's rows keeps its
     # false-alarm rate at 5 %: two tests per class (centre and tail), classes per case, cases.
-    alpha = SIGNIFICANCE / max(1, timed_cases) / max(1, 2 * len(classes))
+    alpha = session_level / max(1, timed_cases) / max(1, 2 * len(classes))
     rows = []
     for (name, role, _), parts in sorted(classes.items()):
         label = f"{name} {role}".rstrip()
@@ -141,15 +144,18 @@ def _centre_row(label: str, transfer, model: float, low: float, high: float, alp
     if ci is None:
         return VerdictRow("latency", f"{label} transfer centre", NA, "s", centre, n=transfer.count, model=model,
                           low=low, high=high,
-                          detail=f"{transfer.count} samples: too few for a {_confidence(alpha)} interval of the median")
+                          detail=f"{transfer.count} samples: too few for a {_confidence(alpha)} interval of the median",
+                          level=alpha)
     lo_ci, hi_ci = ci
     outside = lo_ci > high or hi_ci < low
+    # every transfer slower by this factor puts the interval's lower end above the band
+    detectable = max(0.0, high / lo_ci - 1) if lo_ci > 0 else math.inf
     detail = (f"median {fmt(centre, 's')} [{_confidence(alpha)} CI {fmt(lo_ci, 's')}, {fmt(hi_ci, 's')}] = {centre / model:.2f}x model; "
-              f"band {low / model:.2f}x-{high / model:.2f}x")
+              f"band {low / model:.2f}x-{high / model:.2f}x; level {alpha:.2g}: detects >= {detectable:.1%} slower")
     if outside:
         detail = ("above" if lo_ci > high else "below") + " the band: " + detail
     return VerdictRow("latency", f"{label} transfer centre", FAIL if outside else PASS, "s", centre, n=transfer.count,
-                      model=model, low=low, high=high, detail=detail)
+                      model=model, low=low, high=high, detail=detail, level=alpha, detectable=detectable)
 
 
 def _confidence(alpha: float) -> str:
@@ -166,12 +172,22 @@ def _tail_row(label: str, transfer, model: float, q: float, limit: float, alpha:
     name = f"{label} transfer p{q * 100:g}"
     if transfer.count < MIN_TAIL_SAMPLES:
         return VerdictRow("latency", name, NA, "s", tail, n=transfer.count, model=model, budget=limit,
-                          budget_label=f"p{q * 100:g}", detail=f"{transfer.count} samples: too few for a tail")
+                          budget_label=f"p{q * 100:g}", detail=f"{transfer.count} samples: too few for a tail",
+                          level=alpha)
     under = round(transfer.share_within(0.0, limit) * transfer.count)
     p_value = binomial_cdf(under, transfer.count, q)
-    detail = f"{under / transfer.count:.0%} of {transfer.count} under {limit / model:.1f}x model (need {q:.0%}; p={p_value:.2g})"
+    # the row fails once at most k of the samples lie under the allowance: every transfer slower
+    # than limit / x_(k+1) does that
+    k = smallest_binomial_rejection(transfer.count, q, alpha)
+    xs = sorted(transfer.samples)  # past SAMPLE_CAP a uniform sample: its quantile stands for x_(k+1)
+    x_next = xs[min(len(xs) - 1, k * len(xs) // transfer.count)] if k is not None and xs else 0.0
+    detectable = max(0.0, limit / x_next - 1) if x_next > 0 else math.inf
+    detail = (f"{under / transfer.count:.0%} of {transfer.count} under {limit / model:.1f}x model (need {q:.0%}; "
+              f"p={p_value:.2g}, level {alpha:.2g}: "
+              + (f"detects >= {detectable:.1%} slower)" if k is not None else "cannot fail with so few samples)"))
     return VerdictRow("latency", name, FAIL if p_value < alpha else PASS, "s", tail, n=transfer.count,
-                      model=model, budget=limit, budget_label=f"p{q * 100:g}", detail=detail)
+                      model=model, budget=limit, budget_label=f"p{q * 100:g}", detail=detail, level=alpha,
+                      detectable=detectable)
 
 
 def _merged(summaries):
@@ -246,11 +262,13 @@ def budget_rows(budgets, doc: RunDocument, hardware: str) -> list[VerdictRow]:
 
 
 def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile, hardware: str,
-             no_latency: str | None = None, timed_cases: int = 1, off_host=None) -> Verdict:
+             no_latency: str | None = None, timed_cases: int = 1, session_level: float = SIGNIFICANCE,
+             off_host=None) -> Verdict:
     """Volume, latency and budget rows of one case; ``no_latency`` says why the latency rows do not
     apply (the profile describes another transport than the one that ran); ``timed_cases``: the
-    session's cases with latency rows, over which their significance is shared; ``off_host``: the
-    host anchor, whose ops outside their calibration get n/a rows."""
+    session's cases with latency rows, over which ``session_level`` (the latency rows' share of the
+    session's family-wise rate) is shared; ``off_host``: the host anchor, whose ops outside their
+    calibration get n/a rows."""
     verdict = Verdict(case.id)
     verdict.rows += volume_rows(doc.volume, predicted_volume)
     if not doc.volume_stable:
@@ -265,7 +283,7 @@ def evaluate(case, doc: RunDocument, predicted_volume: list[VolumeRow], profile,
         verdict.rows.append(VerdictRow("latency", "all op classes", NA, detail=no_latency))
     elif profile is not None:
         verdict.rows += latency_rows(doc.ops, profile, case.tolerances.latency, case.world_size, timed_cases,
-                                     timing.unsplit if timing is not None else None, off_host)
+                                     timing.unsplit if timing is not None else None, session_level, off_host)
     else:
         verdict.rows.append(VerdictRow("latency", "all op classes", NA,
                                        detail=f"no hardware profile for {hardware}: pass --llmcomm-hardware "

@@ -82,7 +82,7 @@ def keep_trace(case, doc: RunDocument, report_dir: str, keep_records: bool) -> N
 
 
 def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: ProfileChoice, *, backend: str,
-          timed_cases: int, baseline: "BaselineRequest | None" = None) -> Verdict:
+          timed_cases: int, baseline: "BaselineRequest | None" = None, session_level: float = 0.05) -> Verdict:
     """The checks of one run: volume, latency, budgets (``judging.checks``), planted faults that
     fired nowhere, calls the backend never completed, and the baseline when one is asked for."""
     profile = hw.profile
@@ -99,7 +99,7 @@ def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: P
                  f"{case.topology.ranks_per_node}: not calibrated on this cluster (llmcomm cluster calibrate, then "
                  f"name the profile with hardware: or --llmcomm-hardware)")
     verdict = evaluate(case, doc, predicted.volume, profile, hw.name, no_latency=other, timed_cases=timed_cases,
-                       off_host=hw.anchor)
+                       session_level=session_level, off_host=hw.anchor)
     # A planted fault that matched no op on any rank planted nothing: a pass would prove nothing.
     if doc.faults_fired:  # our engine counts firings; a framework run plants through its own plugin
         verdict.rows += [VerdictRow("run", "inject", FAIL, detail=m) for m in never_fired(cfg.inject, doc.faults_fired, case.id)]
@@ -140,12 +140,14 @@ def failed_result(case, hardware: str, backend: str, env: dict, predicted: Predi
 
 def baseline_request(state) -> "BaselineRequest":
     o = state.options
-    return BaselineRequest(o.baseline_dir, o.baseline_compare, o.baseline_save, state.env, state.session_id)
+    return BaselineRequest(o.baseline_dir, o.baseline_compare, o.baseline_save, state.env, state.session_id,
+                           state.levels.baseline_case)
 
 
 def ab_request(state) -> "ABRequest":
     o = state.options
-    return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks, state.resources)
+    return ABRequest(o.ab, o.ab_pairs, o.ab_seed, state.backend, o.timeout, state.ranks, state.resources,
+                     state.levels.ab_case)
 
 
 def run_and_check(case, state) -> CaseResult:
@@ -183,7 +185,7 @@ def run_and_check(case, state) -> CaseResult:
     if options.trace:
         keep_trace(case, doc, options.report_dir, options.keep_records)
     verdict = judge(case, doc, plan.cfg, plan.predicted, hw, backend=state.backend, timed_cases=state.timed_cases,
-                    baseline=baseline_request(state))
+                    baseline=baseline_request(state), session_level=state.levels.latency)
     return package(case, hw, state.backend, state.env, plan.predicted, doc, verdict)
 
 

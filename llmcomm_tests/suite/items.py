@@ -105,6 +105,12 @@ def judges_timing(item, state) -> bool:
     return case is not None and adapter_for(case.framework).bounded_by_profile and skip_reason(case, state) is None
 
 
+def runs_here(item, state) -> bool:
+    """Whether this item is a case that will run here (its baseline or A/B rows are judged)."""
+    case = getattr(item, "case", None)
+    return case is not None and skip_reason(case, state) is None
+
+
 def skip_reason(case, state) -> str | None:
     """Why a case cannot run here (or None)."""
     reason = adapter_for(case.framework).missing()

@@ -92,12 +92,13 @@ def pytest_collect_file(file_path: Path, parent):
 def pytest_collection_modifyitems(config, items):
     """Fail the session, before any case runs, when a case would need this machine's own profile
     and none describes it (a CUDA node no preset names): never judge against a guess.  Count the
-    cases whose timing is judged: their latency tests share the session's significance."""
+    cases whose timing is judged and those that run: their tests share the session's significance."""
     state = config.stash[SESSION_KEY]
     if items:
-        from llmcomm_tests.suite.items import judges_timing
+        from llmcomm_tests.suite.items import judges_timing, runs_here
 
         state.timed_cases = max(1, sum(judges_timing(item, state) for item in items))
+        state.judged_cases = max(1, sum(runs_here(item, state) for item in items))
     if any(not getattr(getattr(item, "case", None), "hardware_given", True) for item in items):
         try:
             state.machine_profile()

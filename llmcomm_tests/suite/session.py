@@ -16,6 +16,7 @@ import pytest
 
 from llmcomm_tests.core.documents import CaseResult, SessionReport
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.judging.levels import SessionLevels, divide
 from llmcomm_tests.runtime import launch, netns, node_launch
 from llmcomm_tests.spec import SpecNames
 from llmcomm_tests.spec.topology import for_session
@@ -39,6 +40,7 @@ class LLMCommSession:
     session_id: str = ""  # tells baseline runs of one session from runs of another
     spec_names: SpecNames = field(default_factory=SpecNames)  # unique across the session's files
     timed_cases: int = 1  # cases that will run with latency rows: their tests share one 5 % (judging/checks.py)
+    judged_cases: int = 1  # cases that will run here: stored-baseline and A/B rows share theirs over these
     resources: SessionResources = field(default_factory=SessionResources)  # closed by ``close``
 
     def __post_init__(self):
@@ -55,6 +57,13 @@ class LLMCommSession:
     def env(self) -> dict:
         """The environment as reports and baselines store it."""
         return self.environment.fingerprint()
+
+    @property
+    def levels(self) -> SessionLevels:
+        """How the session's one family-wise false-alarm rate is divided among its timed checks
+        and cases (judging/levels.py)."""
+        return divide(ab=bool(self.options.ab), baseline_compare=bool(self.options.baseline_compare),
+                      timed_cases=self.timed_cases, judged_cases=self.judged_cases)
 
     @property
     def backend(self) -> str:

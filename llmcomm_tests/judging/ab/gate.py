@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from llmcomm_tests.core.documents import FAIL, PASS, VerdictRow, to_json
 from llmcomm_tests.judging.ab.arms import Arm, ArmEnv, ArmError, env_difference
 from llmcomm_tests.judging.ab.observe import ArmRun
-from llmcomm_tests.judging.ab.paired import DEFAULT_THRESHOLD, MIN_PAIRS, PairedChange, paired_change, should_stop
+from llmcomm_tests.judging.ab.paired import (DEFAULT_THRESHOLD, FAMILY_LEVEL, MIN_PAIRS, LookPlan, PairedChange,
+                                              paired_change, should_stop)
 from llmcomm_tests.judging.ab.schedule import Schedule
 
 DEFAULT_MAX_PAIRS = 40
@@ -34,6 +35,8 @@ class ABResult:
     stopped: str = ""
     wall_s: float = 0.0
     error: str | None = None
+    looks: int = 0  # how many times the intervals were computed (each spends part of the level)
+    plan: LookPlan = field(default_factory=LookPlan)
 
     @property
     def failed(self) -> list[VerdictRow]:
@@ -44,7 +47,8 @@ class ABResult:
         return {"env_a": to_json(self.env_a), "env_b": to_json(self.env_b),
                 "difference": env_difference(self.env_a, self.env_b), "schedule": self.schedule,
                 "pairs": self.pairs, "stopped": self.stopped, "wall_s": self.wall_s,
-                "changes": to_json(self.changes), "error": self.error}
+                "changes": to_json(self.changes), "error": self.error, "looks": self.looks,
+                "level": self.plan.level, "sequential": self.plan.sequential}
 
 
 # -- arm servers, one per (role, interpreter), kept for the session ------------------------------
@@ -81,7 +85,10 @@ def close_arms() -> None:
 
 def compare_arms(cfg_a, cfg_b, arm_a: Arm, arm_b: Arm, *, threshold: float = DEFAULT_THRESHOLD,
                  max_pairs: int = DEFAULT_MAX_PAIRS, min_pairs: int = MIN_PAIRS, seed: int = 0,
-                 backend: str = "gloo", timeout_s: float = 300.0, available_ranks: int | None = None) -> ABResult:
+                 backend: str = "gloo", timeout_s: float = 300.0, available_ranks: int | None = None,
+                 level: float = FAMILY_LEVEL, sequential: bool = True) -> ABResult:
+    """``level``: the case's share of the session's family-wise rate (two-sided), spent over the
+    looks unless ``sequential`` is False (paired.LookPlan)."""
     t0 = time.perf_counter()
     schedule = Schedule(seed)
     arms, cfgs = {"A": arm_a, "B": arm_b}, {"A": cfg_a, "B": cfg_b}
@@ -90,6 +97,7 @@ def compare_arms(cfg_a, cfg_b, arm_a: Arm, arm_b: Arm, *, threshold: float = DEF
     stopped, error = "", None
     min_pairs = max(min_pairs, 2)
     max_pairs = max(max_pairs, min_pairs)
+    plan, looks = LookPlan(level, max_pairs, sequential), []
     volume_rows: list[VerdictRow] | None = None
     while len(schedule.kept) < max_pairs:
         pair = schedule.next()
@@ -110,7 +118,8 @@ def compare_arms(cfg_a, cfg_b, arm_a: Arm, arm_b: Arm, *, threshold: float = DEF
         n = len(schedule.kept)
         if n < min_pairs or not schedule.balanced:
             continue
-        changes = paired_changes(runs["A"], runs["B"])
+        looks.append(n)
+        changes = paired_changes(runs["A"], runs["B"], plan, looks)
         if any(r.verdict == FAIL for r in volume_rows):
             stopped = "bytes or counts differ between the arms"
             break
@@ -119,18 +128,25 @@ def compare_arms(cfg_a, cfg_b, arm_a: Arm, arm_b: Arm, *, threshold: float = DEF
             break
     else:
         stopped = f"pair budget spent ({max_pairs})"
-    if runs["A"] and not changes and len(schedule.kept) >= 2:
-        changes = paired_changes(runs["A"], runs["B"])
+    if runs["A"] and not changes and len(schedule.kept) >= 2:  # never looked: this is the only look
+        looks.append(len(schedule.kept))
+        changes = paired_changes(runs["A"], runs["B"], plan, looks)
     result = ABResult([], arm_a.env, arm_b.env, schedule.to_dict(), changes, len(schedule.kept), stopped,
-                      time.perf_counter() - t0, error)
+                      time.perf_counter() - t0, error, len(looks), plan)
     result.rows = verdict_rows(result, volume_rows or [], runs, threshold, schedule)
     return result
 
 
-def paired_changes(runs_a: list[ArmRun], runs_b: list[ArmRun]) -> list[PairedChange]:
+def paired_changes(runs_a: list[ArmRun], runs_b: list[ArmRun], plan: LookPlan | None = None,
+                   looks: list[int] | None = None) -> list[PairedChange]:
+    """Every metric's change at the last of ``looks`` (pair counts), at the level ``plan`` gives it."""
+    plan = plan or LookPlan()
     metrics = [m for m in runs_a[0].centres
                if all(m in r.centres for r in runs_a) and all(m in r.centres for r in runs_b)]
-    return [paired_change(m, [b.centres[m] - a.centres[m] for a, b in zip(runs_a, runs_b)], len(metrics))
+    looks = looks or [len(runs_a)]
+    level, share = plan.look_level(looks, len(metrics)), plan.metric_level(len(metrics))
+    return [paired_change(m, [b.centres[m] - a.centres[m] for a, b in zip(runs_a, runs_b)], level=level,
+                          futility_level=share)
             for m in metrics]
 
 
@@ -180,10 +196,11 @@ def verdict_rows(result: ABResult, volume_rows: list[VerdictRow], runs, threshol
         elif c.high < 0 and c.change < -threshold:
             text = f"faster in B: {text}"
         rows.append(VerdictRow("ab", f"ab {c.metric}", verdict, unit="change", measured=c.change, n=c.n,
-                               low=c.low, high=c.high, budget=threshold, budget_label="change", detail=text))
+                               low=c.low, high=c.high, budget=threshold, budget_label="change", detail=text,
+                               level=c.level, detectable=c.mdc))
     failed = any(r.verdict == FAIL for r in rows)
     sched = (f"{schedule.describe()}; {result.pairs} pairs kept, {len(schedule.dropped)} dropped; "
-             f"stopped: {result.stopped}; {result.wall_s:.0f} s")
+             f"stopped: {result.stopped}; {result.plan.describe(result.looks)}; {result.wall_s:.0f} s")
     head = [VerdictRow("ab", "ab environment", FAIL if failed else PASS,
                        detail=f"{env_difference(result.env_a, result.env_b)}"),
             VerdictRow("ab", "ab schedule", PASS, n=result.pairs, detail=sched)]
@@ -204,7 +221,8 @@ class ABRequest:
     backend: str
     timeout_s: float
     available_ranks: int
-    owner: object = None  # closes the arm servers with the session (``callback(close)``); None: close_arms()
+    owner: object = None
+    level: float = FAMILY_LEVEL  # each case's share of the session's family-wise rate (suite/session.py)  # closes the arm servers with the session (``callback(close)``); None: close_arms()
 
 
 def gate_case(case, cfg, request: ABRequest) -> ABResult:
@@ -221,4 +239,4 @@ def gate_case(case, cfg, request: ABRequest) -> ABResult:
                         ArmEnv(request.arm_b), {}, error=str(exc))
     return compare_arms(cfg_a, cfg_b, arm_a, arm_b, threshold=threshold, max_pairs=request.pairs,
                         seed=request.seed, backend=request.backend, timeout_s=request.timeout_s,
-                        available_ranks=request.available_ranks)
+                        available_ranks=request.available_ranks, level=request.level)
