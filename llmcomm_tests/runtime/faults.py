@@ -203,12 +203,16 @@ def _first_tensor(args):
     return None
 
 
+SPIN_S = 3e-4
+
+
 def _wait(seconds: float) -> None:
-    """time.sleep overshoots short waits by ~60-100 µs on Linux, which would plant a larger fault
-    than asked for; spin for the last millisecond instead."""
+    """Sleep, then spin for the last ``SPIN_S``: time.sleep overshoots by ~60-100 µs on Linux,
+    which would plant more than asked; a spin of the whole delay holds a core that the peer's
+    transfer needs where ranks share cores (docs/measurements.md#planted-delays)."""
     end = time.perf_counter() + seconds
-    if seconds > 2e-3:
-        time.sleep(seconds - 1e-3)
+    if seconds > 2 * SPIN_S:
+        time.sleep(seconds - SPIN_S)
     while time.perf_counter() < end:
         pass
 
