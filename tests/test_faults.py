@@ -126,8 +126,8 @@ def test_a_bandwidth_factor_adds_the_bytes_time_at_the_lower_bandwidth(monkeypat
     ("all_reduce/warmup:delay=1ms", "bad selector 'warmup'"),
     ("all_reduce/>=1MQ:delay=1ms", "selector '>=1MQ'"),
     ("all_reduce/decode/prefill:delay=1ms", "selector 'prefill': a second phase"),
-    ("all_reduce:delay=fast", "delay=fast"),
-    ("all_reduce:bw=1.5", "bw=1.5: a bandwidth factor below 1"),
+    ("all_reduce:delay=fast", "delay: expected a percentage such as 10% or a duration such as 2ms, got 'fast'"),
+    ("all_reduce:bw=1.5", "bw: expected a bandwidth factor below 1"),
     ("send:extra=1", "extra=N needs op all_reduce"),
 ])
 def test_a_parse_error_names_the_bad_part(text, names):

@@ -38,8 +38,8 @@ PHASES = ("prefill", "decode")
 _HEAD = re.compile(r"^(?P<target>[^:]+):(?P<kind>[a-z_]+)=(?P<value>\S+)$")
 _TARGET = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?$")
 _SIZE = re.compile(r"^(?P<cmp>>=|<=|>|<)(?P<size>.+)$")
-USAGE = ("OP[@SITE][/prefill|/decode][/>=SIZE|/<SIZE...]:delay=10%|delay=2ms|bw=0.7|extra=1|size=2|"
-         "crash=R|hang=R")
+USAGE = ("OP[@SITE]:KIND=VALUE or OP[@SITE]/SELECTOR/...:KIND=VALUE (SELECTOR prefill, decode, >=1MiB, <4KiB, ...; "
+         "KIND=VALUE delay=10%|delay=2ms|bw=0.7|extra=1|size=2|crash=R|hang=R)")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Fault:
 def parse_fault(text: str) -> Fault:
     """A fault from its text; ValueError naming the part that is wrong."""
     def bad(why: str) -> ValueError:
-        return ValueError(f"bad fault {text!r}: {why} (expected {USAGE})")
+        return ValueError(f"bad fault {text!r}: expected {USAGE}: {why}")
 
     head = _HEAD.match(text.strip())
     if not head:
@@ -147,11 +147,11 @@ def parse_fault(text: str) -> Fault:
     try:
         value, relative = _value(kind, head["value"])
     except ValueError as exc:
-        raise bad(f"{kind}={head['value']}: {exc}") from None
+        raise ValueError(f"bad fault {text!r}: {kind}: {exc}") from None
     if kind == "size" and (value <= 1 or op not in ("all_reduce", "broadcast")):
-        raise bad("size=N needs N > 1 and op all_reduce or broadcast")
+        raise ValueError(f"bad fault {text!r}: size=N needs N > 1 and op all_reduce or broadcast")
     if kind == "extra" and op != "all_reduce":
-        raise bad("extra=N needs op all_reduce")
+        raise ValueError(f"bad fault {text!r}: extra=N needs op all_reduce")
     return Fault(op, m["site"], kind, value, relative, phase, tuple(sizes))
 
 
@@ -163,12 +163,12 @@ def _value(kind: str, text: str) -> tuple[float, bool]:
         if text.endswith("%"):
             return (0.0 if re.fullmatch(r"0+(\.0*)?%", text) else parse_percent(text)), True
         if not text[:1].isdigit() and not text.startswith("."):
-            raise ValueError("expected a percentage such as 10% or a duration such as 2ms")
+            raise ValueError(f"expected a percentage such as 10% or a duration such as 2ms, got {text!r}")
         return parse_duration(text, unitless="s"), False
     if kind == "bw":
         factor = parse_factor(text)
         if factor >= 1:
-            raise ValueError("a bandwidth factor below 1 (0.7: the link at 70 %)")
+            raise ValueError(f"expected a bandwidth factor below 1 (0.7: the link at 70 %), got {text!r}")
         return factor, False
     if kind == "extra":
         return float(parse_count(text, minimum=1)), False
