@@ -214,12 +214,16 @@ def model_transfer(profile, op: str, span: list[int], nbytes: int) -> "tuple[flo
 
 def default_profile(cuda: bool, device_name: str = "", devices: int = 0):
     """The profile a slowdown is sized by: ``cpu-loopback`` on gloo; on CUDA the preset (or a
-    profile in ``.llmcomm/profiles``) for this device model and count, else a ValueError."""
-    from llmcomm_tests.analytic.hardware import load_profile, match_preset
+    profile in ``.llmcomm/profiles``) for this device model and count, else the first for this
+    model at any node size (its intra-node fits), else a ValueError."""
+    from llmcomm_tests.analytic.hardware import PROFILE_DIR, load_profile, match_preset
 
     if not cuda:
         return load_profile("cpu-loopback")
     found = match_preset(device_name, devices)
+    if found is None:
+        found = next((p for p in map(load_profile, sorted(PROFILE_DIR.glob("*.yaml"))) if p.describes(device_name)),
+                     None)
     if found is None:
         raise ValueError(f"no hardware profile for {devices} x {device_name}: a relative delay or bw= fault is "
                          f"sized by the model; calibrate one (llmcomm calibrate) or plant an absolute delay=")
