@@ -1,7 +1,7 @@
 """Planted slowdowns, planted vs measured: does ``delay=5%`` add what it says to the op's transfer?
 
     PYTHONPATH=. python benchmarks/planted_delay.py [--layouts 2x1,1x2,2x2] [--levels 0,5,10,20]
-                                                    [--rounds 12] [--gen-len 8]
+                                                    [--rounds 20] [--gen-len 8] [--quantile 50]
 
 1. The fault wrappers alone: ns per call of an all-reduce whose issue returns an already completed
    Work (gloo's own ~20 µs and its jitter out of the figure), plain vs with ``delay=0%`` armed.
@@ -11,12 +11,14 @@
    median transfer (``runtime/arrival.py``) of each level minus the clean repetition's of the
    same round, the median over rounds (paired: the host's drift between rounds cancels), next to
    what was planted (the model's transfer × level, ``runtime/fault_spec.py``), both in µs and as
-   a share of the clean median.
+   a share of the clean median, with the middle half of the rounds' differences (the resolution)
+   and the host's load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from types import SimpleNamespace
@@ -103,7 +105,8 @@ def layout_rank(ctx, layout: Layout, levels: list[float], ops: list[str], rounds
     return {"ops": ops_done, "fired": [i.fired for i in installs]}
 
 
-def layout_rows(layout: Layout, levels: list[float], rounds: int, gen_len: int, profile) -> list[tuple]:
+def layout_rows(layout: Layout, levels: list[float], rounds: int, gen_len: int, profile, q: float = 50
+                ) -> list[tuple]:
     ops = (["all_reduce"] if layout.tp > 1 else []) + (["send"] if layout.pp > 1 else [])
     import planted_delay
 
@@ -129,12 +132,17 @@ def layout_rows(layout: Layout, levels: list[float], rounds: int, gen_len: int, 
                 span = sorted({ops.rank, c.peer}) if op in ("send", "recv") else list(c.group)
                 model.append(model_transfer(profile, op, span, c.bytes)[0])
         model_s = statistics.median(model)
-        clean = statistics.median(statistics.median(by_cell[(r, 0)]) for r in range(rounds))
+        def centre(r: int, k: int) -> float:
+            return float(np.percentile(by_cell[(r, k)], q))
+
+        clean = statistics.median(centre(r, 0) for r in range(rounds))
         for k, lvl in enumerate(levels, start=1):
-            diffs = [statistics.median(by_cell[(r, k)]) - statistics.median(by_cell[(r, 0)]) for r in range(rounds)]
+            diffs = [centre(r, k) - centre(r, 0) for r in range(rounds)]
             calls = sum(len(by_cell[(r, k)]) for r in range(rounds))
+            diffs.sort()
+            spread = (diffs[len(diffs) // 4], diffs[(3 * len(diffs)) // 4])  # the middle half of the rounds
             rows.append((str(layout), op, f"delay={lvl:g}%", calls, clean, model_s * lvl / 100,
-                         statistics.median(diffs)))
+                         statistics.median(diffs), spread))
     fired = [sum(f[i][key] for f in (r["fired"] for r in per_rank) for key in f[i]) for i in range(len(levels))]
     if not all(fired):
         raise RuntimeError(f"{layout}: a level planted nothing (fired {fired})")
@@ -147,8 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layouts", default="2x1,1x2,2x2")
     parser.add_argument("--levels", default="0,5,10,20")
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--gen-len", type=int, default=8)
+    parser.add_argument("--quantile", type=float, default=50,
+                        help="each round's centre: the median (50) or e.g. the A/B gate's lower quartile (25)")
     args = parser.parse_args()
     levels = [float(v) for v in args.levels.split(",")]
     import planted_delay  # the rank entries must be importable by module name, not __main__
@@ -159,15 +169,17 @@ def main() -> None:
     profile = load_profile("cpu-loopback")
     print(f"\ntiny engine, gloo, {args.rounds} rounds of clean + {len(levels)} levels, decode calls, "
           f"planted = model transfer x level (cpu-loopback)")
-    head = ("layout", "op", "fault", "calls", "clean p50 us", "planted us", "measured us", "planted %",
-            "measured %")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    head = ("layout", "op", "fault", "calls", f"clean q{args.quantile:g} us", "planted us", "measured us", "rounds q25..q75",
+            "planted %", "measured %")
     print("  ".join(f"{h:>12s}" for h in head))
     t0 = time.perf_counter()
     for text in args.layouts.split(","):
-        for layout_, op, name, n, clean, planted, measured in layout_rows(Layout.parse(text), levels, args.rounds,
-                                                                          args.gen_len, profile):
+        for layout_, op, name, n, clean, planted, measured, (lo, hi) in layout_rows(
+                Layout.parse(text), levels, args.rounds, args.gen_len, profile, args.quantile):
             cells = (layout_, op, name, str(n), f"{clean * 1e6:.1f}", f"{planted * 1e6:.1f}",
-                     f"{measured * 1e6:+.1f}", f"{planted / clean:+.1%}", f"{measured / clean:+.1%}")
+                     f"{measured * 1e6:+.1f}", f"{lo * 1e6:+.0f}..{hi * 1e6:+.0f}", f"{planted / clean:+.1%}",
+                     f"{measured / clean:+.1%}")
             print("  ".join(f"{c:>12s}" for c in cells), flush=True)
     print(f"({time.perf_counter() - t0:.0f} s)")
 

@@ -207,9 +207,10 @@ SPIN_S = 3e-4
 
 
 def _wait(seconds: float) -> None:
-    """Sleep, then spin for the last ``SPIN_S``: time.sleep overshoots by ~60-100 µs on Linux,
-    which would plant more than asked; a spin of the whole delay holds a core that the peer's
-    transfer needs where ranks share cores (docs/measurements.md#planted-delays)."""
+    """Sleep, then spin for the last ``SPIN_S`` (all of a shorter delay): time.sleep overshoots by
+    ~60-100 µs on Linux, which would plant more than asked, and a spin of a long delay holds the
+    core that this rank's own transport thread needs to finish the peer's side of the call
+    (docs/measurements.md#planted-delays)."""
     end = time.perf_counter() + seconds
     if seconds > 2 * SPIN_S:
         time.sleep(seconds - SPIN_S)
