@@ -6,6 +6,8 @@ often it alarms on two identical arms (A/A), with the wall time and pairs each c
 
 Each trial runs one A/A comparison (both arms this interpreter, two separate arm servers) and
 one A/B comparison per fault (arm B: ``--python-b``, default this interpreter, with the fault),
+and prints next to each fault what it plants per call (the model's, ``benchmarks/planted.py``)
+beside the change the gate measured,
 of the tiny engine under TP 2 (``--layout``), seed = trial number.  A/A counts a false alarm when
 any row fails; a delay counts as detected when a row of the faulted op fails as slower, an extra
 collective when a volume row fails ("case failed" counts a failure of any row).
@@ -22,6 +24,7 @@ from llmcomm_tests.engine.config import PRESETS
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.runtime.faults import parse_fault
 from llmcomm_tests.runtime.run_config import RunConfig
+from planted import planted_text
 
 
 def detected(result, fault) -> bool:
@@ -59,6 +62,9 @@ def main() -> None:
     print(f"arm A {arm_a.env.executable}; A/A second arm {arm_a2.env.executable}; arm B {arm_b.env.executable}")
     print(f"A→B: {gate.env_difference(arm_a.env, arm_b.env)}")
     modes = [("A/A", None)] + [(str(f), f) for f in faults]
+    planted = {mode: planted_text(fault, cfg) if fault else "-" for mode, fault in modes}
+    for mode, fault in modes[1:]:
+        print(f"{mode}: plants {planted[mode]} (model, cpu-loopback)")
     tally = {m: {"hits": 0, "case": 0, "pairs": [], "wall": [], "change": []} for m, _ in modes}
     t0 = time.perf_counter()
     try:
@@ -88,14 +94,14 @@ def main() -> None:
     print(f"\ntiny {args.layout}, repeats {args.repeats}, threshold {args.threshold:.0%}, max pairs "
           f"{args.max_pairs}, {n} trials, {time.perf_counter() - t0:.0f} s in all")
     print(f"{'comparison':26s} {'rate':>12s} {'case failed':>11s} {'pairs p50':>9s} {'max':>4s} {'wall p50 s':>10s} "
-          f"{'max s':>6s} {'change p50':>10s}")
+          f"{'max s':>6s} {'measured change p50':>19s}  planted (model)")
     for mode, fault in modes:
         t = tally[mode]
         pairs, wall, ch = sorted(t["pairs"]), sorted(t["wall"]), sorted(t["change"])
         label = "false alarms" if fault is None else "detected"
         rate = f"{t['hits']}/{n} {label[:5]}"
         print(f"{mode:26s} {rate:>12s} {t['case']:>7d}/{n:<3d} {pairs[len(pairs) // 2]:9d} {pairs[-1]:4d} {wall[len(wall) // 2]:10.0f} "
-              f"{wall[-1]:6.0f} {ch[len(ch) // 2] if ch else float('nan'):+10.1%}")
+              f"{wall[-1]:6.0f} {ch[len(ch) // 2] if ch else float('nan'):+19.1%}  {planted[mode]}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ each its own process (``llmcomm run``), as ``--llmcomm-baseline-save`` run in th
 would, then runs once unchanged (A/A) and once per planted fault (A/B), comparing each exactly as
 ``--llmcomm-baseline-compare`` does.  A/A counts
 a false alarm when any time row of the case fails; A/B counts a detection when a row of the faulted
-op class fails as slower.
+op class fails as slower.  Next to each fault: what it plants per call (the model's,
+``benchmarks/planted.py``) beside the change its op rows measured.
 """
 
 import argparse
@@ -25,6 +26,9 @@ from llmcomm_tests.core.documents import RunDocument, from_json
 from llmcomm_tests.engine.layout import Layout
 from llmcomm_tests.runtime.faults import parse_faults
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.engine.config import PRESETS
+from llmcomm_tests.runtime.run_config import RunConfig
+from planted import planted_text
 
 
 def main() -> None:
@@ -77,10 +81,12 @@ def main() -> None:
     print(f"\nlayout {layout}, repeats {args.repeats}, baseline runs {args.baseline_runs}, threshold "
           f"{args.threshold:.0%}, {n} trials in {time.perf_counter() - t0:.0f} s")
     print(f"false-alarm rate {false_alarms / n:.0%}  ({false_alarms}/{n}; any time row of the case, A/A)")
+    cfg = RunConfig(PRESETS["tiny"], layout, prompt_len=32, gen_len=8)
     for fault in faults:
         c = sorted(changes[str(fault)])
-        print(f"detection rate   {detections[str(fault)] / n:.0%}  ({detections[str(fault)]}/{n}) for {fault}; "
-              f"measured change of its op rows: median {c[len(c) // 2]:+.1%}" if c else f"{fault}: no rows")
+        print(f"detection rate   {detections[str(fault)] / n:.0%}  ({detections[str(fault)]}/{n}) for {fault} "
+              f"(plants {planted_text(fault, cfg)}, model); measured change of its op rows: median "
+              f"{c[len(c) // 2]:+.1%}" if c else f"{fault}: no rows")
     mdes.sort()
     if mdes:
         print(f"minimum detectable change of the faulted op rows (95% power): median {mdes[len(mdes) // 2]:.0%}")

@@ -4,7 +4,8 @@
 
 For tiny TP2, PP2 and TP2×PP2 (the spec's first workload) it counts how often an unchanged run
 passes every check (A/A: the goal is ≥ 19 of 20), and whether a planted delay fails the latency
-check: ``all_reduce:delay=2ms`` (``send:delay=2ms`` where no all-reduce runs) and ``…:delay=100%``.
+check: ``all_reduce:delay=2ms`` (``send:delay=2ms`` where no all-reduce runs) and ``…:delay=100%``
+(the model's time for each call once more), each with what it plants per call (``benchmarks/planted.py``).
 Each run is a fresh launch of the ranks, checked exactly as the plugin checks a case (the spec's
 budgets, the session's hardware profile).
 """
@@ -21,6 +22,9 @@ from llmcomm_tests.suite.case_run import run_and_check
 from llmcomm_tests.suite.session import LLMCommSession
 from llmcomm_tests.spec import load_spec
 from llmcomm_tests.core.text import text_table
+from llmcomm_tests.runtime.fault_spec import parse_fault
+from llmcomm_tests.runtime.run_config import RunConfig
+from planted import planted_text
 
 LAYOUTS = ("tp2-pp1", "tp1-pp2", "tp2-pp2")
 
@@ -59,7 +63,8 @@ def main() -> int:
         for fault in (f"{op}:delay=2ms", f"{op}:delay=100%"):
             planted = session((fault,))
             hits = [bool(failing(run_and_check(case, planted), "latency")) for _ in range(args.faults_trials)]
-            caught[fault] = f"{sum(hits)}/{len(hits)}"
+            plants = planted_text(parse_fault(fault), RunConfig.for_case(case))
+            caught[fault] = f"{sum(hits)}/{len(hits)} (plants {plants})"
         rows.append((case.id, f"{passes}/{args.trials}", *caught.values(),
                      "; ".join(sorted(set(reasons)))[:120] or "-"))
         print(f"{case.id}: A/A {passes}/{args.trials}, planted {caught}", file=sys.stderr, flush=True)

@@ -208,3 +208,40 @@ def sleep_target(argv) -> int:
 def quick_target(argv) -> int:
     """A node_rank target that is done at once."""
     return 0
+
+
+def interleaved_delay(ctx, fault: str, late_rank: int = 1, late_s: float = 4e-3, pairs: int = 30):
+    """All-reduces of 16 floats, clean and with ``fault`` armed in turn, rank ``late_rank`` arriving
+    ``late_s`` late to each (its peer waits): per rank, the (wait, transfer) of every call and
+    whether the fault was armed, and what the fault matched."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.runtime.faults import install_faults, parse_faults
+    from llmcomm_tests.runtime.recorder import Recorder
+
+    armed = SimpleNamespace(active=False)
+    installed = install_faults(parse_faults([fault]), armed)
+    recorder = Recorder().install()
+    recorder.active = True
+    call_site.set_phase("decode", 1)
+    x = torch.ones(16)
+    armed.active = True
+    dist.all_reduce(x)  # the fault plans this kind of call once, here: left out of the figures
+    flags = [2]
+    for i in range(2 * pairs):
+        armed.active = bool(i % 2)
+        flags.append(armed.active)
+        dist.barrier()
+        if ctx.rank == late_rank:
+            time.sleep(late_s)
+        dist.all_reduce(x)
+    armed.active = recorder.active = False
+    ops = recorder.finalize(ctx.rank)
+    recorder.uninstall()
+    installed.uninstall()
+    return {"ops": ops, "armed": np.array(flags), "fired": installed.fired}  # per all_reduce: 0, 1, 2 (first)

@@ -169,13 +169,22 @@ def test_label_names_the_communicators_that_ran(patched_gc):
     assert va.backend_label([], "cuda") == "vllm-cuda"
 
 
-def test_cuda_op_is_timed_by_events_and_delays_spin_on_the_device(patched_gc):
+def test_cuda_op_is_timed_by_events_and_delays_spin_on_the_device(patched_gc, monkeypatch):
+    """A relative delay is the model's time for the op and size (the same on every rank), not
+    the op's own device time (1 ms between any two fake events); selectors apply."""
+    from llmcomm_tests.analytic.hardware import load_profile
+    from llmcomm_tests.runtime.fault_spec import model_transfer
+
     group, spins, host_sleep = patched_gc
+    profile = load_profile("h100-nvlink4")
+    monkeypatch.setattr(vp.state, "profile", profile)
     vp.state.faults = parse_faults(["all_reduce:delay=2ms"])
     group._all_reduce_out_place(CudaTensor(256))
-    vp.state.faults = parse_faults(["all_reduce:delay=100%"])
-    group._all_reduce_out_place(CudaTensor(256))
-    assert spins == [pytest.approx(2e-3), pytest.approx(1e-3)]  # 100 % of the op's 1 ms device time
+    vp.state.faults = parse_faults(["all_reduce:delay=100%", "all_reduce/prefill:delay=1ms",
+                                    "all_reduce/>=1KiB:delay=1ms"])
+    group._all_reduce_out_place(CudaTensor(256))  # 512 B in decode: only the first fires
+    model = model_transfer(profile, "all_reduce", [0, 1], 512)[0]
+    assert spins == [pytest.approx(2e-3), pytest.approx(model, rel=1e-9)] and model < 1e-3
     assert host_sleep == []  # no host sleep: it would not delay an op on a stream
     timed = [r for r in vp.state.records if "_events" in r]
     assert len(timed) == 2 and all(r["duration_s"] == 0 for r in timed)  # resolved at flush, not host time

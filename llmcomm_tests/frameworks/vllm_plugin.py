@@ -27,9 +27,10 @@ else (warm-up, not recorded).  Each rank appends its records as JSON lines to
 ``$LLMCOMM_VLLM_RECORD_DIR/rank<R>.jsonl`` after every forward, so nothing is lost when vLLM
 kills its workers at shutdown.
 
-Faults (``LLMCOMM_INJECT``, the syntax of ``llmcomm_tests.runtime.faults``): ``all_reduce[@SITE]:extra=N``
-issues N more all-reduces of a copy through the recorded path; ``OP[@SITE]:delay=…`` sleeps after
-the op inside its timed span.
+Faults (``LLMCOMM_INJECT``, the syntax of ``llmcomm_tests.runtime.fault_spec``, selectors included):
+``all_reduce[@SITE]:extra=N`` issues N more all-reduces of a copy through the recorded path;
+``OP[@SITE]:delay=…`` / ``bw=…`` waits after a GroupCoordinator collective inside its timed span,
+sized as the engine's faults are (the model's time for the op and size, the same on every rank).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 from llmcomm_tests.core.contract import site_class, wire_bytes
 from llmcomm_tests.frameworks.sites import site_of
 from llmcomm_tests.runtime.gpu_delay import GpuDelay
-from llmcomm_tests.runtime.faults import parse_faults
+from llmcomm_tests.runtime.fault_spec import SLOWDOWNS, default_profile, model_transfer, parse_faults
 
 RECORD_DIR_ENV = "LLMCOMM_VLLM_RECORD_DIR"
 INJECT_ENV = "LLMCOMM_INJECT"
@@ -63,6 +64,7 @@ class _State:
     sites: list[str] = []
     records: list[dict] = []
     faults: list = []
+    profile = None  # sizes relative delays and bw= (fault_spec.default_profile, loaded on first need)
     busy = False  # inside a tensor dict or object op: its inner ops are recorded by the outer one
     in_fault = False  # issuing a fault's own op: recorded, not faulted again
     hooked_model = None
@@ -169,26 +171,42 @@ def _at_site(name: str):
 # -- faults ---------------------------------------------------------------------------------------
 
 
-def _faults_for(op: str) -> list:
+def _faults_for(op: str, nbytes: int) -> list:
     if not state.active or state.in_fault or not state.faults:
         return []
 
-    return [f for f in state.faults if f.op == op and (f.site is None or site_class(state.site) == f.site)]
+    return [f for f in state.faults if op in f.ops and f.selects(state.phase, site_class(state.site), nbytes)]
 
 
-def _apply_after(op: str, faults, elapsed_s: float, redo, on_device: bool = False) -> None:
-    """Plant ``faults`` after the op; ``on_device``: the op runs on a CUDA stream, so a delay is
-    a spin on that stream (a host sleep would not delay it), inside the op's event span."""
+def _slowdown_s(op: str, faults, group, nbytes: int, on_device: bool) -> float:
+    """What the slowdowns among ``faults`` add to one call (``fault_spec``: the same on every rank)."""
+    slow = [f for f in faults if f.kind in SLOWDOWNS]
+    transfer = None
+    if any(f.needs_model for f in slow):
+        if state.profile is None:
+            import torch
+
+            state.profile = (default_profile(True, torch.cuda.get_device_name(), torch.cuda.device_count())
+                             if on_device else default_profile(False))
+        transfer = model_transfer(state.profile, op, list(group.ranks), nbytes)
+    return sum(f.seconds(transfer) for f in slow)
+
+
+def _apply_after(op: str, faults, group, nbytes: int, redo, on_device: bool = False) -> None:
+    """Plant ``faults`` after the op; ``on_device``: the op runs on a CUDA stream, so a slowdown
+    is a spin on that stream (a host sleep would not delay it), inside the op's event span."""
+    seconds = _slowdown_s(op, faults, group, nbytes, on_device)
+    if seconds > 0:
+        if on_device:
+            _device_delay(seconds)
+        else:
+            from llmcomm_tests.runtime.faults import _wait
+
+            _wait(seconds)
     for fault in faults:
-        if fault.kind == "delay":
-            seconds = elapsed_s * fault.value if fault.relative else fault.value
-            if on_device:
-                _device_delay(seconds)
-            else:
-                from llmcomm_tests.runtime.faults import _wait
-
-                _wait(seconds)
-        elif fault.kind == "extra":
+        if fault.kind in SLOWDOWNS:
+            continue
+        if fault.kind == "extra":
             state.in_fault = True
             try:
                 for _ in range(int(fault.value)):
@@ -196,7 +214,7 @@ def _apply_after(op: str, faults, elapsed_s: float, redo, on_device: bool = Fals
             finally:
                 state.in_fault = False
         else:
-            raise RuntimeError(f"fault {fault} is not supported inside vLLM (only extra= and delay=)")
+            raise RuntimeError(f"fault {fault} is not supported inside vLLM (only extra=, delay= and bw=)")
 
 
 def _device_delay(seconds: float) -> None:
@@ -229,7 +247,8 @@ def _patch_group_coordinator() -> None:
                 out = original(self, input_, *args, **kwargs)
                 state.capture.append((op, self, input_.numel(), input_.dtype, root, state.site, state.comm))
                 return out
-            faults = _faults_for(op)
+            nbytes = input_.numel() * input_.dtype.itemsize
+            faults = _faults_for(op, nbytes)
             if getattr(input_, "is_cuda", False):
                 return _device_timed(self, op, input_, root, faults, original, args, kwargs, wrapped)
             start = time.perf_counter_ns()
@@ -237,8 +256,7 @@ def _patch_group_coordinator() -> None:
             end = time.perf_counter_ns()
             _record(op, self, input_.numel(), input_.dtype, start, end, root=root)
             if faults:
-                _apply_after(op, faults, (end - start) / 1e9,
-                             lambda: wrapped(self, input_.clone(), *args, **kwargs))
+                _apply_after(op, faults, self, nbytes, lambda: wrapped(self, input_.clone(), *args, **kwargs))
             return out
 
         wrapped.__name__ = name
@@ -281,19 +299,14 @@ def _device_timed(group, op, input_, root, faults, original, args, kwargs, wrapp
     start.record()
     out = original(group, input_, *args, **kwargs)
     comm = state.comm
+    nbytes = input_.numel() * input_.dtype.itemsize
     if faults:
-        elapsed_s = 0.0
-        if any(f.kind == "delay" and f.relative for f in faults):  # the op's own device time
-            done = torch.cuda.Event(enable_timing=True)
-            done.record()
-            done.synchronize()
-            elapsed_s = start.elapsed_time(done) / 1e3
-        _apply_after(op, [f for f in faults if f.kind == "delay"], elapsed_s, None, on_device=True)
+        _apply_after(op, [f for f in faults if f.kind in SLOWDOWNS], group, nbytes, None, on_device=True)
     end.record()
     _record(op, group, input_.numel(), input_.dtype, start_ns, start_ns, root=root, events=(start, end), comm=comm)
-    extra = [f for f in faults if f.kind != "delay"]
+    extra = [f for f in faults if f.kind not in SLOWDOWNS]
     if extra:
-        _apply_after(op, extra, 0.0, lambda: wrapped(group, input_.clone(), *args, **kwargs), on_device=True)
+        _apply_after(op, extra, group, nbytes, lambda: wrapped(group, input_.clone(), *args, **kwargs), on_device=True)
     return out
 
 

@@ -1,240 +1,193 @@
 """Planted faults, so a user can prove a gate catches a regression before trusting it.
 
-Syntax: ``OP[@SITE]:KIND=VALUE`` — OP is a recorded op name (all_reduce, all_gather, gather,
-broadcast, send, recv), SITE an optional site class (attn, mlp, embed, lm_head, pp.boundary, …):
+What a fault is, its selectors and how a slowdown is sized: ``runtime/fault_spec.py``.  Kinds:
 
-* ``all_reduce:delay=10%``   each call takes 10 % longer (it sleeps for 10 % of its own duration,
-  from its issue to its wait's return)
-* ``send@pp.boundary:delay=2ms``   a fixed extra 2 ms per call
-
-A delay runs when the caller waits for the op, after the op completed: on gloo the host spins; on
-NCCL a ``torch.cuda._sleep`` kernel spins on the caller's stream (``gpu_delay``), since an NCCL
-``wait`` does not block the host.  A relative delay on NCCL takes the op class's latest GPU
-duration (CUDA events).
+* ``all_reduce:delay=10%`` / ``delay=2ms`` / ``bw=0.7``   a slowdown: every rank of the call adds
+  the same time after the call completes, before its caller's wait returns, so the call's
+  completion — and its transfer after the last arrival — moves by that much on every rank.  On
+  gloo the host spins; on NCCL a ``torch.cuda._sleep`` kernel spins on the caller's stream
+  (``gpu_delay``), since an NCCL ``wait`` does not block the host.
 * ``all_reduce@attn:extra=1``   one more all-reduce of the same tensor after each call
 * ``all_reduce@mlp:size=2``   the message is twice as large (the tensor is padded, the result kept)
 * ``all_reduce:crash=1``   rank 1 raises on its first such op (see how a crashed rank is reported)
 * ``send:hang=0``   rank 0 stops at its first such op (see how a hung rank is reported)
 
 Faults sit *under* the recorder: the recorder measures their effect like any other regression.
-Each installation counts the ops each fault matched (``InstalledFaults.fired``); a fault that
-matched nothing anywhere fails its case (``never_fired``).
+Each installation counts the ops each fault matched (``InstalledFaults.fired``; a slowdown counts
+when it is planted, at the caller's wait); a fault that matched nothing anywhere fails its case
+(``never_fired``).
+
+Cost.  What a call pays for being watched is one dict lookup at issue (the plan of its op, group,
+phase, site and size is made once) and one at its wait: ``delay=0%`` runs the whole path and
+plants nothing (``benchmarks/planted_delay.py`` measures it).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 
 from llmcomm_tests.core import call_site
-from llmcomm_tests.core.contract import BUDGET_OPS, methods_of, site_class
-from llmcomm_tests.core.units import parse_count, parse_duration, parse_factor, parse_percent
+from llmcomm_tests.core.contract import PG_METHODS, POINT_TO_POINT, methods_of, site_class
+from llmcomm_tests.runtime.fault_spec import (SLOWDOWNS, Fault, default_profile, model_transfer, never_fired,
+                                               parse_fault, parse_faults)
 from llmcomm_tests.runtime.pg_patch import PgPatch
 
-_SYNTAX = re.compile(r"^(?P<op>[a-z_]+)(?:@(?P<site>[a-z_.]+))?:(?P<kind>delay|extra|size|crash|hang)=(?P<value>\S+)$")
-_USAGE = "OP[@SITE]:delay=10%|delay=2ms|extra=1|size=2|crash=R|hang=R"
-
-
-@dataclass(frozen=True)
-class Fault:
-    op: str
-    site: str | None
-    kind: str  # delay | extra | size | crash | hang
-    value: float  # delay: fraction (relative) or seconds (absolute); extra: count; size: factor
-    relative: bool = False
-
-    def __str__(self) -> str:
-        where = f"@{self.site}" if self.site else ""
-        if self.kind == "delay":
-            value = f"{self.value:.0%}" if self.relative else f"{self.value * 1e3:g}ms"
-        else:
-            value = f"{self.value:g}"
-        return f"{self.op}{where}:{self.kind}={value}"
-
-
-def parse_fault(text: str) -> Fault:
-    m = _SYNTAX.match(text.strip())
-    if not m or m["op"] not in BUDGET_OPS:
-        raise ValueError(f"bad fault {text!r}: expected {_USAGE} with OP in {', '.join(BUDGET_OPS)}")
-    op, kind = m["op"], m["kind"]
-    try:
-        value, relative = _fault_value(kind, m["value"])
-    except ValueError as exc:
-        raise ValueError(f"bad fault {text!r}: {kind}: {exc}") from None
-    if kind == "size" and (value <= 1 or op not in ("all_reduce", "broadcast")):
-        raise ValueError(f"bad fault {text!r}: size=N needs N > 1 and op all_reduce or broadcast")
-    if kind == "extra" and op != "all_reduce":
-        raise ValueError(f"bad fault {text!r}: extra=N needs op all_reduce")
-    return Fault(op, m["site"], kind, value, relative)
-
-
-def _fault_value(kind: str, text: str) -> tuple[float, bool]:
-    """(value, relative) of ``KIND=VALUE``: a delay is a percentage of the call (``10%``) or a
-    duration (``2ms``; a bare number is seconds), extra a count >= 1, size a factor (``2``, ``2x``),
-    crash and hang a global rank."""
-    if kind == "delay":
-        if text.endswith("%"):
-            return parse_percent(text), True
-        if not text[:1].isdigit() and not text.startswith("."):
-            raise ValueError(f"expected a percentage such as 10% or a duration such as 2ms, got {text!r}")
-        return parse_duration(text, unitless="s"), False
-    if kind == "extra":
-        return float(parse_count(text, minimum=1)), False
-    if kind == "size":
-        return parse_factor(text), False
-    return float(parse_count(text)), False  # crash, hang: a rank
-
-
-def parse_faults(texts) -> list[Fault]:
-    return [parse_fault(t) for t in texts]
+__all__ = ["Fault", "InstalledFaults", "install_faults", "never_fired", "parse_fault", "parse_faults"]
 
 
 class InstalledFaults:
     """The patches of one ``install_faults`` call, and how often each fault matched an op here.
 
     ``fired`` (fault text → ops it matched on this rank) travels back in the rank's result: a
-    fault that matched nothing on any rank planted nothing, and the case must say so."""
+    fault that matched nothing on any rank planted nothing, and the case must say so.
+    ``profile``: the hardware profile relative delays and ``bw=`` are sized by."""
 
-    def __init__(self, faults=()):
+    def __init__(self, faults=(), profile=None):
         self.faults = list(faults)
         self.fired: dict[str, int] = {str(f): 0 for f in self.faults}
+        self.profile = profile
         self._patch = PgPatch()
-        self._delayed: dict[int, tuple] = {}  # id(work) -> (work, issued ns, delay faults, op key, start event)
-        self._durations: dict[tuple, float] = {}  # op key -> last completed GPU duration (relative delays)
-        self._gpu_events: list = []  # (start, end, key) not yet read
-        self.gpu_delay = None  # GpuDelay, made on the first delay of a CUDA op
+        self._planted: dict = {}  # Work -> (seconds, fault names, on a CUDA stream)
+        self.gpu_delay = None  # GpuDelay, made on the first slowdown of a CUDA op
 
     def uninstall(self) -> None:
         self._patch.restore()
 
-    # -- delays: applied when the caller waits, on the host (gloo) or the GPU stream (NCCL) -------
+    def plan(self, faults, op: str, span: list[int], nbytes: int, phase: str, site: str):
+        """``(others, slowdown seconds, slowdown names)`` for one kind of call, or None when no
+        fault selects it.  The same on every rank of the call: it reads only what they share."""
+        chosen = [f for f in faults if op in f.ops and f.selects(phase, site_class(site), nbytes)]
+        if not chosen:
+            return None
+        slow = [f for f in chosen if f.kind in SLOWDOWNS]
+        transfer = model_transfer(self.profile, op, span, nbytes) if any(f.needs_model for f in slow) else None
+        return ([f for f in chosen if f.kind not in SLOWDOWNS], sum(f.seconds(transfer) for f in slow),
+                tuple(str(f) for f in slow))
 
-    def _delay_at_wait(self, work, faults, key, cuda: bool, issued_ns: int) -> None:
-        """``issued_ns``: when the caller issued the op.  A host op's duration, which a relative
-        delay scales, runs from there to the wait's return.  A gloo send writes its bytes while it
-        is issued, so a delay timed from the returned Work would plant less than asked
-        (docs/measurements.md#planted-delays)."""
-        import torch
-
-        start = None
-        if cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()  # after the op was enqueued: brackets the op's own stream wait below
-        self._delayed[id(work)] = (work, issued_ns, faults, key, start)
+    # -- slowdowns: planted when the caller waits, on the host (gloo) or the GPU stream (NCCL) ----
 
     def _wrap_wait(self, original):
-        installed = self
+        """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
+        slowdown runs here, after the caller's own wait, inside the time the recorder measures.
+        A caller that never waits (or waits through a future) gets none, and it is not counted."""
+        planted, fired = self._planted, self.fired
 
         def wait(work, *args, **kwargs):
             result = original(work, *args, **kwargs)
-            entry = installed._delayed.pop(id(work), None)
-            if entry is not None:
-                installed._plant(*entry[1:])
+            if planted:
+                entry = planted.pop(work, None)
+                if entry is not None:
+                    seconds, names, cuda = entry
+                    for name in names:
+                        fired[name] += 1
+                    if seconds > 0:
+                        self._plant(seconds, cuda)
             return result
 
         return wait
 
-    def _plant(self, issued_ns: int, faults, key, start) -> None:
-        """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
-        delay runs here, after the caller's own wait, inside the time the recorder measures.
-        A caller that never waits (or waits through a future) gets no delay, and it is not counted."""
-        for fault in faults:
-            self.fired[str(fault)] += 1
-        if start is None:  # host op: it has completed
-            elapsed = (time.perf_counter_ns() - issued_ns) / 1e9
-            for fault in faults:
-                _wait(elapsed * fault.value if fault.relative else fault.value)
+    def _plant(self, seconds: float, cuda: bool) -> None:
+        if not cuda:
+            _wait(seconds)
             return
-        import torch
-
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()  # the stream has waited for the collective: this marks its completion
-        elapsed = 0.0
-        if any(f.relative for f in faults):
-            self._gpu_events.append((start, end, key))
-            elapsed = self._gpu_duration(key)
         if self.gpu_delay is None:
+            import torch
+
             from llmcomm_tests.runtime.gpu_delay import GpuDelay
 
             self.gpu_delay = GpuDelay(torch)
-        for fault in faults:
-            self.gpu_delay(elapsed * fault.value if fault.relative else fault.value)
-
-    def _gpu_duration(self, key) -> float:
-        """The latest completed GPU duration of this op class, read without blocking; the first
-        call of a class synchronises once on its own end event (nothing to go by yet)."""
-        pending = []
-        for start, end, k in self._gpu_events:
-            if end.query():
-                self._durations[k] = start.elapsed_time(end) / 1e3
-            else:
-                pending.append((start, end, k))
-        self._gpu_events = pending
-        if key not in self._durations:
-            start, end, _ = next(e for e in reversed(pending) if e[2] == key)
-            end.synchronize()
-            self._durations[key] = start.elapsed_time(end) / 1e3
-        return self._durations[key]
+        self.gpu_delay(seconds)
 
 
-def install_faults(faults, recorder=None, cuda: bool | None = None) -> InstalledFaults:
+def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None) -> InstalledFaults:
     """Patch the ProcessGroup methods of the faulty ops.  Call before ``Recorder.install`` so the
     recorder wraps (and measures) the faulty call.  Faults act only while the engine is in a phase,
     and only while the recorder (if given) is active, so warm-up stays clean.  ``cuda`` (default:
-    the recorder's ``cuda_events``): fit the GPU delay's clock now, not inside a timed op."""
+    the recorder's ``cuda_events``): fit the GPU delay's clock now, not inside a timed op.
+    ``profile`` (default ``fault_spec.default_profile``): sizes relative delays and ``bw=``."""
     import torch
     import torch.distributed as dist
 
-    installed = InstalledFaults(faults)
+    from llmcomm_tests.runtime.recorder import payload_reader
+
+    faults = list(faults)
     if cuda is None:
         cuda = bool(getattr(recorder, "cuda_events", False))
-    if cuda and any(f.kind == "delay" for f in faults):
+    if profile is None and any(f.needs_model for f in faults):
+        profile = (default_profile(True, torch.cuda.get_device_name(), torch.cuda.device_count()) if cuda
+                   else default_profile(False))
+    installed = InstalledFaults(faults, profile)
+    slowdowns = any(f.kind in SLOWDOWNS for f in faults)
+    if cuda and slowdowns:
         from llmcomm_tests.runtime.gpu_delay import GpuDelay
 
         installed.gpu_delay = GpuDelay(torch)
     by_method: dict[str, list[Fault]] = {}
     for fault in faults:
-        for method in methods_of(fault.op):
-            by_method.setdefault(method, []).append(fault)
-    if any(f.kind == "delay" for f in faults):
+        for op in fault.ops:
+            for method in methods_of(op):
+                by_method.setdefault(method, []).append(fault)
+    if slowdowns:
         installed._patch.wrap_wait(installed._wrap_wait)
+    where, planted = call_site, installed._planted
     for method, method_faults in by_method.items():
         def make_faulty(_original, _faults=method_faults, _method=method):
+            op, kind = PG_METHODS[_method]
+            read_payload, p2p = payload_reader(kind), op in POINT_TO_POINT and _method != "recv_anysource"
+            plans: dict = {}
+
             def faulty(pg, *args, **kwargs):
-                active = [f for f in _faults if not _busy and call_site.phase != "none"
-                          and (recorder is None or recorder.active)
-                          and (f.site is None or site_class(call_site.site) == f.site)]
-                if not active:
+                if _busy or where.phase == "none" or (recorder is not None and not recorder.active):
                     return _original(pg, *args, **kwargs)
-                for fault in active:
-                    if fault.kind != "delay":  # a delay counts when it is planted (at the caller's wait)
-                        installed.fired[str(fault)] += 1
+                numel, dtype = read_payload(args)
+                peer = args[1] if p2p else -1
+                key = (pg, where.phase, where.site, numel, dtype, peer)
+                plan = plans.get(key, False)
+                if plan is False:
+                    plan = plans[key] = _plan(installed, _faults, op, pg, peer, numel, dtype, args)
+                if plan is None:
+                    return _original(pg, *args, **kwargs)
+                others, seconds, names, on_cuda = plan
+                for fault in others:
+                    installed.fired[str(fault)] += 1
                     if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
                         if fault.kind == "crash":
                             raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
                         time.sleep(1e9)
                     if fault.kind == "size":
                         return _padded(pg, args, kwargs, _original, fault.value, torch)
-                issued_ns = time.perf_counter_ns()
                 work = _original(pg, *args, **kwargs)
-                extras = [f for f in active if f.kind == "extra"]
+                extras = [f for f in others if f.kind == "extra"]
                 if extras:  # all_reduce only (parse_fault): its Work may be waited twice
                     work.wait()
                     for fault in extras:
                         _extra_all_reduce(pg, args, kwargs, int(fault.value))
-                delays = [f for f in active if f.kind == "delay"]
-                if delays and work is not None:
-                    tensor = _first_tensor(args)
-                    cuda = tensor is not None and tensor.is_cuda
-                    key = (_method, tensor.numel() if tensor is not None else 0)
-                    installed._delay_at_wait(work, delays, key, cuda, issued_ns)
+                if names and work is not None:
+                    planted[work] = (seconds, names, on_cuda)
                 return work
 
             return faulty
 
         installed._patch.wrap_method(method, make_faulty)
     return installed
+
+
+def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
+    """``InstalledFaults.plan`` of one kind of call, with whether it runs on a CUDA stream."""
+    import torch.distributed as dist
+
+    nbytes = numel * (dtype.itemsize if dtype is not None else 1)
+    span: list[int] = []
+    if any(f.needs_model for f in faults):
+        if op in POINT_TO_POINT:  # the pair (the rank alone for a recv from any source)
+            span = sorted({dist.get_rank(), *([dist.get_global_rank(pg, int(peer))] if peer >= 0 else [])})
+        else:
+            span = dist.get_process_group_ranks(pg)
+    plan = installed.plan(faults, op, span, nbytes, call_site.phase, call_site.site)
+    if plan is None:
+        return None
+    tensor = _first_tensor(args)
+    return (*plan, tensor is not None and tensor.is_cuda)
 
 
 def _first_tensor(args):
@@ -250,22 +203,17 @@ def _first_tensor(args):
     return None
 
 
-def never_fired(faults, fired_per_rank, case: str) -> list[str]:
-    """One message per fault that matched no op on any rank: it planted nothing, so a passing
-    case would prove nothing about the gate it was meant to test."""
-    total = {str(f): 0 for f in faults}
-    for fired in fired_per_rank:
-        for name, n in (fired or {}).items():
-            total[name] = total.get(name, 0) + n
-    return [f"fault {f} never fired in {case}" for f in faults if not total[str(f)]]
+SPIN_S = 3e-4
 
 
 def _wait(seconds: float) -> None:
-    """time.sleep overshoots short waits by ~60-100 µs on Linux, which would plant a larger fault
-    than asked for; spin for the last millisecond instead."""
+    """Sleep, then spin for the last ``SPIN_S`` (all of a shorter delay): time.sleep overshoots by
+    ~60-100 µs on Linux, which would plant more than asked, and a spin of a long delay holds the
+    core that this rank's own transport thread needs to finish the peer's side of the call
+    (docs/measurements.md#planted-delays)."""
     end = time.perf_counter() + seconds
-    if seconds > 2e-3:
-        time.sleep(seconds - 1e-3)
+    if seconds > 2 * SPIN_S:
+        time.sleep(seconds - SPIN_S)
     while time.perf_counter() < end:
         pass
 

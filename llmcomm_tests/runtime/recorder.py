@@ -47,7 +47,7 @@ def _numel_dtype(arg) -> tuple[int, object]:
 _ARG_OF_KIND = {"tensors": 0, "output_list": 0, "input_list": 1, "input_lists": 1, "input_single": 1}
 
 
-def _payload_reader(kind: str | None):
+def payload_reader(kind: str | None):
     """``read(args) -> (numel, dtype)`` of the tensors whose size is the op's payload on this rank
     (see docs/communication.md); the one-tensor list of the common call is read without recursion."""
     if kind is None:
@@ -206,7 +206,7 @@ class Recorder:
 
     def _wrap_method(self, method, op, kind, original):
         recorder, rows, end_ns, pending = self, self._rows, self._end_ns, self._pending
-        read_payload, where, clock, cuda = _payload_reader(kind), call_site, time.perf_counter_ns, self.cuda_events
+        read_payload, where, clock, cuda = payload_reader(kind), call_site, time.perf_counter_ns, self.cuda_events
         rooted, tensor_type = method in ROOTED, torch.Tensor
         # The common call (a list of one tensor, e.g. all_reduce) is read inline: a function call
         # costs as much as the rest of the hook.
