@@ -9,9 +9,11 @@ conditions and the same statistic, a few sizes, one launch, no planted fault) an
 
 * ratio = the median of transfer / model over every probed call of an (op, role), all sizes
   pooled: the statistic each launch of the calibration was held to when its band was drawn;
-* inside the fit's band [band_lo, band_hi]: the profile describes this host for that op, and its
-  rows are judged as calibrated;
-* outside it: the profile does not describe this host (or this torch's transport) for that op.
+* its distribution-free 99 % interval overlapping the fit's band [band_lo, band_hi] — the rule a
+  case's centre row is held to — the profile describes this host for that op, and its rows are
+  judged as calibrated;
+* the whole interval outside the band: the profile does not describe this host (or this torch's
+  transport) for that op.
   Its latency rows say n/a with the probe's numbers (``HostAnchor.reason_for``), never pass or
   fail on a model that is not this host's; the remedy is a calibration here.
 
@@ -30,6 +32,9 @@ from llmcomm_tests.analytic import latency
 from llmcomm_tests.analytic.hardware import HardwareProfile
 from llmcomm_tests.calibration.sweep import engine_sweep
 from llmcomm_tests.core.documents import HostAnchor
+from llmcomm_tests.core.stats import median_ci
+
+CONFIDENCE = 0.99  # of the probe's median ratio: outside only when the whole interval is
 
 
 def measure(profile: HardwareProfile, backend: str = "gloo", timeout_s: float = 120.0) -> HostAnchor:
@@ -57,17 +62,18 @@ def judge(profile: HardwareProfile, rows: list[dict], seconds: float = 0.0) -> H
                                     world_size=world)
             if model > 0:
                 scaled[(row["op"], role)].append(t / model)
-    ratios, bands, outside = {}, {}, {}
+    ratios, intervals, bands, outside = {}, {}, {}, {}
     for (op, role), values in sorted(scaled.items()):
         key = f"{op}/{role}" if role else op
         ratio = statistics.median(values)
+        low, high = median_ci(values, CONFIDENCE) or (min(values), max(values))
         _, lo, hi, _, _ = latency.transfer_band(profile, op, world, 1.0, "intra", role=role, world_size=world)
         model_1b = latency.op_time(profile, op, world, 1.0, "intra", role=role, world_size=world)
         band = (lo / model_1b, hi / model_1b)
-        ratios[key], bands[key] = ratio, list(band)
-        if not band[0] <= ratio <= band[1]:
+        ratios[key], intervals[key], bands[key] = ratio, [low, high], list(band)
+        if high < band[0] or low > band[1]:
             outside[key] = ratio
-    return HostAnchor(profile.name, ratios, bands, outside, seconds, probe_text(profile))
+    return HostAnchor(profile.name, ratios, bands, outside, seconds, probe_text(profile), intervals=intervals)
 
 
 def probe_text(profile: HardwareProfile) -> str:

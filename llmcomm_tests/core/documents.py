@@ -495,6 +495,7 @@ class HostAnchor:
     seconds: float
     probe: str  # what ran, in words
     error: str = ""  # the probe could not run: the profile stands as calibrated
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # 99 % interval of each ratio
 
     def reason_for(self, op: str, role: str = "") -> str | None:
         """Why the rows of ``op`` (the model's op: ``send_recv`` for a send or a recv) with ``role``
@@ -503,9 +504,13 @@ class HostAnchor:
         if key not in self.outside:
             return None
         lo, hi = self.bands[key]
-        return (f"not this host's model: the host anchor probe ran {key} at {self.outside[key]:.2f}x "
+        return (f"not this host's model: the host anchor probe ran {key} at {self._ratio(key)} "
                 f"{self.profile}'s model, outside its calibrated band {lo:.2f}-{hi:.2f}x (this host or its "
                 f"transport is not the one calibrated; recalibrate here: docs/calibration.md)")
+
+    def _ratio(self, key: str) -> str:
+        ci = self.intervals.get(key)
+        return f"{self.ratios[key]:.2f}x" + (f" [99% CI {ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
 
     def describe(self) -> str:
         if self.error:
@@ -514,8 +519,8 @@ class HostAnchor:
         text = f"host anchor ({self.seconds:.1f} s probe): "
         if self.outside:
             text += ("OUTSIDE the calibration of " + self.profile + ", their rows n/a: "
-                     + ", ".join(f"{k} {v:.2f}x (band {self.bands[k][0]:.2f}-{self.bands[k][1]:.2f})"
-                                 for k, v in sorted(self.outside.items())) + "; ")
+                     + ", ".join(f"{k} {self._ratio(k)} (band {self.bands[k][0]:.2f}-{self.bands[k][1]:.2f})"
+                                 for k in sorted(self.outside)) + "; ")
         return text + "within band: " + (", ".join(f"{k} {v:.2f}x" for k, v in sorted(inside.items())) or "none")
 
 
