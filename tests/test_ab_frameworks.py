@@ -185,3 +185,16 @@ def test_two_vllm_versions_compare_end_to_end(tmp_path):
     assert item["ab"]["difference"].startswith(f"vllm {old_version} → {new_version}; torch "), item["ab"]
     assert item["ab"]["versions"]["vllm"] == {"A": old_version, "B": new_version}
     assert item["ab"]["pairs"] >= 10 and "ab arms" not in done.stdout, done.stdout[-3000:]
+
+
+def test_transformers_without_accelerate_is_missing_not_a_failed_pair(monkeypatch):
+    """transformers refuses a tp_plan without accelerate; found per pair, each arm failed four
+    pairs before the case stopped.  The arm's check (the adapter's ``missing``) now says it first."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    from llmcomm_tests.frameworks import hf_adapter
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    assert "needs accelerate" in hf_adapter.missing()
