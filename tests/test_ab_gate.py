@@ -93,3 +93,7 @@ def test_extra_collective_in_arm_b_fails_the_volume_row_exactly(abspec):
     assert "ab volume all_reduce decode attn" in out and "calls 12 → 24" in out
     assert "ab volume all_reduce prefill attn" in out and "calls 4 → 8" in out
     assert "ab volume all_reduce decode mlp" not in out
+    # exact rows need no statistics: the gate stops once an AB and a BA pair ran, not after 10
+    report = json.loads((abspec.path / "reports" / "llmcomm-report.json").read_text())
+    (item,) = report["items"]
+    assert item["ab"]["pairs"] == 2 and item["ab"]["stopped"] == "bytes or counts differ between the arms"

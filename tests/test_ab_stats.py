@@ -73,6 +73,8 @@ def test_pairs_needed_matches_domain_rule_of_thumb():
     assert stats.pairs_needed(0.1, 0.10) == math.ceil((2.8016 * 0.1 / math.log(1.1)) ** 2 / stats.WILCOXON_ARE)
     assert 34 <= stats.pairs_needed(0.2, 0.10) <= 38
     assert stats.min_detectable_change(0.2, 40) < stats.min_detectable_change(0.2, 10)
+    # two pairs at a session's share of 5 %: no change is detectable, and saying so must not overflow
+    assert stats.min_detectable_change(0.5, 2, alpha=1e-5) == float("inf")
 
 
 def test_paired_change_and_verdict_rules():
