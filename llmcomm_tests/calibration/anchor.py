@@ -33,6 +33,7 @@ from llmcomm_tests.analytic.hardware import HardwareProfile
 from llmcomm_tests.calibration.sweep import engine_sweep
 from llmcomm_tests.core.documents import HostAnchor
 from llmcomm_tests.core.stats import median_ci
+from llmcomm_tests.core.text import nbytes
 
 CONFIDENCE = 0.99  # of the probe's median ratio: outside only when the whole interval is
 
@@ -80,12 +81,6 @@ def probe_text(profile: HardwareProfile) -> str:
     a = profile.anchor
     parts = [f"{'+'.join(p.ops)} after {p.compute_ms:g} ms compute" + (f" over {p.compute_mb:g} MiB" if p.compute_mb
                                                                        else "") for p in a.probes]
-    return (f"{a.world_size} ranks, {'; '.join(parts)}; sizes {', '.join(_size(b) for b in a.sizes)}; "
+    return (f"{a.world_size} ranks, {'; '.join(parts)}; sizes {', '.join(nbytes(b) for b in a.sizes)}; "
             f"{a.repeats} calls each, one launch per probe")
 
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if nbytes >= scale and nbytes % scale == 0:
-            return f"{nbytes // scale} {unit}"
-    return f"{nbytes} B"

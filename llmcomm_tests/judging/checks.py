@@ -28,6 +28,8 @@ import math
 
 from llmcomm_tests.analytic import tiers
 from llmcomm_tests.analytic.accuracy import class_transfer
+from llmcomm_tests.analytic.latency import transfer_role
+from llmcomm_tests.core.contract import POINT_TO_POINT
 from llmcomm_tests.core.documents import FAIL, NA, PASS, OpSummary, RunDocument, Verdict, VerdictRow, VolumeRow
 from llmcomm_tests.core.stats import binomial_cdf, median_ci, percentile, smallest_binomial_rejection
 from llmcomm_tests.core.text import fmt
@@ -134,7 +136,7 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
 
 def _model_op(op: str, role: str) -> tuple[str, str]:
     """The model's (op, role) of a recorded class: a send or a recv is one side of ``send_recv``."""
-    return ("send_recv", op) if op in ("send", "recv") else (op, role)
+    return ("send_recv" if op in POINT_TO_POINT else op), transfer_role(op, role)
 
 
 def _centre_row(label: str, transfer, model: float, low: float, high: float, alpha: float) -> VerdictRow:
