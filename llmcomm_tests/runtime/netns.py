@@ -308,9 +308,13 @@ def shape(cluster: Cluster, node: str, rate: str) -> None:
     near the rate; a larger bucket lets the engine's 16–64 KiB messages through at memory speed, which
     is not a link of that rate (docs/measurements.md#emulated-cluster).  latency: 200 ms of queue
     before drops."""
-    burst = max(16 * 1024, int(rate_bytes_per_s(rate) / 1000))
     _ip("netns", "exec", node, "tc", "qdisc", "replace", "dev", cluster.ifname, "root", "tbf", "rate", rate,
-        "burst", str(burst), "latency", "200ms")
+        "burst", str(burst_bytes(rate)), "latency", "200ms")
+
+
+def burst_bytes(rate: str) -> int:
+    """The bucket ``shape`` gives a rate: what a message can send at memory speed when it is full."""
+    return max(16 * 1024, int(rate_bytes_per_s(rate) / 1000))
 
 
 def set_rate(cluster: Cluster, rate: str) -> Cluster:
