@@ -58,6 +58,7 @@ def one_run(spec: str, extra: list[str]) -> dict:
         for row in item["verdict"]["rows"]:
             if row["verdict"] == "fail":
                 run["failed_rows"].append(f"{item['case_id']}: {row['check']} {row['name']}")
+                run.setdefault("failed_details", []).append(row["detail"])  # the measured, band and interval
             elif row["verdict"] == "n/a":
                 run["na_rows"] += 1
         if item.get("anchor") and run["anchor"] is None:
