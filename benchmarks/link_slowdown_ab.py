@@ -78,6 +78,10 @@ def wire_seconds_added(cfg: RunConfig, rate_a: str, rate_b: str) -> float:
     return wire(rate_b) - wire(rate_a)
 
 
+def mid(values: list) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
 def change_of(result, prefix: str):
     rows = [c for c in result.changes if c.metric.startswith(prefix)]
     return rows[0] if rows else None
@@ -124,7 +128,6 @@ def main() -> None:
                 if res.error:
                     print(f"    error: {res.error.splitlines()[0]}")
             label = "false alarms" if name == "A/A" else "detected"
-            mid = lambda v: sorted(v)[len(v) // 2] if v else float("nan")  # noqa: E731
             lines.append(f"{name:10s} {rate_b:>11s} {hits}/{trials} {label:12s} {case_failed:>3d}/{trials:<3d} "
                          f"{mid(pairs):5.0f} {max(pairs):4d} {mid(walls):7.0f} {max(walls):6.0f} "
                          f"{mid(op_changes):+14.1%} {mid(tpot_changes):+9.1%}  +{expected * 1e6:.0f} us/call")
