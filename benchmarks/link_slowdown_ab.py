@@ -103,6 +103,7 @@ def main() -> None:
                     repeats=args.repeats, warmup=1)
     conditions = [("A/A", args.rate, args.aa)] + [(f"link -{p}%", lowered(args.rate, float(p)), args.trials)
                                                  for p in args.slower.split(",") if p]
+    conditions = [c for c in conditions if c[2] > 0]  # --aa 0: no A/A
     cluster = netns.up_owned(2, 1, args.rate)
     t0 = time.perf_counter()
     lines = []
