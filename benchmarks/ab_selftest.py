@@ -55,11 +55,14 @@ def faulted_change(result, fault):
 
 
 def summary(records: list[dict]) -> str:
+    """The table of comparison records (this file's, ``link_slowdown_ab.py``'s): per condition in
+    the order first run, A/A first."""
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_mode[r["mode"]].append(r)
-    settings = sorted({(r["layout"], r["repeats"], r["threshold"], r["max_pairs"]) for r in records})
-    lines = [f"tiny, (layout, repeats, threshold, max pairs): {settings}; "
+    settings = sorted({(r.get("engine", "tiny"), r["layout"], r["repeats"], r["threshold"], r["max_pairs"])
+                       for r in records})
+    lines = [f"(engine, layout, repeats, threshold, max pairs): {settings}; "
              f"{sum(r['wall_s'] for r in records):.0f} s of comparisons in all",
              f"{'comparison':24s} {'rate [95% CI]':>30s} {'case failed':>11s} {'pairs p50':>9s} {'max':>4s} "
              f"{'wall p50 s':>10s} {'max s':>6s} {'measured p50':>12s}  planted (model)"]
@@ -124,7 +127,7 @@ def run_trials(args, results: Path) -> None:
                           "hit": hit, "case_failed": bool([r for r in res.failed if r.name != "ab environment"]),
                           "pairs": res.pairs, "wall_s": round(res.wall_s, 1), "stopped": res.stopped,
                           "metric": c.metric if c else None, "change": c.change if c else None,
-                          "planted": planted[mode], "layout": args.layout, "repeats": args.repeats,
+                          "planted": planted[mode], "engine": "tiny", "layout": args.layout, "repeats": args.repeats,
                           "threshold": args.threshold, "max_pairs": args.max_pairs, "error": res.error}
                 with results.open("a") as out:
                     out.write(json.dumps(record) + "\n")

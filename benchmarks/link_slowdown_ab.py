@@ -2,7 +2,8 @@
 for arm B.  Needs root with CAP_NET_ADMIN (network namespaces, veth, tbf).
 
     python benchmarks/link_slowdown_ab.py [--trials 5] [--rate 200mbit] [--slower 10,20] [--aa 2]
-        [--engine cpu-link] [--batch 16] [--repeats 3] [--max-pairs 40]
+        [--engine cpu-link] [--batch 16] [--repeats 3] [--max-pairs 40] [--results bench-out/link-slowdown.jsonl]
+    python benchmarks/link_slowdown_ab.py --summary
 
 Two emulated nodes, one rank each (``runtime/netns.py``: a namespace per node, veth to a bridge, tbf
 on each node's egress), run the engine under TP 2, so every all-reduce crosses the shaped link.  Arm A
@@ -19,14 +20,17 @@ cpu-link's hidden 1024 in fp32 is 64 KiB against 25 KB at 200mbit.  What the slo
 cost, from the link alone: each rank of a 2-rank ring all-reduce sends the tensor's S bytes once
 (2·(n−1)/n·S), so the call gains (S − b_B)/r_B − (S − b_A)/r_A of wire time (b: the bucket; payload
 only, TCP/IP headers add ~3 %; a bucket not yet refilled adds more).  It is printed beside the change the gate measured on
-the decode all-reduce transfer, and the TPOT change.
+the decode all-reduce transfer.  One JSON line per comparison goes to ``--results`` (batches add up)
+and the table is ``ab_selftest.summary``'s, with exact 95 % intervals.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from llmcomm_tests.analytic.volume import op_instances
 from llmcomm_tests.core.envinfo import Environment
@@ -40,6 +44,7 @@ from llmcomm_tests.core.units import rate_bytes_per_s
 from llmcomm_tests.runtime import netns, node_launch
 from llmcomm_tests.runtime.measure import run_engine
 from llmcomm_tests.runtime.run_config import RunConfig
+from ab_selftest import summary
 
 LAYOUT = Layout(2, 1)
 
@@ -78,10 +83,6 @@ def wire_seconds_added(cfg: RunConfig, rate_a: str, rate_b: str) -> float:
     return wire(rate_b) - wire(rate_a)
 
 
-def mid(values: list) -> float:
-    return sorted(values)[len(values) // 2] if values else float("nan")
-
-
 def change_of(result, prefix: str):
     rows = [c for c in result.changes if c.metric.startswith(prefix)]
     return rows[0] if rows else None
@@ -98,48 +99,48 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-pairs", type=int, default=gate.DEFAULT_MAX_PAIRS)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--results", default="bench-out/link-slowdown.jsonl")
+    parser.add_argument("--summary", action="store_true", help="only print the table of --results")
     args = parser.parse_args()
+    results = Path(args.results)
+    if not args.summary:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        run_trials(args, results)
+    print(summary([json.loads(line) for line in results.read_text().splitlines() if line.strip()]))
+
+
+def run_trials(args, results: Path) -> None:
     cfg = RunConfig(resolve_engine(args.engine), LAYOUT, batch=args.batch, prompt_len=4, gen_len=8,
                     repeats=args.repeats, warmup=1)
     conditions = [("A/A", args.rate, args.aa)] + [(f"link -{p}%", lowered(args.rate, float(p)), args.trials)
                                                  for p in args.slower.split(",") if p]
-    conditions = [c for c in conditions if c[2] > 0]  # --aa 0: no A/A
     cluster = netns.up_owned(2, 1, args.rate)
-    t0 = time.perf_counter()
-    lines = []
     try:
         for name, rate_b, trials in conditions:
-            expected = wire_seconds_added(cfg, args.rate, rate_b)
-            hits, case_failed, pairs, walls, op_changes, tpot_changes = 0, 0, [], [], [], []
+            model = f"link model: decode +{wire_seconds_added(cfg, args.rate, rate_b) * 1e6:.0f} us/call (payload)"
             for trial in range(trials):
                 arm_a, arm_b = ShapedLinkArm("A", cluster, args.rate), ShapedLinkArm("B", cluster, rate_b)
                 res = gate.compare_arms(cfg, cfg, arm_a, arm_b, threshold=args.threshold, max_pairs=args.max_pairs,
                                         seed=trial)
                 failed = [r for r in res.failed if r.name != "ab environment"]
                 hit = any(r.name.startswith("ab op all_reduce ") for r in failed) if name != "A/A" else bool(failed)
-                hits, case_failed = hits + hit, case_failed + bool(failed)
-                pairs.append(res.pairs)
-                walls.append(res.wall_s)
                 op, tpot = change_of(res, "op all_reduce decode"), change_of(res, "tpot")
-                op_changes += [op.change] if op else []
-                tpot_changes += [tpot.change] if tpot else []
+                record = {"when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "trial": trial,
+                          "mode": name if name == "A/A" else f"{name} (B {rate_b})", "hit": hit, "case_failed": bool(failed), "pairs": res.pairs,
+                          "wall_s": round(res.wall_s, 1), "stopped": res.stopped, "metric": op.metric if op else None,
+                          "change": op.change if op else None, "tpot_change": tpot.change if tpot else None,
+                          "planted": "-" if name == "A/A" else model, "engine": f"{args.engine} b{args.batch}",
+                          "layout": f"{LAYOUT} over 2 nodes at {args.rate}", "repeats": args.repeats,
+                          "threshold": args.threshold, "max_pairs": args.max_pairs, "error": res.error}
+                with results.open("a") as out:
+                    out.write(json.dumps(record) + "\n")
                 print(f"{name:10s} trial {trial + 1}: {'ALARM' if hit and name == 'A/A' else 'caught' if hit else '-':6s} "
                       f"pairs {res.pairs:3d} {res.wall_s:5.0f} s  stop: {res.stopped}; "
                       f"{op.metric + ' ' + op.describe() if op else ''}", flush=True)
                 if res.error:
                     print(f"    error: {res.error.splitlines()[0]}")
-            label = "false alarms" if name == "A/A" else "detected"
-            lines.append(f"{name:10s} {rate_b:>11s} {hits}/{trials} {label:12s} {case_failed:>3d}/{trials:<3d} "
-                         f"{mid(pairs):5.0f} {max(pairs):4d} {mid(walls):7.0f} {max(walls):6.0f} "
-                         f"{mid(op_changes):+14.1%} {mid(tpot_changes):+9.1%}  +{expected * 1e6:.0f} us/call")
     finally:
         netns.release(cluster)
-    print(f"\n{args.engine} TP2 over 2 emulated nodes (1 rank each), batch {args.batch}, repeats {args.repeats}, "
-          f"arm A at {args.rate}, threshold {args.threshold:.0%}, max pairs {args.max_pairs}, "
-          f"{time.perf_counter() - t0:.0f} s in all")
-    print(f"{'condition':10s} {'arm B rate':>11s} {'rate':>18s} {'case failed':>7s} {'pairs':>5s} {'max':>4s} "
-          f"{'wall p50':>7s} {'max s':>6s} {'all_reduce dec':>14s} {'TPOT':>9s}  link model (payload)")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
