@@ -6,7 +6,8 @@
 
 Each run is one unchanged pytest session of the spec (its own process and report folder), as CI
 runs it.  One JSON line per run is appended to ``--results`` (outcome, wall time, the failed rows,
-the n/a rows, the host anchor, the 1-minute load before and after), so batches that fit the host —
+the n/a rows, the host anchor and the probes re-run to confirm a failed case, with the failed rows
+they did not confirm, the 1-minute load before and after), so batches that fit the host —
 tonight's, tomorrow's, another runner's — add up in one file; ``--summary`` reads it alone.  The
 table gives the session false-alarm rate with its exact (Clopper–Pearson) 95 % interval, and which
 rows raised the alarms.  A run whose session could not complete (exit 2+, no report) counts as an
@@ -61,8 +62,12 @@ def one_run(spec: str, extra: list[str]) -> dict:
                 run.setdefault("failed_details", []).append(row["detail"])  # the measured, band and interval
             elif row["verdict"] == "n/a":
                 run["na_rows"] += 1
+                if row["detail"].startswith("not confirmed"):  # failed, then excused by the re-probe
+                    run.setdefault("unconfirmed_rows", []).append(f"{item['case_id']}: {row['check']} {row['name']}")
         if item.get("anchor") and run["anchor"] is None:
             run["anchor"] = item["anchor"]
+        if item.get("reprobe"):
+            run.setdefault("reprobes", []).append({k: item["reprobe"].get(k) for k in ("after", "outside", "error")})
     return run
 
 
@@ -80,6 +85,10 @@ def summary(runs: list[dict]) -> str:
              f"{max((r['load_before'] for r in done), default=0):.1f}",
              "host anchor, ops outside their band: " + ("; ".join(f"{', '.join(k) or 'none'} x{n}"
                                                               for k, n in anchored.most_common()) or "-")]
+    reprobed = [r for r in done if r.get("reprobes")]
+    lines.append(f"sessions where a failed case re-ran the host anchor: {len(reprobed)}; failed rows it did not "
+                 f"confirm (n/a): {sum(len(r.get('unconfirmed_rows', [])) for r in done)} in "
+                 f"{sum(bool(r.get('unconfirmed_rows')) for r in done)} sessions")
     if rows:
         lines.append("rows that raised them (count):")
         lines += [f"  {n:3d}  {row}" for row, n in rows.most_common()]

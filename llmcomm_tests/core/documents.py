@@ -486,7 +486,9 @@ class Verdict:
 class HostAnchor:
     """This host against the profile's calibration host (``calibration/anchor.py``): per (op, role)
     key (``send_recv/recv``, ``all_reduce``, ``gather/root``) the probe's median transfer / model,
-    the fit's band, and the keys whose ratio fell outside it (their rows are n/a on this host)."""
+    the fit's band, and the keys whose ratio fell outside it (their rows are n/a on this host).
+    ``after``: this probe confirmed the failed rows of that case (the stricter rule: ``outside``
+    holds every key not shown inside its calibration)."""
 
     profile: str
     ratios: dict[str, float]
@@ -496,6 +498,8 @@ class HostAnchor:
     probe: str  # what ran, in words
     error: str = ""  # the probe could not run: the profile stands as calibrated
     intervals: dict[str, list[float]] = field(default_factory=dict)  # 99 % interval of each ratio
+    after: str = ""  # the case whose failed rows this probe re-ran to confirm ("": the session's probe)
+    tails: dict[str, list[float]] = field(default_factory=dict)  # key -> [share under the tail allowance, it (x model), tail_q]
 
     def reason_for(self, op: str, role: str = "") -> str | None:
         """Why the rows of ``op`` (the model's op: ``send_recv`` for a send or a recv) with ``role``
@@ -504,6 +508,12 @@ class HostAnchor:
         if key not in self.outside:
             return None
         lo, hi = self.bands[key]
+        if self.after:
+            share, allowance, q = self.tails.get(key, [1.0, 0.0, 0.0])
+            return (f"not confirmed: the host anchor probe, re-run when this case failed, ran {key} at "
+                    f"{self._ratio(key)} {self.profile}'s model (band {lo:.2f}-{hi:.2f}x), {share:.0%} of its calls "
+                    f"under the tail allowance {allowance:.1f}x (need {q:.0%}): this host was not shown inside its "
+                    f"calibration then, so the failure is no evidence against the engine")
         return (f"not this host's model: the host anchor probe ran {key} at {self._ratio(key)} "
                 f"{self.profile}'s model, outside its calibrated band {lo:.2f}-{hi:.2f}x (this host or its "
                 f"transport is not the one calibrated; recalibrate here: docs/calibration.md)")
@@ -514,11 +524,14 @@ class HostAnchor:
 
     def describe(self) -> str:
         if self.error:
+            if self.after:
+                return f"host anchor re-run when {self.after} failed could not run ({self.error}): its failures stand"
             return f"host anchor failed ({self.error}): judged against {self.profile} as calibrated"
         inside = {k: v for k, v in self.ratios.items() if k not in self.outside}
-        text = f"host anchor ({self.seconds:.1f} s probe): "
+        text = f"host anchor ({self.seconds:.1f} s probe{', re-run when ' + self.after + ' failed' if self.after else ''}): "
         if self.outside:
-            text += ("OUTSIDE the calibration of " + self.profile + ", their rows n/a: "
+            text += (("NOT SHOWN inside the calibration of " + self.profile + ", their failed rows n/a: " if self.after
+                      else "OUTSIDE the calibration of " + self.profile + ", their rows n/a: ")
                      + ", ".join(f"{k} {self._ratio(k)} (band {self.bands[k][0]:.2f}-{self.bands[k][1]:.2f})"
                                  for k in sorted(self.outside)) + "; ")
         return text + "within band: " + (", ".join(f"{k} {v:.2f}x" for k, v in sorted(inside.items())) or "none")
@@ -541,6 +554,7 @@ class CaseResult:
     ab: Optional[dict[str, Any]] = None  # the A/B gate's comparison (judging/ab/): no single run then
     hardware_how: str = ""  # how the profile was chosen: --llmcomm-hardware, the spec's hardware:, detected
     anchor: Optional[HostAnchor] = None  # this host against the profile's calibration host, when probed
+    reprobe: Optional[HostAnchor] = None  # the anchor re-run to confirm this case's failed latency rows
 
     @property
     def passed(self) -> bool:

@@ -25,6 +25,7 @@ pass | fail | n/a; the text is made where it is shown.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from llmcomm_tests.analytic import tiers
 from llmcomm_tests.analytic.accuracy import class_transfer
@@ -132,6 +133,22 @@ def latency_rows(summaries: list[OpSummary], profile, tolerance, world_size: int
         rows.append(VerdictRow("latency", f"{label} transfer", NA, "s", n=count,
                                detail=f"no wait/transfer split: {unsplit or 'calls not matched with all their peers'}"))
     return rows
+
+
+def unconfirmed(rows: list[VerdictRow], summaries: list[OpSummary], reprobe) -> list[VerdictRow]:
+    """``rows`` with each failed latency row whose op the re-run host anchor (``reprobe``: a
+    ``HostAnchor`` probed after the case failed, calibration/anchor.py) did not show inside its
+    calibration turned n/a, its numbers kept and the probe's reason first; every other row as it was.
+    A failure on a host that had slowed is no evidence against the engine: the family-wise rate of
+    the rows that still fail is the one they were judged at."""
+    ops = {f"{s.name} {s.role}".rstrip(): _model_op(s.op, s.role) for s in summaries if s.transfer is not None}
+    out = []
+    for row in rows:
+        label = row.name.rsplit(" transfer", 1)[0]
+        reason = (reprobe.reason_for(*ops[label]) if row.check == "latency" and row.verdict == FAIL and label in ops
+                  else None)
+        out.append(replace(row, verdict=NA, detail=f"{reason}; the row: {row.detail}") if reason else row)
+    return out
 
 
 def _model_op(op: str, role: str) -> tuple[str, str]:

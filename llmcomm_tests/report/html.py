@@ -199,8 +199,7 @@ def details_section(items: list[CaseResult]) -> str:
                    f'{" — " + esc(it.nodeid) if it.nodeid else ""}</span></summary>')
         if it.hardware_how:
             out.append(f'<p class="muted">hardware profile {esc(it.hardware)}: {esc(it.hardware_how)}</p>')
-        if it.anchor is not None:
-            out.append(f'<p class="muted">{esc(it.anchor.describe())}</p>')
+        out += [f'<p class="muted">{esc(a.describe())}</p>' for a in (it.anchor, it.reprobe) if a is not None]
         if it.error:
             out.append(f"<pre>{esc(it.error)}</pre>")
         if rows:

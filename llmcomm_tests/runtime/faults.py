@@ -140,30 +140,21 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
                 if _busy or where.phase == "none" or (recorder is not None and not recorder.active):
                     return _original(pg, *args, **kwargs)
                 numel, dtype = read_payload(args)
-                peer = args[1] if p2p else -1
-                key = (pg, where.phase, where.site, numel, dtype, peer)
+                key = (pg, where.phase, where.site, numel, dtype, args[1] if p2p else -1)
                 plan = plans.get(key, False)
                 if plan is False:
-                    plan = plans[key] = _plan(installed, _faults, op, pg, peer, numel, dtype, args)
+                    plan = plans[key] = _plan(installed, _faults, op, pg, key[-1], numel, dtype, args)
                 if plan is None:
                     return _original(pg, *args, **kwargs)
-                others, seconds, names, on_cuda = plan
-                for fault in others:
-                    installed.fired[str(fault)] += 1
-                    if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
-                        if fault.kind == "crash":
-                            raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
-                        time.sleep(1e9)
-                    if fault.kind == "size":
-                        return _padded(pg, args, kwargs, _original, fault.value, torch)
+                others, entry = plan
+                if others:  # the rare kinds (crash, hang, size, extra): off the slowdown's hot path
+                    return _issue_with(others, entry, installed, pg, args, kwargs, _original, torch, dist)
+                # Between the recorder's issue clock and the caller's wait, every bytecode here is
+                # measured as transfer (docs/measurements.md#planted-delays): a slowdown's hot path
+                # is one lookup above and one insertion below, its entry made once.
                 work = _original(pg, *args, **kwargs)
-                extras = [f for f in others if f.kind == "extra"]
-                if extras:  # all_reduce only (parse_fault): its Work may be waited twice
-                    work.wait()
-                    for fault in extras:
-                        _extra_all_reduce(pg, args, kwargs, int(fault.value))
-                if names and work is not None:
-                    planted[work] = (seconds, names, on_cuda)
+                if work is not None:
+                    planted[work] = entry
                 return work
 
             return faulty
@@ -172,8 +163,30 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
     return installed
 
 
+def _issue_with(others, entry, installed: InstalledFaults, pg, args, kwargs, original, torch, dist):
+    """Issue a call that a crash, hang, size or extra fault selects (and a slowdown, ``entry``)."""
+    for fault in others:
+        installed.fired[str(fault)] += 1
+        if fault.kind in ("crash", "hang") and dist.get_rank() == int(fault.value):
+            if fault.kind == "crash":
+                raise RuntimeError(f"planted crash ({fault}) on rank {dist.get_rank()}")
+            time.sleep(1e9)
+        if fault.kind == "size":
+            return _padded(pg, args, kwargs, original, fault.value, torch)
+    work = original(pg, *args, **kwargs)
+    extras = [f for f in others if f.kind == "extra"]
+    if extras:  # all_reduce only (parse_fault): its Work may be waited twice
+        work.wait()
+        for fault in extras:
+            _extra_all_reduce(pg, args, kwargs, int(fault.value))
+    if entry is not None and work is not None:
+        installed._planted[work] = entry
+    return work
+
+
 def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
-    """``InstalledFaults.plan`` of one kind of call, with whether it runs on a CUDA stream."""
+    """``(other faults, slowdown entry or None)`` of one kind of call, or None when no fault
+    selects it; the entry (``InstalledFaults._planted``'s value) says whether it runs on a CUDA stream."""
     import torch.distributed as dist
 
     nbytes = numel * (dtype.itemsize if dtype is not None else 1)
@@ -186,8 +199,9 @@ def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
     plan = installed.plan(faults, op, span, nbytes, call_site.phase, call_site.site)
     if plan is None:
         return None
+    others, seconds, names = plan
     tensor = _first_tensor(args)
-    return (*plan, tensor is not None and tensor.is_cuda)
+    return tuple(others), ((seconds, names, tensor is not None and tensor.is_cuda) if names else None)
 
 
 def _first_tensor(args):

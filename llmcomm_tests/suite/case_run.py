@@ -23,7 +23,7 @@ from llmcomm_tests.core.documents import (FAIL, CaseResult, PredictedMetrics, Pr
 from llmcomm_tests.frameworks.registry import adapter_for
 from llmcomm_tests.judging.ab.gate import ABRequest
 from llmcomm_tests.judging.baseline import BaselineRequest
-from llmcomm_tests.judging.checks import evaluate
+from llmcomm_tests.judging.checks import evaluate, unconfirmed
 from llmcomm_tests.report.trace import write_trace
 from llmcomm_tests.runtime.faults import never_fired, parse_faults
 from llmcomm_tests.runtime.launch import LaunchError
@@ -116,13 +116,15 @@ def judge(case, doc: RunDocument, cfg: "RunConfig", predicted: Prediction, hw: P
 
 
 def package(case, hw: ProfileChoice, backend: str, env: dict, predicted: Prediction, doc: RunDocument,
-            verdict: Verdict) -> CaseResult:
+            verdict: Verdict, reprobe=None) -> CaseResult:
     """The case result of a run and its verdict, with the JUnit properties dashboards read."""
     result = CaseResult(case.spec_name, str(case.path), case.id, hw.name, backend, env, predicted, verdict,
-                        hardware_how=hw.how, run=doc, anchor=hw.anchor)
+                        hardware_how=hw.how, run=doc, anchor=hw.anchor, reprobe=reprobe)
     result.properties = [("llmcomm.hardware", f"{hw.name} ({hw.how})")] + properties(doc, predicted, verdict)
     if hw.anchor is not None:
         result.properties.append(("llmcomm.host_anchor", hw.anchor.describe()))
+    if reprobe is not None:
+        result.properties.append(("llmcomm.host_anchor_reprobe", reprobe.describe()))
     return result
 
 
@@ -186,7 +188,13 @@ def run_and_check(case, state) -> CaseResult:
         keep_trace(case, doc, options.report_dir, options.keep_records)
     verdict = judge(case, doc, plan.cfg, plan.predicted, hw, backend=state.backend, timed_cases=state.timed_cases,
                     baseline=baseline_request(state), session_level=state.levels.latency)
-    return package(case, hw, state.backend, state.env, plan.predicted, doc, verdict)
+    reprobe = None
+    if hw.anchor is not None and not hw.anchor.error and any(r.check == "latency" for r in verdict.failed):
+        # the session's probe ran before this case: was the host still inside its calibration?
+        reprobe = state.reprobed(hw, after=case.id)
+        if not reprobe.error:
+            verdict.rows = unconfirmed(verdict.rows, doc.ops, reprobe)
+    return package(case, hw, state.backend, state.env, plan.predicted, doc, verdict, reprobe)
 
 
 def properties(doc: RunDocument, predicted: Prediction, verdict: Verdict) -> list[tuple[str, str]]:

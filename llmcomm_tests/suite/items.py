@@ -78,7 +78,7 @@ class CaseItem(pytest.Item):
         result = run_and_check(self.case, self.session_state)
         self.llmcomm_result = result
         # The model the rows were judged against, when this host's probe rescaled it: next to the numbers
-        note = f"{result.anchor.describe()}\n" if result.anchor is not None else ""
+        note = "".join(f"{a.describe()}\n" for a in (result.anchor, result.reprobe) if a is not None)
         table = note + format_table(result.verdict.rows)
         self.add_report_section("call", "llmcomm", table)
         self.user_properties.extend(result.properties)

@@ -117,8 +117,10 @@ OPTIONS = (
            "real nodes: a folder every node sees, where the ranks leave their results"),
     Option("anchor", "--llmcomm-anchor", "LLMCOMM_ANCHOR", "llmcomm_anchor", "auto", _anchor,
            "auto: before the first case judged against a profile with an anchor probe (cpu-loopback), "
-           "re-measure a slice of its calibration here and scale the fits this host runs outside their band "
-           "(said in every report); off: judge against the profile as calibrated"),
+           "re-measure a slice of its calibration here: an op this host runs outside its band gets n/a latency "
+           "rows, and a case whose latency rows fail probes again, its failures standing only where that probe "
+           "shows the host inside its calibration (said in every report); off: judge against the profile as "
+           "calibrated"),
     Option("ab_seed", "--llmcomm-ab-seed", "LLMCOMM_AB_SEED", "llmcomm_ab_seed", 0, parse_count,
            "seed of the A/B pair order"),
 )

@@ -122,6 +122,17 @@ class LLMCommSession:
                 cache[profile.name] = HostAnchor(profile.name, {}, {}, {}, 0.0, "", error=str(exc).splitlines()[0])
         return replace(choice, anchor=cache[profile.name])
 
+    def reprobed(self, choice: "ProfileChoice", after: str):
+        """The anchor probe re-run now, to confirm the failed latency rows of case ``after``
+        (``calibration/anchor.py``); a probe that cannot run says why, and the failures stand."""
+        from llmcomm_tests.calibration import anchor
+        from llmcomm_tests.core.documents import HostAnchor
+
+        try:
+            return anchor.measure(choice.profile, self.backend, timeout_s=self.options.timeout, after=after)
+        except Exception as exc:
+            return HostAnchor(choice.profile.name, {}, {}, {}, 0.0, "", error=str(exc).splitlines()[0], after=after)
+
     # -- nodes: a spec's topology, or the session's; emulated clusters live as long as the session ---
 
     def topology_for(self, spec):
