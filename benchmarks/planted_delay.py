@@ -82,9 +82,11 @@ def layout_rank(ctx, layout: Layout, levels: list[float], ops: list[str], rounds
     engine = ParallelEngine(PRESETS["tiny"], layout, ctx.rank, max_len=32 + gen_len)
     prompt = torch.randint(0, PRESETS["tiny"].vocab, (1, 32), generator=torch.Generator().manual_seed(1))
     arms = [SimpleNamespace(active=False) for _ in levels]
-    installs = [install_faults([parse_fault(f"{op}/decode:delay={lvl:g}%") for op in ops], arm)
-                for lvl, arm in zip(levels, arms)]
+    # as runtime/measure.py installs a slowdown: its wait under the recorder, its lookup over it
+    unders = [install_faults([], arm, plants_for=True) for arm in arms]
     recorder = Recorder().install()
+    installs = [install_faults([parse_fault(f"{op}/decode:delay={lvl:g}%") for op in ops], arm, over=under)
+                for lvl, arm, under in zip(levels, arms, unders)]
     engine.generate(prompt, gen_len)
     arms_by_rep = [None] + arms  # rep 0: clean, rep i: levels[i - 1]
     for r in range(rounds):
@@ -99,9 +101,11 @@ def layout_rank(ctx, layout: Layout, levels: list[float], ops: list[str], rounds
             if arms_by_rep[rep] is not None:
                 arms_by_rep[rep].active = False
     ops_done = recorder.finalize(ctx.rank)
-    recorder.uninstall()
     for installed in reversed(installs):
         installed.uninstall()
+    recorder.uninstall()
+    for under in reversed(unders):
+        under.uninstall()
     return {"ops": ops_done, "fired": [i.fired for i in installs]}
 
 

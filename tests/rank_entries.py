@@ -245,3 +245,69 @@ def interleaved_delay(ctx, fault: str, late_rank: int = 1, late_s: float = 4e-3,
     recorder.uninstall()
     installed.uninstall()
     return {"ops": ops, "armed": np.array(flags), "fired": installed.fired}  # per all_reduce: 0, 1, 2 (first)
+
+
+def slow_lookup(ctx, over: bool, lookup_s: float = 2e-3, calls: int = 12):
+    """All-reduces, clean and with ``all_reduce:delay=0%`` armed in turn, the fault's lookup made
+    ``lookup_s`` slow (its payload read spins): the recorder's durations of the armed and the clean
+    calls, with the fault's method patch over the recorder (``over``, as runtime/measure.py
+    installs a slowdown) or under it, and what it fired."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from llmcomm_tests.core import call_site
+    from llmcomm_tests.runtime import faults, recorder as recorder_module
+    from llmcomm_tests.runtime.recorder import Recorder
+
+    real_reader = recorder_module.payload_reader
+
+    def slow_reader(kind):
+        read = real_reader(kind)
+
+        def slow(args):
+            faults._wait(lookup_s)
+            return read(args)
+
+        return slow
+
+    import inspect
+
+    before = [inspect.getattr_static(dist.ProcessGroup, "allreduce"), inspect.getattr_static(dist.Work, "wait")]
+    armed, fault = SimpleNamespace(active=False), faults.parse_faults(["all_reduce:delay=0%"])
+    recorder_module.payload_reader = slow_reader  # the faults' reader only: the recorder installs apart
+    try:
+        if over:
+            under = faults.install_faults([], armed, plants_for=True)
+            recorder_module.payload_reader = real_reader
+            recorder = Recorder().install()
+            recorder_module.payload_reader = slow_reader
+            top = faults.install_faults(fault, armed, over=under)
+        else:
+            under = faults.install_faults(fault, armed)
+            recorder_module.payload_reader = real_reader
+            recorder = Recorder().install()
+            top = faults.install_faults([], armed)
+    finally:
+        recorder_module.payload_reader = real_reader
+    recorder.active = True
+    call_site.set_phase("decode", 1)
+    x, flags = torch.ones(16), []
+    for i in range(2 * calls):
+        armed.active = bool(i % 2)
+        flags.append(armed.active)
+        dist.barrier()
+        dist.all_reduce(x)
+    armed.active = recorder.active = False
+    call_site.set_phase("none", -1)
+    ops = recorder.finalize(ctx.rank)
+    top.uninstall()
+    recorder.uninstall()
+    under.uninstall()
+    rows = [i for i, c in enumerate(ops.cls) if ops.classes[c].op == "all_reduce"]
+    durations = [float(ops.duration_s[i]) for i in rows]
+    return {"armed": [d for d, f in zip(durations, flags) if f], "clean": [d for d, f in zip(durations, flags) if not f],
+            "fired": {**under.fired, **top.fired},
+            "restored": [inspect.getattr_static(dist.ProcessGroup, "allreduce"), inspect.getattr_static(dist.Work, "wait")]
+            == before}

@@ -173,6 +173,25 @@ def test_a_slowdown_moves_every_ranks_transfer_by_the_planted_time_not_the_wait(
     assert sum(r["fired"][fault] for r in results) == 2 * (len(results[0]["armed"]) // 2 + 1)
 
 
+@pytest.mark.parametrize("over", [True, False])
+def test_a_slowdowns_lookup_runs_before_the_recorders_clock(over):
+    """The lookup that decides whether a call is slowed is not the fault's time: with the method
+    patch over the recorder (as runtime/measure.py installs a slowdown), a lookup made 2 ms slow
+    leaves ``delay=0%``'s calls as long as the clean ones; under it (how faults sat before) it adds
+    the 2 ms to every armed call: what made a PP2 send at ``delay=0%`` measure about 10 µs long."""
+    import statistics
+
+    results = launch(rank_entries.slow_lookup, (over,), world_size=2, timeout_s=120)
+    for r in results:
+        grew = statistics.median(r["armed"]) - statistics.median(r["clean"])
+        if over:
+            assert grew < 0.5e-3, grew
+        else:
+            assert grew > 1.5e-3, grew
+        assert r["fired"]["all_reduce:delay=0%"] == len(r["armed"])  # counted at the wait, under the recorder
+        assert r["restored"]  # each patch put back what it found, in the reverse order: the pybind methods
+
+
 def test_a_deadlock_report_shows_every_ranks_frames():
     with pytest.raises(RankTimeout) as err:
         launch(rank_entries.deadlock, world_size=2, timeout_s=4)

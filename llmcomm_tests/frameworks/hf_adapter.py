@@ -25,7 +25,7 @@ from llmcomm_tests.engine.parallel import TORCH_DTYPES
 from llmcomm_tests.frameworks.checkpoint import ensure_checkpoint
 from llmcomm_tests.frameworks.sites import site_of
 from llmcomm_tests.runtime import launch
-from llmcomm_tests.runtime.faults import install_faults
+from llmcomm_tests.runtime.faults import OVER_RECORDER, SLOWDOWNS, install_faults
 from llmcomm_tests.runtime.measure import assemble
 from llmcomm_tests.runtime.recorder import Recorder
 
@@ -127,9 +127,10 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
     recorder = Recorder(cuda_events=ctx.backend == "nccl")
-    faults = [install_faults([f for f in cfg.inject if f.kind != "size"], recorder)]
+    faults = [install_faults([f for f in cfg.inject if f.kind not in OVER_RECORDER], recorder,
+                             plants_for=any(f.kind in SLOWDOWNS for f in cfg.inject))]  # as runtime/measure.py
     recorder.install()
-    faults.append(install_faults([f for f in cfg.inject if f.kind == "size"], recorder))
+    faults.append(install_faults([f for f in cfg.inject if f.kind in OVER_RECORDER], recorder, over=faults[0]))
     generations = []
     with torch.inference_mode():
         for _ in range(cfg.warmup):
@@ -149,7 +150,7 @@ def rank_run(ctx, cfg, folder: str) -> dict:
               "env": None, "startup_s": startup_s, "tp_plan": {str(k): str(v) for k, v in dict(plan).items()}}
     if ctx.rank == 0:
         result["env"] = dict(Environment.capture(ctx).rank_document(), transformers=transformers.__version__)
-    for installed in reversed(faults):
-        installed.uninstall()
+    faults[1].uninstall()  # in the reverse order of installation: each puts back what it found
     recorder.uninstall()
+    faults[0].uninstall()
     return result

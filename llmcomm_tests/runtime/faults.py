@@ -12,14 +12,21 @@ What a fault is, its selectors and how a slowdown is sized: ``runtime/fault_spec
 * ``all_reduce:crash=1``   rank 1 raises on its first such op (see how a crashed rank is reported)
 * ``send:hang=0``   rank 0 stops at its first such op (see how a hung rank is reported)
 
-Faults sit *under* the recorder: the recorder measures their effect like any other regression.
-Each installation counts the ops each fault matched (``InstalledFaults.fired``; a slowdown counts
-when it is planted, at the caller's wait); a fault that matched nothing anywhere fails its case
-(``never_fired``).
+The recorder measures a fault's effect like any other regression: the time a slowdown plants, the
+extra op, the larger message all land inside what it times.  Each installation counts the ops each
+fault matched (``InstalledFaults.fired``; a slowdown counts when it is planted, at the caller's
+wait); a fault that matched nothing anywhere fails its case (``never_fired``).
 
-Cost.  What a call pays for being watched is one dict lookup at issue (the plan of its op, group,
-phase, site and size is made once) and one at its wait: ``delay=0%`` runs the whole path and
-plants nothing (``benchmarks/planted_delay.py`` measures it).
+Where they sit.  An installation made before ``Recorder.install`` sits under the recorder (inside
+its issue-to-wait window); one made after sits over it.  Extra ops, crashes and hangs go under it;
+the larger message over it (the recorder sees the larger tensor).  A slowdown is split (``over=``):
+its wait, which plants the time, under the recorder, and the lookup that decides whether a call is
+slowed over it, before the recorder's issue clock: in the window, with nothing planted, it added
+about 10 µs to a 60–100 µs point-to-point call here (docs/measurements.md#planted-delays).
+
+Cost.  What a slowed call pays inside the recorder's window is one dict insertion after its issue
+and one removal at its wait: ``delay=0%`` runs the whole path and plants nothing
+(``benchmarks/planted_delay.py`` measures it).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ from llmcomm_tests.runtime.fault_spec import (SLOWDOWNS, Fault, default_profile,
                                                parse_fault, parse_faults)
 from llmcomm_tests.runtime.pg_patch import PgPatch
 
-__all__ = ["Fault", "InstalledFaults", "install_faults", "never_fired", "parse_fault", "parse_faults"]
+__all__ = ["Fault", "InstalledFaults", "OVER_RECORDER", "SLOWDOWNS", "install_faults", "never_fired", "parse_fault",
+           "parse_faults"]
+
+OVER_RECORDER = frozenset(SLOWDOWNS) | {"size"}  # kinds whose method patch goes over the recorder (module docstring)
 
 
 class InstalledFaults:
@@ -47,7 +57,7 @@ class InstalledFaults:
         self.fired: dict[str, int] = {str(f): 0 for f in self.faults}
         self.profile = profile
         self._patch = PgPatch()
-        self._planted: dict = {}  # Work -> (seconds, fault names, on a CUDA stream)
+        self._planted: dict = {}  # Work -> (seconds, fault names, on a CUDA stream, their fired counts)
         self.gpu_delay = None  # GpuDelay, made on the first slowdown of a CUDA op
 
     def uninstall(self) -> None:
@@ -70,14 +80,14 @@ class InstalledFaults:
         """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
         slowdown runs here, after the caller's own wait, inside the time the recorder measures.
         A caller that never waits (or waits through a future) gets none, and it is not counted."""
-        planted, fired = self._planted, self.fired
+        planted = self._planted
 
         def wait(work, *args, **kwargs):
             result = original(work, *args, **kwargs)
             if planted:
                 entry = planted.pop(work, None)
                 if entry is not None:
-                    seconds, names, cuda = entry
+                    seconds, names, cuda, fired = entry
                     for name in names:
                         fired[name] += 1
                     if seconds > 0:
@@ -99,12 +109,17 @@ class InstalledFaults:
         self.gpu_delay(seconds)
 
 
-def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None) -> InstalledFaults:
-    """Patch the ProcessGroup methods of the faulty ops.  Call before ``Recorder.install`` so the
+def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None, *, plants_for: bool = False,
+                   over: "InstalledFaults | None" = None) -> InstalledFaults:
+    """Patch the ProcessGroup methods of the faulty ops.  Called before ``Recorder.install``, the
     recorder wraps (and measures) the faulty call.  Faults act only while the engine is in a phase,
     and only while the recorder (if given) is active, so warm-up stays clean.  ``cuda`` (default:
     the recorder's ``cuda_events``): fit the GPU delay's clock now, not inside a timed op.
-    ``profile`` (default ``fault_spec.default_profile``): sizes relative delays and ``bw=``."""
+    ``profile`` (default ``fault_spec.default_profile``): sizes relative delays and ``bw=``.
+
+    The split slowdown (module docstring): ``plants_for=True`` on the installation made under the
+    recorder patches the wait that plants slowdowns even with none of its own; ``over=`` that
+    installation, on the one made over the recorder, plants this one's slowdowns through its wait."""
     import torch
     import torch.distributed as dist
 
@@ -118,7 +133,10 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
                    else default_profile(False))
     installed = InstalledFaults(faults, profile)
     slowdowns = any(f.kind in SLOWDOWNS for f in faults)
-    if cuda and slowdowns:
+    plants_here = (slowdowns and over is None) or plants_for
+    if over is not None:
+        installed._planted = over._planted  # its wait (under the recorder) plants what this one selects
+    elif cuda and plants_here:
         from llmcomm_tests.runtime.gpu_delay import GpuDelay
 
         installed.gpu_delay = GpuDelay(torch)
@@ -127,7 +145,7 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
         for op in fault.ops:
             for method in methods_of(op):
                 by_method.setdefault(method, []).append(fault)
-    if slowdowns:
+    if plants_here:
         installed._patch.wrap_wait(installed._wrap_wait)
     where, planted = call_site, installed._planted
     for method, method_faults in by_method.items():
@@ -201,7 +219,7 @@ def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
         return None
     others, seconds, names = plan
     tensor = _first_tensor(args)
-    return tuple(others), ((seconds, names, tensor is not None and tensor.is_cuda) if names else None)
+    return tuple(others), ((seconds, names, tensor is not None and tensor.is_cuda, installed.fired) if names else None)
 
 
 def _first_tensor(args):
