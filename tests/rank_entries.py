@@ -225,8 +225,8 @@ def interleaved_delay(ctx, fault: str, late_rank: int = 1, late_s: float = 4e-3,
     from llmcomm_tests.runtime.recorder import Recorder
 
     armed = SimpleNamespace(active=False)
-    installed = install_faults(parse_faults([fault]), armed)
     recorder = Recorder().install()
+    installed = install_faults(parse_faults([fault]), armed, held_by=recorder)  # as runtime/measure.py
     recorder.active = True
     call_site.set_phase("decode", 1)
     x = torch.ones(16)
@@ -242,22 +242,41 @@ def interleaved_delay(ctx, fault: str, late_rank: int = 1, late_s: float = 4e-3,
         dist.all_reduce(x)
     armed.active = recorder.active = False
     ops = recorder.finalize(ctx.rank)
-    recorder.uninstall()
     installed.uninstall()
+    recorder.uninstall()
     return {"ops": ops, "armed": np.array(flags), "fired": installed.fired}  # per all_reduce: 0, 1, 2 (first)
 
 
-def slow_lookup(ctx, over: bool, lookup_s: float = 2e-3, calls: int = 12):
-    """All-reduces, clean and with ``all_reduce:delay=0%`` armed in turn, the fault's lookup made
-    ``lookup_s`` slow (its payload read spins): the recorder's durations of the armed and the clean
-    calls, with the fault's method patch over the recorder (``over``, as runtime/measure.py
-    installs a slowdown) or under it, and what it fired."""
-    from types import SimpleNamespace
-
+def _armed_in_turn(armed, recorder, calls: int) -> list[bool]:
+    """``2 * calls`` recorded decode all-reduces of 16 floats, a barrier before each, ``armed`` on
+    every second one: which were armed."""
     import torch
     import torch.distributed as dist
 
     from llmcomm_tests.core import call_site
+
+    recorder.active = True
+    call_site.set_phase("decode", 1)
+    x, flags = torch.ones(16), []
+    for i in range(2 * calls):
+        armed.active = bool(i % 2)
+        flags.append(armed.active)
+        dist.barrier()
+        dist.all_reduce(x)
+    armed.active = recorder.active = False
+    call_site.set_phase("none", -1)
+    return flags
+
+
+def slow_lookup(ctx, over: bool, lookup_s: float = 10e-3, calls: int = 20):
+    """All-reduces, clean and with ``all_reduce:delay=0%`` armed in turn, the fault's lookup made
+    ``lookup_s`` slow (its payload read waits), the fault's method patch over the recorder
+    (``over``, as runtime/measure.py installs a slowdown) or under it: the records, which
+    all-reduces were armed, and what the fault fired."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
     from llmcomm_tests.runtime import faults, recorder as recorder_module
     from llmcomm_tests.runtime.recorder import Recorder
 
@@ -276,38 +295,46 @@ def slow_lookup(ctx, over: bool, lookup_s: float = 2e-3, calls: int = 12):
 
     before = [inspect.getattr_static(dist.ProcessGroup, "allreduce"), inspect.getattr_static(dist.Work, "wait")]
     armed, fault = SimpleNamespace(active=False), faults.parse_faults(["all_reduce:delay=0%"])
+    recorder = Recorder()
+    if over:
+        recorder.install()
     recorder_module.payload_reader = slow_reader  # the faults' reader only: the recorder installs apart
     try:
-        if over:
-            under = faults.install_faults([], armed, plants_for=True)
-            recorder_module.payload_reader = real_reader
-            recorder = Recorder().install()
-            recorder_module.payload_reader = slow_reader
-            top = faults.install_faults(fault, armed, over=under)
-        else:
-            under = faults.install_faults(fault, armed)
-            recorder_module.payload_reader = real_reader
-            recorder = Recorder().install()
-            top = faults.install_faults([], armed)
+        installed = faults.install_faults(fault, armed, held_by=recorder)
     finally:
         recorder_module.payload_reader = real_reader
-    recorder.active = True
-    call_site.set_phase("decode", 1)
-    x, flags = torch.ones(16), []
-    for i in range(2 * calls):
-        armed.active = bool(i % 2)
-        flags.append(armed.active)
-        dist.barrier()
-        dist.all_reduce(x)
-    armed.active = recorder.active = False
-    call_site.set_phase("none", -1)
+    if not over:
+        recorder.install()
+    flags = _armed_in_turn(armed, recorder, calls)
     ops = recorder.finalize(ctx.rank)
-    top.uninstall()
-    recorder.uninstall()
-    under.uninstall()
-    rows = [i for i, c in enumerate(ops.cls) if ops.classes[c].op == "all_reduce"]
-    durations = [float(ops.duration_s[i]) for i in rows]
-    return {"armed": [d for d, f in zip(durations, flags) if f], "clean": [d for d, f in zip(durations, flags) if not f],
-            "fired": {**under.fired, **top.fired},
+    for patch in (installed, recorder) if over else (recorder, installed):  # the reverse order of installation
+        patch.uninstall()
+    return {"ops": ops, "armed": flags, "fired": installed.fired,
             "restored": [inspect.getattr_static(dist.ProcessGroup, "allreduce"), inspect.getattr_static(dist.Work, "wait")]
             == before}
+
+
+def held_slowdown(ctx, fault: str, bookkeeping_s: float, calls: int = 24):
+    """All-reduces, clean and with ``fault`` armed in turn, installed as runtime/measure.py installs a
+    slowdown (over the recorder, held by it), the recorder's bookkeeping before each plant made
+    ``bookkeeping_s`` slow: the records, which calls were armed, what fired, and what is still held."""
+    from types import SimpleNamespace
+
+    from llmcomm_tests.runtime import faults
+    from llmcomm_tests.runtime.recorder import Recorder
+
+    armed = SimpleNamespace(active=False)
+    recorder = Recorder().install()
+    installed = faults.install_faults(faults.parse_faults([fault]), armed, held_by=recorder)
+
+    def slow_plant(hold, since_ns):
+        faults._wait(bookkeeping_s)
+        faults.plant(hold, since_ns)
+
+    recorder.plant = slow_plant
+    flags = _armed_in_turn(armed, recorder, calls)
+    ops = recorder.finalize(ctx.rank)
+    installed.uninstall()
+    recorder.uninstall()
+    return {"ops": ops, "armed": flags, "fired": installed.fired,
+            "held": len(recorder.held) + len(recorder._holds) + (recorder.holding is not None)}

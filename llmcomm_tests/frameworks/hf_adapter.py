@@ -25,7 +25,7 @@ from llmcomm_tests.engine.parallel import TORCH_DTYPES
 from llmcomm_tests.frameworks.checkpoint import ensure_checkpoint
 from llmcomm_tests.frameworks.sites import site_of
 from llmcomm_tests.runtime import launch
-from llmcomm_tests.runtime.faults import OVER_RECORDER, SLOWDOWNS, install_faults
+from llmcomm_tests.runtime.faults import OVER_RECORDER, install_faults
 from llmcomm_tests.runtime.measure import assemble
 from llmcomm_tests.runtime.recorder import Recorder
 
@@ -127,10 +127,9 @@ def rank_run(ctx, cfg, folder: str) -> dict:
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
                            generator=torch.Generator().manual_seed(cfg.seed + 1))
     recorder = Recorder(cuda_events=ctx.backend == "nccl")
-    faults = [install_faults([f for f in cfg.inject if f.kind not in OVER_RECORDER], recorder,
-                             plants_for=any(f.kind in SLOWDOWNS for f in cfg.inject))]  # as runtime/measure.py
+    faults = [install_faults([f for f in cfg.inject if f.kind not in OVER_RECORDER], recorder)]  # as runtime/measure.py
     recorder.install()
-    faults.append(install_faults([f for f in cfg.inject if f.kind in OVER_RECORDER], recorder, over=faults[0]))
+    faults.append(install_faults([f for f in cfg.inject if f.kind in OVER_RECORDER], recorder, held_by=recorder))
     generations = []
     with torch.inference_mode():
         for _ in range(cfg.warmup):

@@ -14,19 +14,20 @@ What a fault is, its selectors and how a slowdown is sized: ``runtime/fault_spec
 
 The recorder measures a fault's effect like any other regression: the time a slowdown plants, the
 extra op, the larger message all land inside what it times.  Each installation counts the ops each
-fault matched (``InstalledFaults.fired``; a slowdown counts when it is planted, at the caller's
-wait); a fault that matched nothing anywhere fails its case (``never_fired``).
+fault matched (``InstalledFaults.fired``, at their issue); a fault that matched nothing anywhere
+fails its case (``never_fired``).
 
 Where they sit.  An installation made before ``Recorder.install`` sits under the recorder (inside
 its issue-to-wait window); one made after sits over it.  Extra ops, crashes and hangs go under it;
-the larger message over it (the recorder sees the larger tensor).  A slowdown is split (``over=``):
-its wait, which plants the time, under the recorder, and the lookup that decides whether a call is
-slowed over it, before the recorder's issue clock: in the window, with nothing planted, it added
-about 10 µs to a 60–100 µs point-to-point call here (docs/measurements.md#planted-delays).
-
-Cost.  What a slowed call pays inside the recorder's window is one dict insertion after its issue
-and one removal at its wait: ``delay=0%`` runs the whole path and plants nothing
-(``benchmarks/planted_delay.py`` measures it).
+the larger message over it (the recorder sees the larger tensor).  A slowdown goes over it and is
+held by it (``held_by=``): the lookup that decides whether a call is slowed runs before the
+recorder's issue clock, the slowdown is handed to the recorder before the call, and the
+recorder's own wait plants it, timed from when the wait returned (``Recorder.holding``), so what
+an armed slowdown adds to the timed window is the time it plants, and ``delay=0%`` (counted, never
+held) leaves the window as the clean call's.  With the lookup in the window, a PP2 send at
+``delay=0%`` measured about 10 µs long; with the lookup over the recorder but a wait wrapper of the
+faults' own, a dict insertion after the issue and the count at the wait, still 4–8 µs
+(docs/measurements.md#planted-delays).  With no recorder to hold them, the faults wrap the wait.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from llmcomm_tests.runtime.fault_spec import (SLOWDOWNS, Fault, default_profile,
 from llmcomm_tests.runtime.pg_patch import PgPatch
 
 __all__ = ["Fault", "InstalledFaults", "OVER_RECORDER", "SLOWDOWNS", "install_faults", "never_fired", "parse_fault",
-           "parse_faults"]
+           "parse_faults", "plant"]
 
 OVER_RECORDER = frozenset(SLOWDOWNS) | {"size"}  # kinds whose method patch goes over the recorder (module docstring)
 
@@ -57,7 +58,7 @@ class InstalledFaults:
         self.fired: dict[str, int] = {str(f): 0 for f in self.faults}
         self.profile = profile
         self._patch = PgPatch()
-        self._planted: dict = {}  # Work -> (seconds, fault names, on a CUDA stream, their fired counts)
+        self._held: dict = {}  # Work -> (seconds, fault names, on a CUDA stream, this installation)
         self.gpu_delay = None  # GpuDelay, made on the first slowdown of a CUDA op
 
     def uninstall(self) -> None:
@@ -74,52 +75,48 @@ class InstalledFaults:
         return ([f for f in chosen if f.kind not in SLOWDOWNS], sum(f.seconds(transfer) for f in slow),
                 tuple(str(f) for f in slow))
 
-    # -- slowdowns: planted when the caller waits, on the host (gloo) or the GPU stream (NCCL) ----
-
     def _wrap_wait(self, original):
-        """Waiting a p2p Work twice hangs on gloo (each wait consumes one completion), so the
-        slowdown runs here, after the caller's own wait, inside the time the recorder measures.
-        A caller that never waits (or waits through a future) gets none, and it is not counted."""
-        planted = self._planted
+        """With no recorder to hold them: plant this installation's slowdowns after the caller's own
+        wait (waiting a p2p Work twice hangs on gloo: each wait consumes one completion)."""
+        held = self._held
 
         def wait(work, *args, **kwargs):
             result = original(work, *args, **kwargs)
-            if planted:
-                entry = planted.pop(work, None)
+            if held:
+                entry = held.pop(work, None)
                 if entry is not None:
-                    seconds, names, cuda, fired = entry
-                    for name in names:
-                        fired[name] += 1
-                    if seconds > 0:
-                        self._plant(seconds, cuda)
+                    plant(entry, None)
             return result
 
         return wait
 
-    def _plant(self, seconds: float, cuda: bool) -> None:
-        if not cuda:
-            _wait(seconds)
-            return
-        if self.gpu_delay is None:
-            import torch
 
-            from llmcomm_tests.runtime.gpu_delay import GpuDelay
+def plant(entry, since_ns: int | None) -> None:
+    """Plant one held slowdown, at its caller's wait (``Recorder.plant``): on the host (gloo) or on
+    the GPU stream (NCCL).  ``since_ns`` (``perf_counter_ns`` when the wait returned): the host wait
+    ends that long after it, so what ran since is part of the planted time.  A caller that never
+    waits (or waits through a future) gets none; it was counted at its issue."""
+    seconds, _, cuda, installed = entry
+    if not cuda:
+        _wait(seconds if since_ns is None else seconds - (time.perf_counter_ns() - since_ns) / 1e9)
+        return
+    if installed.gpu_delay is None:
+        import torch
 
-            self.gpu_delay = GpuDelay(torch)
-        self.gpu_delay(seconds)
+        from llmcomm_tests.runtime.gpu_delay import GpuDelay
+
+        installed.gpu_delay = GpuDelay(torch)
+    installed.gpu_delay(seconds)
 
 
-def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None, *, plants_for: bool = False,
-                   over: "InstalledFaults | None" = None) -> InstalledFaults:
+def install_faults(faults, armed=None, cuda: bool | None = None, profile=None, *, held_by=None) -> InstalledFaults:
     """Patch the ProcessGroup methods of the faulty ops.  Called before ``Recorder.install``, the
     recorder wraps (and measures) the faulty call.  Faults act only while the engine is in a phase,
-    and only while the recorder (if given) is active, so warm-up stays clean.  ``cuda`` (default:
-    the recorder's ``cuda_events``): fit the GPU delay's clock now, not inside a timed op.
-    ``profile`` (default ``fault_spec.default_profile``): sizes relative delays and ``bw=``.
-
-    The split slowdown (module docstring): ``plants_for=True`` on the installation made under the
-    recorder patches the wait that plants slowdowns even with none of its own; ``over=`` that
-    installation, on the one made over the recorder, plants this one's slowdowns through its wait."""
+    and only while ``armed`` (anything with ``active``: a Recorder, a flag) is active, so warm-up
+    stays clean.  ``cuda`` (default: ``held_by``'s ``cuda_events``): fit the GPU delay's clock now,
+    not inside a timed op.  ``profile`` (default ``fault_spec.default_profile``): sizes relative
+    delays and ``bw=``.  ``held_by``: the Recorder whose wait plants the slowdowns (module
+    docstring); without one, the faults wrap the wait themselves."""
     import torch
     import torch.distributed as dist
 
@@ -127,27 +124,28 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
 
     faults = list(faults)
     if cuda is None:
-        cuda = bool(getattr(recorder, "cuda_events", False))
+        cuda = bool(getattr(held_by, "cuda_events", False))
     if profile is None and any(f.needs_model for f in faults):
         profile = (default_profile(True, torch.cuda.get_device_name(), torch.cuda.device_count()) if cuda
                    else default_profile(False))
     installed = InstalledFaults(faults, profile)
-    slowdowns = any(f.kind in SLOWDOWNS for f in faults)
-    plants_here = (slowdowns and over is None) or plants_for
-    if over is not None:
-        installed._planted = over._planted  # its wait (under the recorder) plants what this one selects
-    elif cuda and plants_here:
-        from llmcomm_tests.runtime.gpu_delay import GpuDelay
+    holder = None  # the recorder under these patches, which files a recorded call's slowdown before its clock
+    if any(f.kind in SLOWDOWNS for f in faults):
+        if held_by is not None:
+            installed._held, held_by.plant = held_by.held, plant
+            holder = held_by if held_by.installed else None  # under it, the call is timed already
+        else:
+            installed._patch.wrap_wait(installed._wrap_wait)
+        if cuda:
+            from llmcomm_tests.runtime.gpu_delay import GpuDelay
 
-        installed.gpu_delay = GpuDelay(torch)
+            installed.gpu_delay = GpuDelay(torch)
     by_method: dict[str, list[Fault]] = {}
     for fault in faults:
         for op in fault.ops:
             for method in methods_of(op):
                 by_method.setdefault(method, []).append(fault)
-    if plants_here:
-        installed._patch.wrap_wait(installed._wrap_wait)
-    where, planted = call_site, installed._planted
+    where, held, fired = call_site, installed._held, installed.fired
     for method, method_faults in by_method.items():
         def make_faulty(_original, _faults=method_faults, _method=method):
             op, kind = PG_METHODS[_method]
@@ -155,7 +153,7 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
             plans: dict = {}
 
             def faulty(pg, *args, **kwargs):
-                if _busy or where.phase == "none" or (recorder is not None and not recorder.active):
+                if _busy or where.phase == "none" or (armed is not None and not armed.active):
                     return _original(pg, *args, **kwargs)
                 numel, dtype = read_payload(args)
                 key = (pg, where.phase, where.site, numel, dtype, args[1] if p2p else -1)
@@ -167,12 +165,21 @@ def install_faults(faults, recorder=None, cuda: bool | None = None, profile=None
                 others, entry = plan
                 if others:  # the rare kinds (crash, hang, size, extra): off the slowdown's hot path
                     return _issue_with(others, entry, installed, pg, args, kwargs, _original, torch, dist)
-                # Between the recorder's issue clock and the caller's wait, every bytecode here is
-                # measured as transfer (docs/measurements.md#planted-delays): a slowdown's hot path
-                # is one lookup above and one insertion below, its entry made once.
+                # Every bytecode between the recorder's issue clock and its end clock is measured as
+                # transfer, and cold, between compute, each costs about 0.1 µs
+                # (docs/measurements.md#planted-delays): so a slowdown is counted here, before the
+                # call, and one that plants nothing holds nothing; a recorded call's slowdown goes
+                # to the recorder before the call, others are filed by their Work after it.
+                for name in entry[1]:
+                    fired[name] += 1
+                if entry[0] <= 0:
+                    return _original(pg, *args, **kwargs)
+                if holder is not None and holder.active:
+                    holder.holding = entry
+                    return _original(pg, *args, **kwargs)
                 work = _original(pg, *args, **kwargs)
                 if work is not None:
-                    planted[work] = entry
+                    held[work] = entry
                 return work
 
             return faulty
@@ -197,14 +204,17 @@ def _issue_with(others, entry, installed: InstalledFaults, pg, args, kwargs, ori
         work.wait()
         for fault in extras:
             _extra_all_reduce(pg, args, kwargs, int(fault.value))
-    if entry is not None and work is not None:
-        installed._planted[work] = entry
+    if entry is not None:
+        for name in entry[1]:
+            installed.fired[name] += 1
+        if entry[0] > 0 and work is not None:
+            installed._held[work] = entry
     return work
 
 
 def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
     """``(other faults, slowdown entry or None)`` of one kind of call, or None when no fault
-    selects it; the entry (``InstalledFaults._planted``'s value) says whether it runs on a CUDA stream."""
+    selects it; the entry (what ``plant`` takes) says whether it runs on a CUDA stream."""
     import torch.distributed as dist
 
     nbytes = numel * (dtype.itemsize if dtype is not None else 1)
@@ -219,7 +229,7 @@ def _plan(installed: InstalledFaults, faults, op, pg, peer, numel, dtype, args):
         return None
     others, seconds, names = plan
     tensor = _first_tensor(args)
-    return tuple(others), ((seconds, names, tensor is not None and tensor.is_cuda, installed.fired) if names else None)
+    return tuple(others), ((seconds, names, tensor is not None and tensor.is_cuda, installed) if names else None)
 
 
 def _first_tensor(args):

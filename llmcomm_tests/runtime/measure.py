@@ -17,7 +17,7 @@ from llmcomm_tests.core.envinfo import Environment
 from llmcomm_tests.engine.parallel import ParallelEngine
 from llmcomm_tests.runtime import arrival, kernel_timing, launch, metrics, node_launch
 from llmcomm_tests.runtime.comm_profiler import CommProfiler, wanted
-from llmcomm_tests.runtime.faults import OVER_RECORDER, SLOWDOWNS, install_faults
+from llmcomm_tests.runtime.faults import OVER_RECORDER, install_faults
 from llmcomm_tests.runtime.recorder import Recorder
 from llmcomm_tests.runtime.run_config import RunConfig
 
@@ -101,7 +101,6 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     import torch
     import torch.distributed as dist
 
-
     engine = ParallelEngine(cfg.engine, cfg.layout, ctx.rank, dtype=cfg.dtype, seed=cfg.seed, device=ctx.device,
                             max_len=cfg.prompt_len + cfg.gen_len)
     prompt = torch.randint(0, cfg.engine.vocab, (cfg.batch, cfg.prompt_len),
@@ -110,14 +109,13 @@ def rank_run(ctx, cfg: RunConfig) -> dict:
     profiler = CommProfiler(ctx.backend, rank=ctx.rank) if wanted(cfg.comm_timing, ctx.backend) else None
 
     # Planted faults act in the timed repetitions, recorded or not (never in warm-up).  Extra ops
-    # and a slowdown's wait sit under the recorder (it times them); a larger message and a
-    # slowdown's lookup over it (it sees the larger tensor; the lookup is not the fault's time).
+    # sit under the recorder (it times them); a larger message and a slowdown's lookup over it (it
+    # sees the larger tensor; the lookup is not the fault's time), and its wait plants the slowdown.
     armed = SimpleNamespace(active=False)
     cuda = ctx.backend == "nccl"
-    faults = [install_faults([f for f in cfg.inject if f.kind not in OVER_RECORDER], armed, cuda,
-                             plants_for=any(f.kind in SLOWDOWNS for f in cfg.inject))]
+    faults = [install_faults([f for f in cfg.inject if f.kind not in OVER_RECORDER], armed, cuda)]
     recorder.install()
-    faults.append(install_faults([f for f in cfg.inject if f.kind in OVER_RECORDER], armed, cuda, over=faults[0]))
+    faults.append(install_faults([f for f in cfg.inject if f.kind in OVER_RECORDER], armed, cuda, held_by=recorder))
     distributed = ctx.world_size > 1
 
     def repetition(rep: int, recorded: bool, keep_logits: bool = False):

@@ -15,6 +15,12 @@ Timing.  An op starts when it is issued and ends when its caller waits for it (`
 ``wait_tensor``): for the blocking calls the engine makes this is the blocking call, peers'
 lateness included.  On NCCL the host clock would only see the launch, so we also record CUDA events
 on the caller's stream at issue and after the wait, and report the event time.
+A planted slowdown (``runtime/faults.py``) is held here, so it lands inside the window and arming
+one adds next to nothing else to it: a fault over the recorder hands it over in ``holding`` just
+before the call, the recorder files it under the call's row before its issue clock, and the wait
+plants it before the end clock, sized from when the wait returned (``plant(entry, since_ns)``), so
+the bytecodes that find it are part of the time planted, not added to it.  A call made while the
+recorder is off (an unrecorded repetition) is held in ``held`` by its Work instead.
 Phase, step and site come from ``llmcomm_tests.core.call_site``, set by the engine.
 """
 
@@ -159,6 +165,11 @@ class Recorder:
         self._end_events: dict[int, object] = {}  # row -> CUDA event recorded after the wait
         self._pending: dict[object, int] = {}  # Work (kept alive until waited) -> row
         self._pending_tensors: dict[int, int] = {}  # functional op's output data_ptr -> row
+        self.installed = False  # its patches are in place (faults installed after it sit over it)
+        self.holding = None  # the planted slowdown the next call carries (module docstring)
+        self._holds: dict[int, object] = {}  # row -> its planted slowdown
+        self.held: dict[object, object] = {}  # Work -> the planted slowdown of a call made while off
+        self.plant = None  # plant(slowdown, since_ns or None): set by the faults that hold (runtime/faults.py)
         self._patch = PgPatch()
         self._library = None
 
@@ -168,7 +179,7 @@ class Recorder:
 
     def _truncate(self, n: int) -> None:
         del self._rows[n:], self._end_ns[n:]
-        for table in (self._start_events, self._end_events):
+        for table in (self._start_events, self._end_events, self._holds):
             for row in [r for r in table if r >= n]:
                 del table[row]
         for table in (self._pending, self._pending_tensors):
@@ -178,6 +189,7 @@ class Recorder:
     # -- installation ----------------------------------------------------------------------------
 
     def install(self) -> "Recorder":
+        self.installed = True
         for method, (op, kind) in PG_METHODS.items():
             self._patch.wrap_method(method, functools.partial(self._wrap_method, method, op, kind))
         self._patch.wrap_wait(self._wrap_wait)
@@ -185,6 +197,7 @@ class Recorder:
         return self
 
     def uninstall(self) -> None:
+        self.installed = False
         self._patch.restore()
         if self._library is not None:
             self._library._destroy()
@@ -205,7 +218,7 @@ class Recorder:
         event.record()
 
     def _wrap_method(self, method, op, kind, original):
-        recorder, rows, end_ns, pending = self, self._rows, self._end_ns, self._pending
+        recorder, rows, end_ns, pending, holds = self, self._rows, self._end_ns, self._pending, self._holds
         read_payload, where, clock, cuda = payload_reader(kind), call_site, time.perf_counter_ns, self.cuda_events
         rooted, tensor_type = method in ROOTED, torch.Tensor
         # The common call (a list of one tensor, e.g. all_reduce) is read inline: a function call
@@ -221,6 +234,8 @@ class Recorder:
             else:
                 numel, dtype = read_payload(args)
             row = len(rows)
+            if recorder.holding is not None:  # filed before the issue clock: not part of the call's time
+                holds[row], recorder.holding = recorder.holding, None
             rows.append((op, pg, numel, dtype, _root(method, args) if rooted else -1, where.phase, where.step,
                          where.site, recorder.rep, clock()))
             end_ns.append(0)
@@ -236,9 +251,17 @@ class Recorder:
 
     def _wrap_wait(self, original):
         recorder, pending, end_ns, clock, cuda = self, self._pending, self._end_ns, time.perf_counter_ns, self.cuda_events
+        holds, held = self._holds, self.held
 
         def wait(work, *args, **kwargs):
             result = original(work, *args, **kwargs)
+            if holds or held:  # a planted slowdown ends the call later, inside its window (module docstring)
+                since = clock()
+                hold = holds.pop(pending.get(work, -1), None) if holds else None
+                if hold is None and held:
+                    hold = held.pop(work, None)
+                if hold is not None:
+                    recorder.plant(hold, since)
             if pending:
                 row = pending.pop(work, -1)
                 if row >= 0:
